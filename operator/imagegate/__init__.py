@@ -1,0 +1,3 @@
+"""imagegate: admit only container images from trusted, signed sources."""
+
+__version__ = "0.1.0.dev0"

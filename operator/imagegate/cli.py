@@ -1,0 +1,104 @@
+"""The `imagegate` command.
+
+Every expected failure is an `ImagegateError` and ends as one line on stderr and a non-zero exit
+status (2 for usage, 1 otherwise); a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+
+from imagegate import __version__
+from imagegate.errors import ImagegateError, UsageError
+
+
+def _print_env(env: dict[str, str]) -> None:
+    for name, value in env.items():
+        print(f"export {name}={shlex.quote(value)}")
+
+
+def _cmd_testbed(args: argparse.Namespace) -> int:
+    from imagegate.testbed import bed, build
+
+    if args.action == "build":
+        builder = build.Builder()
+        for name, path in builder.ensure_all(build.ALL_TOOLS).items():
+            print(f"{name}\t{path}")
+        return 0
+    if args.action == "up":
+        state, started = bed.up(apiserver_port=args.port)
+        print(
+            ("# started" if started else "# already running")
+            + f": kube-apiserver {state.apiserver_url}, registry {state.registry}",
+            file=sys.stderr,
+        )
+        print('# run:  eval "$(imagegate testbed env)"', file=sys.stderr)
+        _print_env(state.env())
+        return 0
+    if args.action == "env":
+        running = bed.running_state()
+        if running is None:
+            raise ImagegateError("no test bed is running: start one with `imagegate testbed up`")
+        _print_env(running.env())
+        return 0
+    if args.action == "down":
+        print("stopped" if bed.down() else "no test bed was running", file=sys.stderr)
+        return 0
+    raise UsageError(f"unknown testbed action {args.action!r}")
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from imagegate import dev
+
+    return dev.run(once=args.once)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagegate",
+        description="Admit only container images from trusted, signed sources.",
+    )
+    parser.add_argument("--version", action="version", version=f"imagegate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    testbed = commands.add_parser(
+        "testbed",
+        help="build, start and stop the local test bed (etcd, kube-apiserver, OCI registry)",
+    )
+    testbed.add_argument("action", choices=["build", "up", "down", "env"])
+    testbed.add_argument(
+        "--port", type=int, default=None, help="kube-apiserver port for `up` (default: a free one)"
+    )
+    testbed.set_defaults(handler=_cmd_testbed)
+
+    dev = commands.add_parser(
+        "dev", help="run the local demo on the embedded control plane (Ctrl-C stops it)"
+    )
+    dev.add_argument(
+        "--once", action="store_true", help="start, run the demo, stop and exit (for CI)"
+    )
+    dev.set_defaults(handler=_cmd_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.handler(args)
+    except UsageError as error:
+        print(f"imagegate: {error.user_message}", file=sys.stderr)
+        return 2
+    except ImagegateError as error:
+        print(f"imagegate: {error.user_message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

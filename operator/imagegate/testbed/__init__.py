@@ -1,0 +1,1 @@
+"""The local test bed: etcd, kube-apiserver, an OCI registry, cosign and helm, from Go modules."""

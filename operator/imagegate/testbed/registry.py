@@ -1,0 +1,61 @@
+"""The local OCI registry: go-containerregistry's in-memory registry with referrers turned on."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from pathlib import Path
+
+from imagegate.testbed import processes
+
+START_TIMEOUT = 30.0
+_LISTENING = re.compile(r"^listening on (127\.0\.0\.1:\d+)$", re.MULTILINE)
+
+
+class LocalRegistry:
+    """Plain HTTP on 127.0.0.1 (registries on loopback are insecure-by-default for cosign/crane)."""
+
+    def __init__(self, binary: Path, workdir: Path, *, detached: bool = False) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.detached = detached
+        self.process: processes.ManagedProcess | None = None
+        self.address = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def start(self) -> None:
+        log_path = self.workdir / "logs" / "registry.log"
+        process = processes.ManagedProcess(
+            "registry",
+            [str(self.binary), "-addr", "127.0.0.1:0"],
+            log_path,
+            detached=self.detached,
+        )
+        process.start()
+        try:
+            process.wait_until(
+                lambda: self._bound(log_path), timeout=START_TIMEOUT, what="listening"
+            )
+            process.wait_until(self._serving, timeout=START_TIMEOUT, what="serving /v2/")
+        except BaseException:
+            process.stop()
+            raise
+        self.process = process
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def _bound(self, log_path: Path) -> bool:
+        match = _LISTENING.search(log_path.read_text(errors="replace"))
+        if match is None:
+            return False
+        self.address = match[1]
+        return True
+
+    def _serving(self) -> bool:
+        with urllib.request.urlopen(self.url + "/v2/", timeout=2) as reply:
+            return int(reply.status) == 200

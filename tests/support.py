@@ -1,0 +1,118 @@
+"""Helpers shared by the test tiers (importable because pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagegate.testbed.controlplane import ControlPlane
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A Kubernetes API server the e2e tier may use, and how its webhooks can reach us."""
+
+    kubeconfig: Path
+    #: The address our test webhooks listen on; the API server must be able to reach it.
+    webhook_host: str
+    #: The local control plane when we started one (None for an existing cluster).
+    control_plane: ControlPlane | None
+
+
+def push_random_image(crane: Path, registry: str, repository: str, tag: str, workdir: Path) -> str:
+    """Push a one-layer image with random content with the real crane CLI; return its digest."""
+    import io
+    import secrets
+    import subprocess
+    import tarfile
+
+    layer = workdir / f"{repository.replace('/', '_')}-{tag}.tar"
+    content = secrets.token_bytes(256)
+    with tarfile.open(layer, "w") as archive:
+        info = tarfile.TarInfo("random.bin")
+        info.size = len(content)
+        archive.addfile(info, io.BytesIO(content))
+    reference = f"{registry}/{repository}:{tag}"
+    subprocess.run(
+        [str(crane), "append", "--new_layer", str(layer), "--new_tag", reference],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return subprocess.run(
+        [str(crane), "digest", reference], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+class RecordingWebhook:
+    """An HTTPS admission webhook on a free port: answers with `decide(request)`, records calls.
+
+    Plain stdlib server in a thread: the point is to prove the API server really calls a webhook
+    over TLS, independently of imagegate's own serving code.
+    """
+
+    def __init__(self, host: str, decide: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        import http.server
+        import ssl
+        import tempfile
+        import threading
+
+        from imagegate import tls
+
+        self.requests: list[dict[str, Any]] = []
+        self.ca = tls.CertificateAuthority.create("test-webhook-ca")
+        pair = self.ca.issue(
+            "webhook",
+            ip_addresses=[host] if host[0].isdigit() else [],
+            dns_names=[] if host[0].isdigit() else [host],
+        )
+        self._dir = tempfile.TemporaryDirectory(prefix="imagegate-webhook-")
+        cert, key = Path(self._dir.name) / "tls.crt", Path(self._dir.name) / "tls.key"
+        cert.write_bytes(pair.cert_pem)
+        key.write_bytes(pair.key_pem)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                review = json.loads(self.rfile.read(length))
+                outer.requests.append(review["request"])
+                response = {"uid": review["request"]["uid"], **decide(review["request"])}
+                body = json.dumps(
+                    {
+                        "apiVersion": "admission.k8s.io/v1",
+                        "kind": "AdmissionReview",
+                        "response": response,
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        bind = "0.0.0.0" if host != "127.0.0.1" else host
+        self._server = http.server.ThreadingHTTPServer((bind, 0), Handler)
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.url = f"https://{host}:{self._server.server_address[1]}/validate"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def ca_bundle(self) -> str:
+        import base64
+
+        return base64.b64encode(self.ca.cert_pem).decode()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._dir.cleanup()

@@ -1,0 +1,31 @@
+"""The packaging rules that keep `operator/` a folder and not a module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_operator_folder_is_not_a_package() -> None:
+    assert not (ROOT / "operator" / "__init__.py").exists()
+    stdlib_operator = importlib.import_module("operator")
+    assert stdlib_operator.__file__ is not None
+    assert Path(stdlib_operator.__file__).parent == Path(sys.modules["os"].__file__ or "").parent
+
+
+def test_package_search_is_rooted_at_operator() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["tool"]["setuptools"]["packages"]["find"]["where"] == ["operator"]
+    assert project["project"]["scripts"]["imagegate"] == "imagegate.cli:main"
+
+
+def test_registry_go_source_ships_with_the_package() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    shipped = project["tool"]["setuptools"]["package-data"]["imagegate.testbed"]
+    for name in ("main.go", "go.mod", "go.sum"):
+        assert (ROOT / "operator" / "imagegate" / "testbed" / "goreg" / name).is_file()
+        assert any(pattern.endswith(name) or pattern.endswith("*.go") for pattern in shipped)
