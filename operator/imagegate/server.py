@@ -1,0 +1,163 @@
+"""The HTTPS server the API server calls: `/validate`, `/mutate`, and health endpoints.
+
+This layer owns the guarantees that do not depend on policy: every request gets an answer before
+the deadline, and every failure (a malformed body, a handler that raises, a handler that is too
+slow) is a denial, never an admit. What to decide is the job of the `Reviewer` it is given.
+
+Why not kopf's own admission server: it cannot set `auditAnnotations`, fixes the webhook timeout at
+30 s and manages webhook configurations itself, which the chart must own (design.md §5). The
+server runs inside the kopf operator's event loop all the same (see operator.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from aiohttp import web
+
+from imagegate import admission
+
+logger = logging.getLogger(__name__)
+
+#: Below the chart's default webhook timeout (10 s), leaving room for the network and TLS.
+DEFAULT_DEADLINE = 8.0
+
+
+class Reviewer(Protocol):
+    """Decides one admission request. Raising, or overrunning the deadline, means denial."""
+
+    async def __call__(
+        self, review: admission.AdmissionReview, deadline: float
+    ) -> admission.AdmissionResponse: ...
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    cert: Path
+    key: Path
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+    def mtime(self) -> tuple[float, float]:
+        return (self.cert.stat().st_mtime, self.key.stat().st_mtime)
+
+
+def _handler(
+    name: str, reviewer: Reviewer, deadline: float
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        started = time.monotonic()
+        body = await request.content.read(admission.MAX_REVIEW_BYTES + 1)
+        try:
+            review = admission.parse_review(body)
+        except admission.MalformedReviewError as error:
+            uid = admission.review_uid(body)
+            logger.warning("malformed AdmissionReview on /%s: %s", name, error.user_message)
+            if uid is None:
+                return web.json_response({"error": error.user_message}, status=400)
+            denial = admission.deny(uid, f"imagegate: {error.user_message}", code=400)
+            return web.json_response(denial.to_review())
+        uid = review.request.uid
+        try:
+            async with asyncio.timeout(deadline):
+                response = await reviewer(review, started + deadline)
+        except TimeoutError:
+            logger.error("/%s %s: no decision within %.1fs", name, uid, deadline)
+            response = admission.deny(
+                uid, f"imagegate: verification timed out after {deadline:.0f}s", code=504
+            )
+        except Exception:
+            logger.exception("/%s %s: reviewer failed", name, uid)
+            response = admission.deny(
+                uid, "imagegate: internal error; see the operator log", code=500
+            )
+        if response.uid != uid:  # a reviewer bug must never answer for another request
+            logger.error("/%s: reviewer answered uid %s for %s", name, response.uid, uid)
+            response = admission.deny(
+                uid, "imagegate: internal error; see the operator log", code=500
+            )
+        return web.json_response(response.to_review(review.api_version))
+
+    return handle
+
+
+async def _healthy(_: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def build_app(
+    *, validate: Reviewer, mutate: Reviewer, deadline: float = DEFAULT_DEADLINE
+) -> web.Application:
+    app = web.Application(client_max_size=admission.MAX_REVIEW_BYTES + 1)
+    app.router.add_post("/validate", _handler("validate", validate, deadline))
+    app.router.add_post("/mutate", _handler("mutate", mutate, deadline))
+    app.router.add_get("/healthz", _healthy)
+    app.router.add_get("/readyz", _healthy)
+    return app
+
+
+class WebhookServer:
+    """Serves an app over TLS and picks up renewed certificates without a restart."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        tls_files: TLSFiles,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 8443,
+        reload_interval: float = 30.0,
+    ) -> None:
+        self.app = app
+        self.tls_files = tls_files
+        self.host = host
+        self.port = port
+        self.reload_interval = reload_interval
+        self._runner = web.AppRunner(app, access_log=None)
+        self._site: web.SockSite | None = None
+        self._context: ssl.SSLContext | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        self._context = self.tls_files.context()
+        # Bind the socket ourselves, so that port 0 (tests) tells us which port it got.
+        listener = socket.create_server((self.host, self.port), reuse_port=False)
+        self.port = int(listener.getsockname()[1])
+        self._site = web.SockSite(self._runner, listener, ssl_context=self._context)
+        await self._site.start()
+        self._watcher = asyncio.create_task(self._watch_certificates())
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        await self._runner.cleanup()
+
+    async def _watch_certificates(self) -> None:
+        seen = self.tls_files.mtime()
+        while True:
+            await asyncio.sleep(self.reload_interval)
+            try:
+                now = self.tls_files.mtime()
+                if now == seen or self._context is None:
+                    continue
+                # New handshakes use the new chain; open connections keep theirs.
+                self._context.load_cert_chain(self.tls_files.cert, self.tls_files.key)
+                seen = now
+                logger.info("reloaded the serving certificate from %s", self.tls_files.cert)
+            except (OSError, ssl.SSLError) as error:
+                logger.error(
+                    "cannot reload the serving certificate (keeping the old one): %s", error
+                )
