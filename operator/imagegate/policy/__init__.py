@@ -1,0 +1,1 @@
+"""Policies: the resource models, their compilation, and the pure decision engine."""

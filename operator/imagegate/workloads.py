@@ -1,0 +1,124 @@
+"""Every container image in a Kubernetes object, with the JSON Pointer that holds it.
+
+Pods and every built-in kind that carries a pod template: Deployment, StatefulSet, DaemonSet,
+ReplicaSet (apps), Job, CronJob (batch), ReplicationController and PodTemplate (core). Other
+kinds have no images here and give an empty list. A pod spec that is not shaped like one (no spec,
+containers not a list, a container without an image string) is a `MalformedWorkloadError`: an
+admission controller must deny what it cannot read, never admit it unread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from imagegate.errors import ImagegateError
+
+ContainerList = Literal["containers", "initContainers", "ephemeralContainers"]
+CONTAINER_LISTS: tuple[ContainerList, ...] = ("initContainers", "containers", "ephemeralContainers")
+
+#: (API group, kind) → JSON Pointer of the pod spec.
+POD_SPEC_POINTERS: Mapping[tuple[str, str], str] = {
+    ("", "Pod"): "/spec",
+    ("", "PodTemplate"): "/template/spec",
+    ("", "ReplicationController"): "/spec/template/spec",
+    ("apps", "Deployment"): "/spec/template/spec",
+    ("apps", "StatefulSet"): "/spec/template/spec",
+    ("apps", "DaemonSet"): "/spec/template/spec",
+    ("apps", "ReplicaSet"): "/spec/template/spec",
+    ("batch", "Job"): "/spec/template/spec",
+    ("batch", "CronJob"): "/spec/jobTemplate/spec/template/spec",
+}
+
+
+class MalformedWorkloadError(ImagegateError):
+    """The object's pod spec is not shaped like one; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ContainerImage:
+    kind: ContainerList
+    index: int
+    container_name: str
+    image: str
+    #: RFC 6901 pointer to the image field, e.g. /spec/template/spec/containers/0/image.
+    pointer: str
+
+
+def pod_spec_pointer(api_version: str, kind: str) -> str | None:
+    group = api_version.rpartition("/")[0] if "/" in api_version else ""
+    return POD_SPEC_POINTERS.get((group, kind))
+
+
+def find_images(
+    obj: Mapping[str, Any], group_kind: tuple[str, str] | None = None
+) -> list[ContainerImage]:
+    """All images of `obj` (init containers first, in the order the kubelet starts them).
+
+    `group_kind` is the (API group, kind) the API server says the object is (an AdmissionRequest's
+    `kind`); without it, the object's own apiVersion and kind are used.
+    """
+    if group_kind is not None:
+        pointer = POD_SPEC_POINTERS.get(group_kind)
+    else:
+        pointer = pod_spec_pointer(str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
+    if pointer is None:
+        return []
+    spec = _at(obj, pointer)
+    found: list[ContainerImage] = []
+    for list_name in CONTAINER_LISTS:
+        containers = spec.get(list_name)
+        if containers is None:
+            continue
+        where = f"{pointer}/{list_name}"
+        if not isinstance(containers, list):
+            raise MalformedWorkloadError(f"{where} is not a list")
+        for index, container in enumerate(containers):
+            if not isinstance(container, Mapping):
+                raise MalformedWorkloadError(f"{where}/{index} is not an object")
+            image = container.get("image")
+            if not isinstance(image, str):
+                raise MalformedWorkloadError(f"{where}/{index}/image is missing or not a string")
+            name = container.get("name")
+            found.append(
+                ContainerImage(
+                    list_name,
+                    index,
+                    name if isinstance(name, str) else "",
+                    image,
+                    f"{where}/{index}/image",
+                )
+            )
+    return found
+
+
+def new_images(
+    obj: Mapping[str, Any],
+    old_obj: Mapping[str, Any],
+    group_kind: tuple[str, str] | None = None,
+) -> list[ContainerImage]:
+    """Images of `obj` that `old_obj` did not already run under the same container name.
+
+    For UPDATEs such as `kubectl debug` (pods/ephemeralcontainers): what was admitted before
+    needs no new decision, and an unchanged image costs no verification.
+    """
+    try:
+        before = {(c.kind, c.container_name, c.image) for c in find_images(old_obj, group_kind)}
+    except MalformedWorkloadError:
+        before = set()
+    return [
+        c for c in find_images(obj, group_kind) if (c.kind, c.container_name, c.image) not in before
+    ]
+
+
+def _at(obj: Mapping[str, Any], pointer: str) -> Mapping[str, Any]:
+    node: Any = obj
+    walked = ""
+    for part in pointer.strip("/").split("/"):
+        walked += "/" + part
+        if not isinstance(node, Mapping) or not isinstance(node.get(part), Mapping):
+            raise MalformedWorkloadError(f"{walked} is missing or not an object")
+        node = node[part]
+    result: Mapping[str, Any] = node
+    return result

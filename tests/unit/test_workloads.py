@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagegate import workloads
+from imagegate.workloads import MalformedWorkloadError, find_images, new_images
+
+
+def _spec(containers: Any, **lists: Any) -> dict[str, Any]:
+    return {"containers": containers, **lists}
+
+
+def _wrap(api_version: str, kind: str, pod_spec: dict[str, Any]) -> dict[str, Any]:
+    template = {"template": {"spec": pod_spec}}
+    body: dict[str, Any] = {"apiVersion": api_version, "kind": kind}
+    if kind == "Pod":
+        body["spec"] = pod_spec
+    elif kind == "CronJob":
+        body["spec"] = {"jobTemplate": {"spec": template}}
+    elif kind == "PodTemplate":
+        body.update(template)
+    else:
+        body["spec"] = template
+    return body
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind", "prefix"),
+    [
+        ("v1", "Pod", "/spec"),
+        ("v1", "PodTemplate", "/template/spec"),
+        ("v1", "ReplicationController", "/spec/template/spec"),
+        ("apps/v1", "Deployment", "/spec/template/spec"),
+        ("apps/v1", "StatefulSet", "/spec/template/spec"),
+        ("apps/v1", "DaemonSet", "/spec/template/spec"),
+        ("apps/v1", "ReplicaSet", "/spec/template/spec"),
+        ("batch/v1", "Job", "/spec/template/spec"),
+        ("batch/v1", "CronJob", "/spec/jobTemplate/spec/template/spec"),
+    ],
+)
+def test_every_kind_yields_its_images_with_pointers(
+    api_version: str, kind: str, prefix: str
+) -> None:
+    obj = _wrap(
+        api_version,
+        kind,
+        _spec(
+            [{"name": "app", "image": "nginx"}, {"name": "side", "image": "busybox"}],
+            initContainers=[{"name": "init", "image": "alpine"}],
+        ),
+    )
+    assert [(i.kind, i.container_name, i.image, i.pointer) for i in find_images(obj)] == [
+        ("initContainers", "init", "alpine", f"{prefix}/initContainers/0/image"),
+        ("containers", "app", "nginx", f"{prefix}/containers/0/image"),
+        ("containers", "side", "busybox", f"{prefix}/containers/1/image"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind"),
+    [("rbac.authorization.k8s.io/v1", "Role"), ("v1", "ConfigMap"), ("example.com/v1", "Pod")],
+)
+def test_kinds_without_pod_specs_yield_nothing(api_version: str, kind: str) -> None:
+    assert find_images({"apiVersion": api_version, "kind": kind, "spec": {"containers": 5}}) == []
+
+
+@pytest.mark.parametrize(
+    ("obj", "where"),
+    [
+        ({"apiVersion": "v1", "kind": "Pod"}, "/spec is missing"),
+        ({"apiVersion": "v1", "kind": "Pod", "spec": []}, "/spec is missing or not an object"),
+        ({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {}}, "/spec/template is"),
+        (
+            {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": {}}},
+            "/spec/containers is not",
+        ),
+        (
+            {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": ["x"]}},
+            "/spec/containers/0 is",
+        ),
+        (
+            {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": "a"}]}},
+            "/spec/containers/0/image is missing",
+        ),
+        (
+            {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"image": 7}]}},
+            "/spec/containers/0/image is missing or not a string",
+        ),
+    ],
+)
+def test_malformed_pod_specs_name_the_field(obj: dict[str, Any], where: str) -> None:
+    with pytest.raises(MalformedWorkloadError) as caught:
+        find_images(obj)
+    assert where in caught.value.user_message
+
+
+def test_new_images_are_only_the_added_or_changed_ones() -> None:
+    old = _wrap("v1", "Pod", _spec([{"name": "app", "image": "nginx"}]))
+    new = _wrap(
+        "v1",
+        "Pod",
+        _spec(
+            [{"name": "app", "image": "nginx"}],
+            ephemeralContainers=[{"name": "debugger", "image": "busybox"}],
+        ),
+    )
+    assert [(i.kind, i.image) for i in new_images(new, old)] == [("ephemeralContainers", "busybox")]
+    changed = _wrap("v1", "Pod", _spec([{"name": "app", "image": "nginx:2"}]))
+    assert [i.image for i in new_images(changed, old)] == ["nginx:2"]
+
+
+def test_pod_spec_pointer_uses_the_api_group() -> None:
+    assert workloads.pod_spec_pointer("apps/v1", "Deployment") == "/spec/template/spec"
+    assert workloads.pod_spec_pointer("extensions/v1beta1", "Deployment") is None
+
+
+def _requests(
+    shared_fixtures: Path,
+) -> list[tuple[str, tuple[dict[str, Any], tuple[str, str]]]]:
+    found = []
+    for path in sorted((shared_fixtures / "admission-requests").rglob("*.json")):
+        document = json.loads(path.read_text())
+        request = document.get("request", document) if isinstance(document, dict) else None
+        if isinstance(request, dict) and isinstance(request.get("object"), dict):
+            group_kind = (request["kind"].get("group", ""), request["kind"]["kind"])
+            found.append((f"{path.parent.name}/{path.name}", (request["object"], group_kind)))
+    return found
+
+
+def test_real_admission_requests(shared_fixtures: Path) -> None:
+    requests = dict(_requests(shared_fixtures))
+    objects = {name: obj for name, (obj, _) in requests.items()}
+    assert len(objects) > 30
+    init = find_images(objects["connaisseur/19_pod_initcontainer.json"])
+    assert {i.kind for i in init} == {"initContainers", "containers"}
+    ephemeral = find_images(objects["connaisseur/20_pod_ephemeralcontainer.json"])
+    assert "ephemeralContainers" in {i.kind for i in ephemeral}
+    multi = find_images(objects["connaisseur/09_dply_multi_image.json"])
+    assert len(multi) >= 2
+    assert all(i.pointer.startswith("/spec/template/spec/") for i in multi)
+    # Kubewarden's objects carry no apiVersion/kind: the request's kind says what they are.
+    cron = find_images(*requests["kubewarden/cronjob_creation_signed.json"])
+    assert cron[0].pointer.startswith("/spec/jobTemplate/spec/template/spec/")
+    assert find_images(objects["connaisseur/11_role.json"]) == []
+    # Connaisseur's deliberately broken pod (an object with no spec) must be refused, not read.
+    broken, group_kind = requests.pop("connaisseur/12_err_pod.json")
+    with pytest.raises(MalformedWorkloadError, match="/spec is missing"):
+        find_images(broken, group_kind)
+    for name, (obj, group_kind) in requests.items():
+        for image in find_images(obj, group_kind):
+            assert image.image, name
