@@ -1,0 +1,341 @@
+"""The decision: which images a workload may run, what to rewrite, what to say. Pure, no I/O.
+
+Two steps, because the second needs facts only I/O can bring (signature verdicts, digests):
+
+1. `plan_rewrites` runs the rewrite rules of every applicable `enforce` policy over each image
+   (first matching rule wins) and reports what `warn`/`audit` policies *would* rewrite.
+2. `evaluate` checks each final image against every applicable policy (AND across policies, OR
+   across a policy's sources, OR across a source's signature authorities) with the verdicts the
+   caller gathered, and turns violations into a denial (`enforce`), warnings (`warn`) or records
+   (`audit`).
+
+`signature_checks` tells the caller which (image, policy, source) verdicts step 2 will ask for,
+so a webhook verifies exactly those and nothing else. A missing verdict is a violation: an image
+is never admitted because nobody looked.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from imagegate import reference
+from imagegate.policy import selectors
+from imagegate.policy.glob import CompiledGlob
+from imagegate.workloads import ContainerImage
+
+
+class Mode(enum.StrEnum):
+    ENFORCE = "enforce"
+    WARN = "warn"
+    AUDIT = "audit"
+
+
+KEEP_TAG = "keep"
+
+
+@dataclass(frozen=True)
+class CompiledRewrite:
+    pattern: CompiledGlob
+    registry: str
+    repository: str
+    #: A fixed tag, or KEEP_TAG to carry the original tag over.
+    tag: str
+
+    def apply(self, image: reference.ImageReference) -> reference.ImageReference | None:
+        if not self.pattern.matches(image.name):
+            return None
+        tag = (image.tag or "latest") if self.tag == KEEP_TAG else self.tag
+        # The digest named the old image; it means nothing for the new repository.
+        return reference.ImageReference(self.registry, self.repository, tag, None)
+
+
+@dataclass(frozen=True)
+class CompiledSource:
+    name: str
+    patterns: tuple[CompiledGlob, ...]
+    #: The signature requirement as written in the policy, or None when none is asked for. The
+    #: engine never looks inside: the verifier does.
+    signatures: object | None = None
+
+    def matches(self, image: reference.ImageReference) -> bool:
+        return any(pattern.matches(image.name) for pattern in self.patterns)
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    name: str
+    mode: Mode
+    #: None for a ClusterImagePolicy; the namespace of an ImagePolicy (it applies only there).
+    namespace: str | None = None
+    selector: selectors.LabelSelector = field(default_factory=selectors.LabelSelector)
+    pin_digests: bool = True
+    sources: tuple[CompiledSource, ...] = ()
+    rewrites: tuple[CompiledRewrite, ...] = ()
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+    def applies_to(self, namespace: str, labels: Mapping[str, str]) -> bool:
+        if self.namespace is not None and self.namespace != namespace:
+            return False
+        return self.selector.matches(labels)
+
+
+def applicable(
+    policies: Iterable[CompiledPolicy], namespace: str, labels: Mapping[str, str]
+) -> list[CompiledPolicy]:
+    """The policies for a namespace, cluster-wide first, each group by name (a stable order)."""
+    chosen = [p for p in policies if p.applies_to(namespace, labels)]
+    return sorted(chosen, key=lambda p: (p.namespace is not None, p.namespace or "", p.name))
+
+
+# -- step 1: rewrites -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedImage:
+    """One container image after the rewrite step."""
+
+    container: ContainerImage
+    #: The parsed original, or None when it is not a valid reference.
+    original: reference.ImageReference | None
+    #: What the workload will run: the rewrite when an enforce policy rewrote it.
+    final: reference.ImageReference | None
+    rewritten_by: str | None = None
+    invalid_reason: str | None = None
+    #: Rewrites that warn/audit policies would make: (policy, would-be image).
+    previews: tuple[tuple[CompiledPolicy, reference.ImageReference], ...] = ()
+
+    @property
+    def final_text(self) -> str:
+        return str(self.final) if self.final is not None else self.container.image
+
+
+def plan_rewrites(
+    images: Sequence[ContainerImage], policies: Sequence[CompiledPolicy], *, apply: bool = True
+) -> list[PlannedImage]:
+    """Apply the first matching rewrite of the enforce policies to each image (`policies` are
+    the applicable ones, in `applicable` order).
+
+    With `apply=False` (validation, after the mutating webhook has had its turn) images stay as
+    they are and only the previews of warn/audit policies are computed: a rewrite that did not
+    happen must not make validation judge an image the workload will not run.
+    """
+    planned = []
+    for container in images:
+        try:
+            original = reference.parse(container.image)
+        except reference.InvalidReferenceError as error:
+            planned.append(PlannedImage(container, None, None, invalid_reason=error.user_message))
+            continue
+        final, rewritten_by = original, None
+        previews = []
+        for policy in policies:
+            for rule in policy.rewrites:
+                target = rule.apply(original)
+                if target is None:
+                    continue
+                if policy.mode is Mode.ENFORCE and rewritten_by is None:
+                    if apply:
+                        final, rewritten_by = target, policy.display_name
+                elif policy.mode is not Mode.ENFORCE:
+                    previews.append((policy, target))
+                break  # first matching rule of a policy wins
+        planned.append(
+            PlannedImage(container, original, final, rewritten_by, previews=tuple(previews))
+        )
+    return planned
+
+
+# -- step 2: validation -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """A verdict `evaluate` needs: does `image` carry a signature `source` accepts?"""
+
+    image: str
+    policy: str
+    source: str
+
+
+@dataclass(frozen=True)
+class SignatureVerdict:
+    verified: bool
+    #: Why not, per authority tried ("no signature found", "wrong identity", ...).
+    reason: str = ""
+    #: The digest that was verified, for pinning.
+    digest: str | None = None
+
+
+def signature_checks(
+    planned: Sequence[PlannedImage], policies: Sequence[CompiledPolicy]
+) -> list[SignatureCheck]:
+    """The verdicts `evaluate` will need, in a stable order and without duplicates."""
+    needed: dict[SignatureCheck, None] = {}
+    for image in planned:
+        if image.final is None:
+            continue
+        for policy in policies:
+            source = _first_matching_source(policy, image.final)
+            if source is not None and source.signatures is not None:
+                check = SignatureCheck(str(image.final), policy.display_name, source.name)
+                needed[check] = None
+    return list(needed)
+
+
+class Outcome(enum.StrEnum):
+    ALLOWED = "allowed"
+    DENIED = "denied"
+    WARNED = "warned"
+    AUDITED = "audited"
+
+
+@dataclass(frozen=True)
+class Violation:
+    policy: CompiledPolicy
+    reason: str
+    suggestion: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageDecision:
+    planned: PlannedImage
+    #: Policy and source that trusted the image, for each applicable policy that did.
+    trusted_by: tuple[tuple[str, str], ...]
+    violations: tuple[Violation, ...]
+
+    @property
+    def outcome(self) -> Outcome:
+        modes = {v.policy.mode for v in self.violations}
+        if Mode.ENFORCE in modes:
+            return Outcome.DENIED
+        if Mode.WARN in modes:
+            return Outcome.WARNED
+        if Mode.AUDIT in modes:
+            return Outcome.AUDITED
+        return Outcome.ALLOWED
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome is not Outcome.DENIED
+
+
+@dataclass(frozen=True)
+class Decision:
+    images: tuple[ImageDecision, ...]
+    #: Whether any policy applied at all (a namespace no policy selects is simply admitted).
+    policies_applied: tuple[str, ...]
+
+    @property
+    def allowed(self) -> bool:
+        return all(image.allowed for image in self.images)
+
+    def denial_message(self) -> str:
+        lines = [
+            _describe(image, violation)
+            for image in self.images
+            for violation in image.violations
+            if violation.policy.mode is Mode.ENFORCE
+        ]
+        return "; ".join(lines)
+
+    def warnings(self) -> list[str]:
+        """kubectl-visible warnings: warn-mode violations and previews of warn-mode rewrites."""
+        found = [
+            _describe(image, violation)
+            for image in self.images
+            for violation in image.violations
+            if violation.policy.mode is Mode.WARN
+        ]
+        for image in self.images:
+            for policy, target in image.planned.previews:
+                if policy.mode is Mode.WARN:
+                    found.append(
+                        f"{_where(image.planned.container)}: policy {policy.display_name} would "
+                        f"rewrite {image.planned.container.image} to {target}"
+                    )
+        return found
+
+
+def evaluate(
+    planned: Sequence[PlannedImage],
+    policies: Sequence[CompiledPolicy],
+    verdicts: Mapping[SignatureCheck, SignatureVerdict],
+) -> Decision:
+    """Check every final image against every applicable policy (`policies` from `applicable`)."""
+    decisions = []
+    for image in planned:
+        trusted_by: list[tuple[str, str]] = []
+        violations: list[Violation] = []
+        for policy in policies:
+            reason, source = _judge(image, policy, verdicts)
+            if reason is None and source is not None:
+                trusted_by.append((policy.display_name, source))
+            elif reason is not None:
+                violations.append(Violation(policy, reason, _suggest(image, policies)))
+        decisions.append(ImageDecision(image, tuple(trusted_by), tuple(violations)))
+    return Decision(tuple(decisions), tuple(p.display_name for p in policies))
+
+
+def _judge(
+    image: PlannedImage,
+    policy: CompiledPolicy,
+    verdicts: Mapping[SignatureCheck, SignatureVerdict],
+) -> tuple[str | None, str | None]:
+    """(violation reason or None, trusting source or None) for one image under one policy."""
+    if image.final is None:
+        return f"invalid image reference: {image.invalid_reason}", None
+    if not policy.sources:
+        return None, None  # a rewrite-only policy trusts nothing and forbids nothing
+    source = _first_matching_source(policy, image.final)
+    if source is None:
+        return f"{image.final.name} is not from a source this policy trusts", None
+    if source.signatures is None:
+        return None, source.name
+    check = SignatureCheck(str(image.final), policy.display_name, source.name)
+    verdict = verdicts.get(check)
+    if verdict is None:
+        return f"signature of {image.final} was not verified", None
+    if not verdict.verified:
+        return f"signature verification failed for source {source.name}: {verdict.reason}", None
+    return None, source.name
+
+
+def _first_matching_source(
+    policy: CompiledPolicy, image: reference.ImageReference
+) -> CompiledSource | None:
+    return next((source for source in policy.sources if source.matches(image)), None)
+
+
+def _suggest(image: PlannedImage, policies: Sequence[CompiledPolicy]) -> str | None:
+    """A hardened equivalent that some rewrite rule knows for the image, if any."""
+    if image.final is None:
+        return None
+    for policy in policies:
+        for rule in policy.rewrites:
+            target = rule.apply(image.final)
+            if target is not None and target != image.final:
+                return str(target)
+    return None
+
+
+def _where(container: ContainerImage) -> str:
+    kind = {"initContainers": "init container", "ephemeralContainers": "ephemeral container"}
+    return f"{kind.get(container.kind, 'container')} {container.container_name!r}"
+
+
+def _describe(image: ImageDecision, violation: Violation) -> str:
+    verb = "denied" if violation.policy.mode is Mode.ENFORCE else "would be denied"
+    planned = image.planned
+    rewritten = f" (rewritten to {planned.final})" if planned.rewritten_by else ""
+    text = (
+        f"{_where(planned.container)} image {planned.container.image!r}{rewritten} "
+        f"{verb} by policy {violation.policy.display_name}: {violation.reason}"
+    )
+    if violation.suggestion:
+        text += f" (use {violation.suggestion} instead)"
+    return text

@@ -1,0 +1,240 @@
+"""AdmissionReview → engine → AdmissionResponse, for `/mutate` and `/validate`.
+
+The reviewers gather what the pure engine needs (the namespace's labels, signature verdicts,
+digests) through the collaborators they are given, and turn its decision into a response. They
+hold no state of their own beyond those collaborators, so any number of replicas give the same
+answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from imagegate import admission, reference, workloads
+from imagegate.policy import engine
+
+logger = logging.getLogger(__name__)
+
+ORIGINAL_IMAGES_ANNOTATION = "imagegate.dev/original-images"
+#: auditAnnotations keys (the API server prefixes them with the webhook's name).
+AUDIT_DECISION = "decision"
+AUDIT_DETAIL = "detail"
+
+
+class PolicySource(Protocol):
+    """Where the compiled policies and namespace labels come from (the operator's caches)."""
+
+    def policies(self) -> Sequence[engine.CompiledPolicy]: ...
+
+    async def namespace_labels(self, namespace: str) -> Mapping[str, str]: ...
+
+
+class SignatureVerifier(Protocol):
+    async def verify(
+        self, checks: Sequence[engine.SignatureCheck], deadline: float
+    ) -> Mapping[engine.SignatureCheck, engine.SignatureVerdict]: ...
+
+
+class DigestResolver(Protocol):
+    async def resolve(self, image: reference.ImageReference, deadline: float) -> str: ...
+
+
+def _images(request: admission.AdmissionRequest) -> list[workloads.ContainerImage] | None:
+    """The images to judge, or None when the request has nothing imagegate looks at."""
+    if request.operation not in ("CREATE", "UPDATE") or request.object is None:
+        return None
+    if request.sub_resource not in ("", "ephemeralcontainers"):
+        return None  # status, scale, binding, ...: no new images
+    group_kind = (request.kind.group, request.kind.kind)
+    if request.sub_resource == "ephemeralcontainers" and request.old_object is not None:
+        # `kubectl debug` adds one container; only what is new needs a decision.
+        return workloads.new_images(request.object, request.old_object, group_kind)
+    return workloads.find_images(request.object, group_kind)
+
+
+async def _applicable(
+    request: admission.AdmissionRequest, source: PolicySource
+) -> list[engine.CompiledPolicy]:
+    labels = await source.namespace_labels(request.namespace) if request.namespace else {}
+    return engine.applicable(source.policies(), request.namespace, labels)
+
+
+class Validator:
+    """`/validate`: judge the images as they will be stored (after any mutation)."""
+
+    def __init__(self, policies: PolicySource, verifier: SignatureVerifier | None = None):
+        self._policies = policies
+        self._verifier = verifier
+
+    async def __call__(
+        self, review: admission.AdmissionReview, deadline: float
+    ) -> admission.AdmissionResponse:
+        request = review.request
+        try:
+            images = _images(request)
+        except workloads.MalformedWorkloadError as error:
+            return admission.deny(request.uid, f"imagegate: {error.user_message}", code=400)
+        if not images:
+            return admission.AdmissionResponse(uid=request.uid, allowed=True)
+        policies = await _applicable(request, self._policies)
+        if not policies:
+            return admission.AdmissionResponse(uid=request.uid, allowed=True)
+        planned = engine.plan_rewrites(images, policies, apply=False)
+        checks = engine.signature_checks(planned, policies)
+        verdicts: Mapping[engine.SignatureCheck, engine.SignatureVerdict] = {}
+        if checks and self._verifier is not None:
+            verdicts = await self._verifier.verify(checks, deadline)
+        decision = engine.evaluate(planned, policies, verdicts)
+        audit = {
+            AUDIT_DECISION: "allowed" if decision.allowed else "denied",
+            AUDIT_DETAIL: json.dumps(_audit_detail(decision), separators=(",", ":")),
+        }
+        if decision.allowed:
+            return admission.AdmissionResponse(
+                uid=request.uid,
+                allowed=True,
+                warnings=tuple(decision.warnings()),
+                audit_annotations=audit,
+            )
+        return admission.AdmissionResponse(
+            uid=request.uid,
+            allowed=False,
+            message=decision.denial_message(),
+            warnings=tuple(decision.warnings()),
+            audit_annotations=audit,
+        )
+
+
+class Mutator:
+    """`/mutate`: rewrite to hardened equivalents and pin digests; never denies on policy."""
+
+    def __init__(self, policies: PolicySource, resolver: DigestResolver | None = None):
+        self._policies = policies
+        self._resolver = resolver
+
+    async def __call__(
+        self, review: admission.AdmissionReview, deadline: float
+    ) -> admission.AdmissionResponse:
+        request = review.request
+        try:
+            images = _images(request)
+        except workloads.MalformedWorkloadError:
+            # Validation denies it with the reason; mutation has nothing safe to change.
+            return admission.AdmissionResponse(uid=request.uid, allowed=True)
+        if not images or request.object is None:
+            return admission.AdmissionResponse(uid=request.uid, allowed=True)
+        policies = await _applicable(request, self._policies)
+        if not policies:
+            return admission.AdmissionResponse(uid=request.uid, allowed=True)
+        planned = engine.plan_rewrites(images, policies, apply=True)
+        finals = {p.container.pointer: p.final_text for p in planned}
+        warnings: list[str] = []
+        if self._resolver is not None and any(p.pin_digests for p in policies):
+            for image in planned:
+                if image.final is None or image.final.digest is not None:
+                    continue
+                try:
+                    digest = await self._resolver.resolve(image.final, deadline)
+                except Exception as error:  # validation will decide; pinning is best effort
+                    logger.warning("could not resolve %s for pinning: %s", image.final, error)
+                    warnings.append(f"imagegate: could not pin {image.final}: {error}")
+                    continue
+                finals[image.container.pointer] = str(image.final.with_digest(digest))
+        patch = _patch(request.object, planned, finals)
+        rewritten = {
+            f"{p.container.kind}/{p.container.container_name}": p.container.image
+            for p in planned
+            if p.rewritten_by is not None
+        }
+        audit = {AUDIT_DECISION: "rewritten" if rewritten else "unchanged"}
+        if rewritten:
+            audit[AUDIT_DETAIL] = json.dumps(rewritten, separators=(",", ":"), sort_keys=True)
+        return admission.AdmissionResponse(
+            uid=request.uid,
+            allowed=True,
+            patch=tuple(patch),
+            warnings=tuple(warnings),
+            audit_annotations=audit,
+        )
+
+
+def _patch(
+    obj: Mapping[str, Any], planned: Sequence[engine.PlannedImage], finals: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    operations: list[dict[str, Any]] = [
+        {"op": "replace", "path": image.container.pointer, "value": finals[image.container.pointer]}
+        for image in planned
+        if finals[image.container.pointer] != image.container.image
+    ]
+    originals = {
+        f"{p.container.kind}/{p.container.container_name}": p.container.image
+        for p in planned
+        if p.rewritten_by is not None
+    }
+    if originals:
+        operations += _annotation_patch(obj, planned, originals)
+    return operations
+
+
+def _annotation_patch(
+    obj: Mapping[str, Any], planned: Sequence[engine.PlannedImage], originals: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """Record the originals on the pod (template) metadata, merging with earlier records."""
+    # ".../spec/containers/0/image" → "" for a Pod, "/spec/template" for a Deployment, ...
+    pod_spec = planned[0].container.pointer.rsplit("/spec/", 1)[0]
+    metadata_pointer = (pod_spec + "/metadata") if pod_spec else "/metadata"
+    metadata = _resolve(obj, metadata_pointer)
+    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+    merged: dict[str, str] = {}
+    if isinstance(annotations, Mapping):
+        try:
+            earlier = json.loads(annotations.get(ORIGINAL_IMAGES_ANNOTATION, "{}"))
+            if isinstance(earlier, dict):
+                merged.update({str(k): str(v) for k, v in earlier.items()})
+        except ValueError:
+            pass  # an admin's hand-edit: ours replaces it
+    merged.update(originals)
+    value = json.dumps(merged, separators=(",", ":"), sort_keys=True)
+    if not isinstance(metadata, Mapping):
+        return [
+            {
+                "op": "add",
+                "path": metadata_pointer,
+                "value": {"annotations": {ORIGINAL_IMAGES_ANNOTATION: value}},
+            }
+        ]
+    if not isinstance(annotations, Mapping):
+        return [
+            {
+                "op": "add",
+                "path": f"{metadata_pointer}/annotations",
+                "value": {ORIGINAL_IMAGES_ANNOTATION: value},
+            }
+        ]
+    # `add` replaces an existing member, so it serves both a first record and a later one.
+    key = ORIGINAL_IMAGES_ANNOTATION.replace("~", "~0").replace("/", "~1")
+    return [{"op": "add", "path": f"{metadata_pointer}/annotations/{key}", "value": value}]
+
+
+def _resolve(obj: Mapping[str, Any], pointer: str) -> Any:
+    node: Any = obj
+    for part in pointer.strip("/").split("/"):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part.replace("~1", "/").replace("~0", "~"))
+    return node
+
+
+def _audit_detail(decision: engine.Decision) -> list[dict[str, Any]]:
+    return [
+        {
+            "container": image.planned.container.container_name,
+            "image": image.planned.container.image,
+            "outcome": image.outcome.value,
+            "violations": [f"{v.policy.display_name}: {v.reason}" for v in image.violations],
+        }
+        for image in decision.images
+    ]

@@ -1,0 +1,206 @@
+"""The reviewers behind /mutate and /validate, with the policies handed in directly."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from imagegate import admission, webhook
+from imagegate.policy import engine, model
+from imagegate.policy.compile import compile_policy
+
+
+class Policies:
+    def __init__(self, *policies: engine.CompiledPolicy, labels: Mapping[str, str] | None = None):
+        self._policies = policies
+        self._labels = labels or {}
+
+    def policies(self) -> Sequence[engine.CompiledPolicy]:
+        return self._policies
+
+    async def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        return {"kubernetes.io/metadata.name": namespace, **self._labels}
+
+
+def policy(name: str, **spec: Any) -> engine.CompiledPolicy:
+    return compile_policy(
+        model.parse_policy_document(
+            {
+                "apiVersion": "imagegate.dev/v1alpha1",
+                "kind": "ClusterImagePolicy",
+                "metadata": {"name": name},
+                "spec": spec,
+            }
+        )
+    )
+
+
+REWRITE = policy(
+    "hardened",
+    sources=[{"name": "chainguard", "images": ["cgr.dev/chainguard/**"]}],
+    rewrites=[{"from": "docker.io/library/python", "to": "cgr.dev/chainguard/python"}],
+)
+
+
+def deployment(image: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    template: dict[str, Any] = {"spec": {"containers": [{"name": "app", "image": image}]}}
+    if annotations is not None:
+        template["metadata"] = {"annotations": annotations}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"template": template},
+    }
+
+
+def review(
+    obj: Any,
+    *,
+    operation: str = "CREATE",
+    kind: tuple[str, str] = ("apps", "Deployment"),
+    old: Any = None,
+    sub_resource: str = "",
+) -> admission.AdmissionReview:
+    return admission.AdmissionReview.model_validate(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1",
+                "kind": {"group": kind[0], "version": "v1", "kind": kind[1]},
+                "resource": {"group": kind[0], "version": "v1", "resource": "x"},
+                "namespace": "default",
+                "operation": operation,
+                "object": obj,
+                "oldObject": old,
+                "subResource": sub_resource,
+            },
+        }
+    )
+
+
+def apply_patch(obj: dict[str, Any], response: admission.AdmissionResponse) -> dict[str, Any]:
+    """A minimal RFC 6902 add/replace, enough to check that our patches apply where they say."""
+    wire = response.to_review()["response"]
+    result = copy.deepcopy(obj)
+    for op in json.loads(base64.b64decode(wire["patch"])) if "patch" in wire else []:
+        *parents, last = [
+            p.replace("~1", "/").replace("~0", "~") for p in op["path"][1:].split("/")
+        ]
+        node: Any = result
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if op["op"] == "replace":
+            assert (int(last) if isinstance(node, list) else last) in (
+                range(len(node)) if isinstance(node, list) else node
+            )
+        node[int(last) if isinstance(node, list) else last] = op["value"]
+    return result
+
+
+async def test_mutation_rewrites_the_template_and_records_the_original() -> None:
+    obj = deployment("python:3.12")
+    response = await webhook.Mutator(Policies(REWRITE))(review(obj), deadline=0)
+    mutated = apply_patch(obj, response)
+    template = mutated["spec"]["template"]
+    assert template["spec"]["containers"][0]["image"] == "cgr.dev/chainguard/python:latest"
+    assert json.loads(template["metadata"]["annotations"][webhook.ORIGINAL_IMAGES_ANNOTATION]) == {
+        "containers/app": "python:3.12"
+    }
+    assert response.audit_annotations["decision"] == "rewritten"
+    validated = await webhook.Validator(Policies(REWRITE))(review(mutated), deadline=0)
+    assert validated.allowed
+
+
+async def test_an_earlier_record_of_originals_is_kept() -> None:
+    earlier = {webhook.ORIGINAL_IMAGES_ANNOTATION: '{"initContainers/setup":"busybox"}', "a": "b"}
+    obj = deployment("python:3.12", earlier)
+    mutated = apply_patch(obj, await webhook.Mutator(Policies(REWRITE))(review(obj), deadline=0))
+    annotations = mutated["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["a"] == "b"
+    assert json.loads(annotations[webhook.ORIGINAL_IMAGES_ANNOTATION]) == {
+        "containers/app": "python:3.12",
+        "initContainers/setup": "busybox",
+    }
+
+
+async def test_validation_denies_with_the_suggestion_when_mutation_did_not_run() -> None:
+    response = await webhook.Validator(Policies(REWRITE))(review(deployment("python:3.12")), 0)
+    assert not response.allowed
+    assert response.message == (
+        "container 'app' image 'python:3.12' denied by policy hardened: docker.io/library/python "
+        "is not from a source this policy trusts (use cgr.dev/chainguard/python:latest instead)"
+    )
+    assert response.audit_annotations["decision"] == "denied"
+    assert json.loads(response.audit_annotations["detail"])[0]["outcome"] == "denied"
+
+
+async def test_malformed_workloads_are_denied_by_validation_and_left_by_mutation() -> None:
+    broken = {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": "x"}]}}
+    denied = await webhook.Validator(Policies(REWRITE))(review(broken, kind=("", "Pod")), 0)
+    assert (denied.allowed, denied.code) == (False, 400)
+    assert "/spec/containers/0/image is missing" in denied.message
+    mutated = await webhook.Mutator(Policies(REWRITE))(review(broken, kind=("", "Pod")), 0)
+    assert (mutated.allowed, mutated.patch) == (True, ())
+
+
+@pytest.mark.parametrize("operation", ["DELETE", "CONNECT"])
+async def test_requests_without_new_images_are_admitted(operation: str) -> None:
+    response = await webhook.Validator(Policies(REWRITE))(
+        review(deployment("ghcr.io/x/y"), operation=operation), 0
+    )
+    assert response.allowed
+
+
+async def test_an_ephemeral_container_is_judged_alone() -> None:
+    old = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "spec": {"containers": [{"name": "app", "image": "ghcr.io/legacy/app"}]},
+    }
+    new = copy.deepcopy(old)
+    new["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": "busybox"}]
+    response = await webhook.Validator(Policies(REWRITE))(
+        review(
+            new, operation="UPDATE", kind=("", "Pod"), old=old, sub_resource="ephemeralcontainers"
+        ),
+        0,
+    )
+    assert not response.allowed
+    assert response.message.startswith("ephemeral container 'debugger' image 'busybox' denied")
+    assert "legacy" not in response.message
+
+
+async def test_warn_mode_answers_with_warnings() -> None:
+    warn = policy(
+        "onboarding",
+        mode="warn",
+        sources=[{"name": "chainguard", "images": ["cgr.dev/chainguard/**"]}],
+    )
+    response = await webhook.Validator(Policies(warn))(review(deployment("nginx")), 0)
+    assert response.allowed
+    assert response.warnings == (
+        "container 'app' image 'nginx' would be denied by policy onboarding: "
+        "docker.io/library/nginx is not from a source this policy trusts",
+    )
+
+
+async def test_a_namespace_outside_every_selector_is_untouched() -> None:
+    selective = policy(
+        "p",
+        namespaceSelector={"matchLabels": {"imagegate": "on"}},
+        sources=[{"name": "c", "images": ["cgr.dev/chainguard/**"]}],
+    )
+    response = await webhook.Validator(Policies(selective))(review(deployment("nginx")), 0)
+    assert response.allowed
+    assert response.audit_annotations == {}
+    on = await webhook.Validator(Policies(selective, labels={"imagegate": "on"}))(
+        review(deployment("nginx")), 0
+    )
+    assert not on.allowed
