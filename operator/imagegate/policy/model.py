@@ -34,7 +34,7 @@ class PolicyError(ImagegateError):
 
 class _Spec(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(
-        frozen=True, extra="forbid", populate_by_name=True, alias_generator=None
+        frozen=True, extra="forbid", populate_by_name=True, use_attribute_docstrings=True
     )
 
 
@@ -55,14 +55,18 @@ def _check_glob(value: str) -> str:
     return value
 
 
-Glob = Annotated[str, pydantic.AfterValidator(_check_glob)]
+#: The pattern is the cheap part of the check, so the CRD schema can refuse at `kubectl apply`.
+GLOB_PATTERN = r"^[a-z0-9._\-:/\[\]*]+$"
+Glob = Annotated[
+    str, pydantic.Field(min_length=1, pattern=GLOB_PATTERN), pydantic.AfterValidator(_check_glob)
+]
 RegExp = Annotated[str | None, pydantic.AfterValidator(_check_regexp)]
 
 
 class LabelSelectorRequirement(_Spec):
     key: str = pydantic.Field(min_length=1)
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: tuple[str, ...] = ()
+    values: tuple[str, ...] = pydantic.Field((), max_length=64)
 
     @pydantic.model_validator(mode="after")
     def _values_fit_operator(self) -> LabelSelectorRequirement:
@@ -78,7 +82,7 @@ class LabelSelector(_Spec):
 
     match_labels: dict[str, str] = pydantic.Field(default_factory=dict, alias="matchLabels")
     match_expressions: tuple[LabelSelectorRequirement, ...] = pydantic.Field(
-        (), alias="matchExpressions"
+        (), alias="matchExpressions", max_length=32
     )
 
 
@@ -138,8 +142,8 @@ class TrustRoot(_Spec):
 class Signatures(_Spec):
     """At least one authority must verify (keyless identities and keys are ORed)."""
 
-    keyless: tuple[KeylessAuthority, ...] = ()
-    keys: tuple[KeyAuthority, ...] = ()
+    keyless: tuple[KeylessAuthority, ...] = pydantic.Field((), max_length=16)
+    keys: tuple[KeyAuthority, ...] = pydantic.Field((), max_length=16)
     trust_root: TrustRoot | None = pydantic.Field(None, alias="trustRoot")
     require_transparency_log: bool = pydantic.Field(True, alias="requireTransparencyLog")
 
@@ -152,7 +156,7 @@ class Signatures(_Spec):
 
 class Source(_Spec):
     name: str = pydantic.Field(pattern=_DNS_LABEL, max_length=63)
-    images: tuple[Glob, ...] = pydantic.Field(min_length=1)
+    images: tuple[Glob, ...] = pydantic.Field(min_length=1, max_length=128)
     signatures: Signatures | None = None
 
 
@@ -169,8 +173,9 @@ class PolicySpec(_Spec):
         LabelSelector.model_validate({}), alias="namespaceSelector"
     )
     pin_digests: bool = pydantic.Field(True, alias="pinDigests")
-    sources: tuple[Source, ...] = ()
-    rewrites: tuple[Rewrite, ...] = ()
+    # Bounded, so the API server can cost the CEL rules that walk them.
+    sources: tuple[Source, ...] = pydantic.Field((), max_length=64)
+    rewrites: tuple[Rewrite, ...] = pydantic.Field((), max_length=512)
 
     @pydantic.model_validator(mode="after")
     def _sane(self) -> PolicySpec:
@@ -181,6 +186,31 @@ class PolicySpec(_Spec):
         if not self.sources and not self.rewrites:
             raise ValueError("a policy needs sources, rewrites, or both")
         return self
+
+
+class Condition(_Spec):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = pydantic.Field(None, alias="lastTransitionTime")
+
+
+class LastDenial(_Spec):
+    time: str
+    namespace: str = ""
+    object: str = ""
+    image: str = ""
+
+
+class PolicyStatus(_Spec):
+    """Written by the operator."""
+
+    observed_generation: int | None = pydantic.Field(None, alias="observedGeneration")
+    conditions: tuple[Condition, ...] = ()
+    denials: int = 0
+    """Denials counted since the policy was created."""
+    last_denial: LastDenial | None = pydantic.Field(None, alias="lastDenial")
 
 
 class Metadata(pydantic.BaseModel):

@@ -1,0 +1,127 @@
+"""The generated CRDs on the real API server: accepted, and bad policies refused at apply time."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from imagegate import kube
+from imagegate.policy import crd
+from support import Cluster
+
+pytestmark = pytest.mark.controlplane
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def api(cluster: Cluster) -> client.ApiClient:
+    api = kube.api_client(cluster.kubeconfig)
+    extensions = client.ApiextensionsV1Api(api)
+    for document in crd.crds():
+        try:
+            extensions.create_custom_resource_definition(document)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+    for _ in range(100):
+        established = [
+            any(c.type == "Established" and c.status == "True" for c in (d.status.conditions or []))
+            for d in (
+                extensions.read_custom_resource_definition(doc["metadata"]["name"])
+                for doc in crd.crds()
+            )
+        ]
+        if all(established):
+            return api
+        time.sleep(0.1)
+    pytest.fail("the CRDs were not established")
+
+
+def _create(api: client.ApiClient, spec: dict[str, Any], name: str) -> dict[str, Any]:
+    body = {
+        "apiVersion": "imagegate.dev/v1alpha1",
+        "kind": "ClusterImagePolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    objects = client.CustomObjectsApi(api)
+    # Strict field validation, as kubectl uses by default: unknown fields are errors.
+    created: dict[str, Any] = objects.create_cluster_custom_object(
+        "imagegate.dev", "v1alpha1", "clusterimagepolicies", body, field_validation="Strict"
+    )
+    objects.delete_cluster_custom_object("imagegate.dev", "v1alpha1", "clusterimagepolicies", name)
+    return created
+
+
+def test_presets_apply_with_kubectl_and_defaults_are_filled_in(
+    api: client.ApiClient, cluster: Cluster
+) -> None:
+    if cluster.control_plane is None or cluster.control_plane.binaries.kubectl is None:
+        pytest.skip("kubectl comes with the local test bed")
+    kubectl = [str(cluster.control_plane.binaries.kubectl), "--kubeconfig", str(cluster.kubeconfig)]
+    applied = subprocess.run(
+        [*kubectl, "apply", "--dry-run=server", "-f", str(ROOT / "policies")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.count("created (server dry run)") == len(
+        list((ROOT / "policies").glob("*.yaml"))
+    )
+    created = _create(
+        api, {"rewrites": [{"from": "docker.io/library/x", "to": "cgr.dev/c/x"}]}, "d"
+    )
+    assert created["spec"]["mode"] == "enforce"
+    assert created["spec"]["pinDigests"] is True
+    assert created["spec"]["rewrites"][0]["tag"] == "latest"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"mode": "enforcing", "rewrites": [{"from": "docker.io/x/y", "to": "a.io/b"}]},
+            "spec.mode",
+        ),
+        ({"sources": [{"name": "a", "images": ["Docker.io/*"]}]}, "spec.sources[0].images[0]"),
+        ({}, "a policy needs sources, rewrites, or both"),
+        (
+            {"sources": [{"name": "a", "images": ["x.io/*"]}, {"name": "a", "images": ["y.io/*"]}]},
+            "source names must be unique",
+        ),
+        (
+            {
+                "sources": [
+                    {
+                        "name": "a",
+                        "images": ["x.io/*"],
+                        "signatures": {
+                            "keyless": [{"issuer": "i", "issuerRegExp": "i", "subject": "s"}]
+                        },
+                    }
+                ]
+            },
+            "set exactly one of issuer and issuerRegExp",
+        ),
+        (
+            {"sources": [{"name": "a", "images": ["x.io/*"], "signatures": {}}]},
+            "name at least one authority",
+        ),
+        ({"sources": [{"name": "a", "images": ["x.io/*"], "typo": 1}]}, "typo"),
+    ],
+)
+def test_bad_policies_are_refused_at_apply_time(
+    api: client.ApiClient, spec: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ApiException) as refused:
+        _create(api, spec, "bad")
+    # 422 Invalid for schema and CEL violations, 400 BadRequest for strict unknown fields.
+    assert refused.value.status in (400, 422)
+    assert message in refused.value.body
