@@ -10,6 +10,7 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from imagegate import __version__
 from imagegate.errors import ImagegateError, UsageError
@@ -50,6 +51,23 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
     raise UsageError(f"unknown testbed action {args.action!r}")
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from imagegate import operator, server
+
+    if not args.tls_cert.is_file() or not args.tls_key.is_file():
+        raise UsageError(f"TLS files not found: {args.tls_cert}, {args.tls_key}")
+    operator.run(
+        operator.OperatorConfig(
+            kubeconfig=args.kubeconfig,
+            tls=server.TLSFiles(args.tls_cert, args.tls_key),
+            host=args.host,
+            port=args.port,
+            deadline=args.deadline,
+        )
+    )
+    return 0
+
+
 def _cmd_dev(args: argparse.Namespace) -> int:
     from imagegate import dev
 
@@ -73,6 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, default=None, help="kube-apiserver port for `up` (default: a free one)"
     )
     testbed.set_defaults(handler=_cmd_testbed)
+
+    run = commands.add_parser(
+        "run", help="run the operator: watch policies and serve the admission webhooks"
+    )
+    run.add_argument(
+        "--kubeconfig", type=Path, default=None, help="default: the in-cluster service account"
+    )
+    run.add_argument("--tls-cert", type=Path, required=True, help="serving certificate (PEM)")
+    run.add_argument("--tls-key", type=Path, required=True, help="its private key (PEM)")
+    run.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    run.add_argument("--port", type=int, default=8443)
+    run.add_argument(
+        "--deadline",
+        type=float,
+        default=8.0,
+        help="seconds per admission before denying; keep it below the webhook timeout",
+    )
+    run.set_defaults(handler=_cmd_run)
 
     dev = commands.add_parser(
         "dev", help="run the local demo on the embedded control plane (Ctrl-C stops it)"

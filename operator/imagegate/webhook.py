@@ -130,7 +130,12 @@ class Mutator:
         if not policies:
             return admission.AdmissionResponse(uid=request.uid, allowed=True)
         planned = engine.plan_rewrites(images, policies, apply=True)
-        finals = {p.container.pointer: p.final_text for p in planned}
+        # Only rewritten (and, below, pinned) images change: normalising `nginx` to
+        # `docker.io/library/nginx:latest` would only make GitOps tools report drift.
+        finals = {
+            p.container.pointer: p.final_text if p.rewritten_by else p.container.image
+            for p in planned
+        }
         warnings: list[str] = []
         if self._resolver is not None and any(p.pin_digests for p in policies):
             for image in planned:

@@ -22,11 +22,6 @@ from support import Cluster, RecordingWebhook
 pytestmark = pytest.mark.controlplane
 
 
-@pytest.fixture(scope="module")
-def api(cluster: Cluster) -> client.ApiClient:
-    return kube.api_client(cluster.kubeconfig)
-
-
 @pytest.fixture
 def namespace(api: client.ApiClient) -> Iterator[str]:
     name = f"e2e-{uuid.uuid4().hex[:8]}"

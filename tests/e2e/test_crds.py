@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,36 +10,10 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from imagegate import kube
-from imagegate.policy import crd
 from support import Cluster
 
-pytestmark = pytest.mark.controlplane
+pytestmark = [pytest.mark.controlplane, pytest.mark.usefixtures("crds")]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def api(cluster: Cluster) -> client.ApiClient:
-    api = kube.api_client(cluster.kubeconfig)
-    extensions = client.ApiextensionsV1Api(api)
-    for document in crd.crds():
-        try:
-            extensions.create_custom_resource_definition(document)
-        except ApiException as error:
-            if error.status != 409:
-                raise
-    for _ in range(100):
-        established = [
-            any(c.type == "Established" and c.status == "True" for c in (d.status.conditions or []))
-            for d in (
-                extensions.read_custom_resource_definition(doc["metadata"]["name"])
-                for doc in crd.crds()
-            )
-        ]
-        if all(established):
-            return api
-        time.sleep(0.1)
-    pytest.fail("the CRDs were not established")
 
 
 def _create(api: client.ApiClient, spec: dict[str, Any], name: str) -> dict[str, Any]:

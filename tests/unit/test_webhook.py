@@ -118,6 +118,13 @@ async def test_mutation_rewrites_the_template_and_records_the_original() -> None
     assert validated.allowed
 
 
+async def test_images_that_are_not_rewritten_are_left_exactly_as_written() -> None:
+    obj = deployment("nginx")  # trusted by nothing here, but mutation never normalises
+    response = await webhook.Mutator(Policies(REWRITE))(review(obj), deadline=0)
+    assert response.patch == ()
+    assert response.audit_annotations == {"decision": "unchanged"}
+
+
 async def test_an_earlier_record_of_originals_is_kept() -> None:
     earlier = {webhook.ORIGINAL_IMAGES_ANNOTATION: '{"initContainers/setup":"busybox"}', "a": "b"}
     obj = deployment("python:3.12", earlier)

@@ -1,0 +1,263 @@
+"""The kopf operator: policies and namespaces watched into a cache, the webhooks served beside.
+
+Start-up order is what keeps admission safe: the policies are listed and compiled *before* the
+webhook server starts, so the API server can never reach an imagegate that would admit because it
+has not read its policies yet (until then the call fails, and `failurePolicy: Fail` denies).
+
+A policy that fails to compile (the CRD schema catches most mistakes, not all) keeps its last good
+version in force and says so in its `Ready` condition: an admin's typo never switches enforcement
+off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kopf
+from kubernetes import client
+
+from imagegate import kube, server, webhook
+from imagegate.errors import ImagegateError
+from imagegate.policy import compile as policy_compile
+from imagegate.policy import engine, model
+
+logger = logging.getLogger(__name__)
+
+PolicyKey = tuple[str | None, str]  # (namespace or None for cluster policies, name)
+PLURALS = {model.CLUSTER_KIND: "clusterimagepolicies", model.NAMESPACED_KIND: "imagepolicies"}
+
+
+class PolicyCache:
+    """The compiled policies and namespace labels the webhooks decide with (a `PolicySource`)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._api = api
+        self._policies: dict[PolicyKey, engine.CompiledPolicy] = {}
+        self._labels: dict[str, dict[str, str]] = {}
+
+    def policies(self) -> Sequence[engine.CompiledPolicy]:
+        return tuple(self._policies.values())
+
+    async def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        labels = self._labels.get(namespace)
+        if labels is None:
+            # A namespace created a moment ago may not have reached the watch yet.
+            core = client.CoreV1Api(self._api)
+            found = await asyncio.to_thread(core.read_namespace, namespace)
+            labels = dict((found.metadata.labels if found.metadata else None) or {})
+            self._labels[namespace] = labels
+        return labels
+
+    def set_namespace(self, name: str, labels: Mapping[str, str] | None) -> None:
+        if labels is None:
+            self._labels.pop(name, None)
+        else:
+            self._labels[name] = dict(labels)
+
+    def set_policy(self, key: PolicyKey, compiled: engine.CompiledPolicy | None) -> None:
+        if compiled is None:
+            self._policies.pop(key, None)
+        else:
+            self._policies[key] = compiled
+
+    def has_policy(self, key: PolicyKey) -> bool:
+        return key in self._policies
+
+
+def compile_resource(body: Mapping[str, Any]) -> engine.CompiledPolicy:
+    """A live resource → compiled policy, or `model.PolicyError` naming the bad field."""
+    document = model.parse_policy_document(body)
+    return policy_compile.compile_policy(document)
+
+
+@dataclass
+class OperatorConfig:
+    kubeconfig: Path | None
+    tls: server.TLSFiles
+    host: str = "0.0.0.0"
+    port: int = 8443
+    deadline: float = server.DEFAULT_DEADLINE
+
+
+@dataclass
+class _State:
+    config: OperatorConfig
+    api: client.ApiClient
+    cache: PolicyCache
+    webhook_server: server.WebhookServer | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    """All handlers, bound to one operator's state (no module globals)."""
+    registry = kopf.OperatorRegistry()
+    api = kube.api_client(config.kubeconfig)
+    state = _State(config, api, PolicyCache(api))
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        if config.kubeconfig is not None:
+            return kopf.login_with_kubeconfig(**kwargs)
+        return kopf.login_with_service_account(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.peering.standalone = True
+        settings.posting.enabled = False  # imagegate writes its own, rate-limited Events
+        await _load_everything(state)
+        app = server.build_app(
+            validate=webhook.Validator(state.cache),
+            mutate=webhook.Mutator(state.cache),
+            deadline=config.deadline,
+        )
+        state.webhook_server = server.WebhookServer(
+            app, config.tls, host=config.host, port=config.port
+        )
+        await state.webhook_server.start()
+        logger.info(
+            "serving /mutate and /validate on %s:%d", config.host, state.webhook_server.port
+        )
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        if state.webhook_server is not None:
+            await state.webhook_server.stop()
+
+    for plural in PLURALS.values():
+
+        @kopf.on.event(model.GROUP, model.VERSION, plural, id=f"watch-{plural}", registry=registry)
+        async def policy_event(event: Mapping[str, Any], **_: Any) -> None:
+            await _apply_policy_event(state, event)
+
+    @kopf.on.event("", "v1", "namespaces", registry=registry)
+    async def namespace_event(event: Mapping[str, Any], **_: Any) -> None:
+        body = event.get("object") or {}
+        name = body.get("metadata", {}).get("name")
+        if name:
+            deleted = event.get("type") == "DELETED"
+            state.cache.set_namespace(name, None if deleted else body["metadata"].get("labels", {}))
+
+    return registry
+
+
+async def _load_everything(state: _State) -> None:
+    """List namespaces and policies once, before the webhooks may answer."""
+    core = client.CoreV1Api(state.api)
+    namespaces = await asyncio.to_thread(core.list_namespace)
+    for namespace in namespaces.items:
+        if namespace.metadata is not None and namespace.metadata.name:
+            state.cache.set_namespace(namespace.metadata.name, namespace.metadata.labels or {})
+    objects = client.CustomObjectsApi(state.api)
+    for kind, plural in PLURALS.items():
+        listed = await asyncio.to_thread(
+            objects.list_cluster_custom_object, model.GROUP, model.VERSION, plural
+        )
+        if not isinstance(listed, dict):
+            raise ImagegateError(f"listing {plural} returned {type(listed).__name__}")
+        for body in listed.get("items", []):
+            await _apply_policy_event(state, {"type": "ADDED", "object": {"kind": kind, **body}})
+    logger.info("loaded %d policies", len(state.cache.policies()))
+
+
+async def _apply_policy_event(state: _State, event: Mapping[str, Any]) -> None:
+    body = event.get("object") or {}
+    metadata = body.get("metadata", {})
+    name = metadata.get("name")
+    if not name:
+        return
+    kind = body.get("kind") or model.CLUSTER_KIND
+    namespace = metadata.get("namespace") if kind == model.NAMESPACED_KIND else None
+    key: PolicyKey = (namespace, name)
+    if event.get("type") == "DELETED":
+        state.cache.set_policy(key, None)
+        return
+    try:
+        compiled = compile_resource({"apiVersion": model.API_VERSION, "kind": kind, **body})
+    except ImagegateError as error:
+        kept = state.cache.has_policy(key)
+        logger.error(
+            "policy %s is invalid (%s): %s",
+            name,
+            "previous version kept" if kept else "not enforced",
+            error.user_message,
+        )
+        reason = "InvalidKeptPrevious" if kept else "Invalid"
+        await _write_status(state, kind, namespace, body, "False", reason, error.user_message)
+        return
+    state.cache.set_policy(key, compiled)
+    await _write_status(state, kind, namespace, body, "True", "Compiled", "")
+
+
+async def _write_status(
+    state: _State,
+    kind: str,
+    namespace: str | None,
+    body: Mapping[str, Any],
+    ready: str,
+    reason: str,
+    message: str,
+) -> None:
+    """Patch observedGeneration and the Ready condition, only when they change (no event loop)."""
+    metadata = body.get("metadata", {})
+    status = body.get("status") or {}
+    generation = metadata.get("generation")
+    current: dict[str, Any] = next(
+        (c for c in status.get("conditions", []) if c.get("type") == "Ready"), {}
+    )
+    if (
+        status.get("observedGeneration") == generation
+        and current.get("status") == ready
+        and current.get("reason") == reason
+        and current.get("message", "") == message
+    ):
+        return
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    condition = {
+        "type": "Ready",
+        "status": ready,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now
+        if current.get("status") != ready
+        else current.get("lastTransitionTime", now),
+    }
+    patch = {"status": {"observedGeneration": generation, "conditions": [condition]}}
+    objects = client.CustomObjectsApi(state.api)
+    plural = PLURALS[kind]
+    try:
+        if namespace is None:
+            await asyncio.to_thread(
+                objects.patch_cluster_custom_object_status,
+                model.GROUP,
+                model.VERSION,
+                plural,
+                metadata["name"],
+                patch,
+            )
+        else:
+            await asyncio.to_thread(
+                objects.patch_namespaced_custom_object_status,
+                model.GROUP,
+                model.VERSION,
+                namespace,
+                plural,
+                metadata["name"],
+                patch,
+            )
+    except client.ApiException as error:
+        # Status is for admins to read; admission does not depend on it.
+        logger.warning("cannot update the status of %s: %s", metadata["name"], error.reason)
+
+
+def run(config: OperatorConfig) -> None:
+    if config.kubeconfig is not None:
+        # kopf's kubeconfig login reads the path from the environment only.
+        os.environ["KUBECONFIG"] = str(config.kubeconfig)
+    kopf.run(registry=build_registry(config), standalone=True, clusterwide=True)

@@ -1,0 +1,255 @@
+"""imagegate's operator in the admission path of a real API server, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import pytest
+from kubernetes import client, utils
+from kubernetes.client.rest import ApiException
+
+from support import Cluster
+
+from .conftest import PolicyFactory
+
+pytestmark = pytest.mark.controlplane
+
+CHAINGUARD = {"name": "chainguard", "images": ["cgr.dev/chainguard/**"]}
+PYTHON = {"from": "docker.io/library/python", "to": "cgr.dev/chainguard/python"}
+
+
+def pod_body(name: str, image: str, init_image: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [{"name": "app", "image": image}]}
+    if init_image:
+        spec["initContainers"] = [{"name": "setup", "image": init_image}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+def template(image: str) -> dict[str, Any]:
+    return {
+        "metadata": {"labels": {"app": "w"}},
+        "spec": {"containers": [{"name": "app", "image": image}], "restartPolicy": "Never"},
+    }
+
+
+def workload(kind: str, image: str) -> tuple[str, dict[str, Any]]:
+    """(apiVersion, body) for each kind with a pod template."""
+    selector = {"matchLabels": {"app": "w"}}
+    specs: dict[str, tuple[str, dict[str, Any]]] = {
+        "Deployment": ("apps/v1", {"selector": selector, "template": template(image)}),
+        "StatefulSet": (
+            "apps/v1",
+            {"selector": selector, "serviceName": "w", "template": template(image)},
+        ),
+        "DaemonSet": ("apps/v1", {"selector": selector, "template": template(image)}),
+        "ReplicaSet": ("apps/v1", {"selector": selector, "template": template(image)}),
+        "ReplicationController": ("v1", {"selector": {"app": "w"}, "template": template(image)}),
+        "Job": ("batch/v1", {"template": template(image)}),
+        "CronJob": (
+            "batch/v1",
+            {"schedule": "0 0 * * *", "jobTemplate": {"spec": {"template": template(image)}}},
+        ),
+    }
+    api_version, spec = specs[kind]
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"):
+        # restartPolicy Never is only valid for Jobs.
+        spec["template"]["spec"].pop("restartPolicy")
+    if kind == "ReplicationController":
+        spec["template"]["spec"].pop("restartPolicy")
+    return api_version, {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": "w"},
+        "spec": spec,
+    }
+
+
+def create(api: client.ApiClient, namespace: str, body: dict[str, Any]) -> Any:
+    return utils.create_from_dict(api, body, namespace=namespace)
+
+
+def kubectl(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    if cluster.control_plane is None or cluster.control_plane.binaries.kubectl is None:
+        pytest.skip("kubectl comes with the local test bed")
+    return subprocess.run(
+        [
+            str(cluster.control_plane.binaries.kubectl),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_untrusted_image_is_denied_with_container_image_policy_and_reason(
+    api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory
+) -> None:
+    image_policy(gated_namespace, "chainguard", {"sources": [CHAINGUARD]})
+    core = client.CoreV1Api(api)
+    with pytest.raises(ApiException) as denied:
+        core.create_namespaced_pod(gated_namespace, pod_body("bad", "nginx:1.25"))
+    message = json.loads(denied.value.body)["message"]
+    assert message == (
+        "admission webhook \"validate.imagegate.dev\" denied the request: container 'app' image "
+        f"'nginx:1.25' denied by policy {gated_namespace}/chainguard: docker.io/library/nginx is "
+        "not from a source this policy trusts"
+    )
+    core.create_namespaced_pod(gated_namespace, pod_body("good", "cgr.dev/chainguard/nginx:latest"))
+    assert core.read_namespaced_pod("good", gated_namespace).spec.containers[0].image == (
+        "cgr.dev/chainguard/nginx:latest"
+    )
+
+
+def test_rewrite_is_stored_on_the_pod_with_the_original_recorded(
+    api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory
+) -> None:
+    image_policy(gated_namespace, "hardened", {"sources": [CHAINGUARD], "rewrites": [PYTHON]})
+    core = client.CoreV1Api(api)
+    core.create_namespaced_pod(
+        gated_namespace, pod_body("py", "python:3.12", init_image="python:3.11-slim")
+    )
+    stored = core.read_namespaced_pod("py", gated_namespace)
+    assert stored.spec.containers[0].image == "cgr.dev/chainguard/python:latest"
+    assert stored.spec.init_containers[0].image == "cgr.dev/chainguard/python:latest"
+    originals = json.loads(stored.metadata.annotations["imagegate.dev/original-images"])
+    assert originals == {
+        "containers/app": "python:3.12",
+        "initContainers/setup": "python:3.11-slim",
+    }
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "Deployment",
+        "StatefulSet",
+        "DaemonSet",
+        "ReplicaSet",
+        "ReplicationController",
+        "Job",
+        "CronJob",
+    ],
+)
+def test_every_controller_kind_is_checked_and_rewritten(
+    api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory, kind: str
+) -> None:
+    image_policy(gated_namespace, "hardened", {"sources": [CHAINGUARD], "rewrites": [PYTHON]})
+    _, denied_body = workload(kind, "ghcr.io/untrusted/app:1")
+    with pytest.raises(utils.FailToCreateError) as denied:
+        create(api, gated_namespace, denied_body)
+    assert "ghcr.io/untrusted/app is not from a source this policy trusts" in str(denied.value)
+
+    _, body = workload(kind, "python:3.12")
+    (created,) = create(api, gated_namespace, body)
+    pod_spec = (
+        created.spec.job_template.spec.template.spec
+        if kind == "CronJob"
+        else created.spec.template.spec
+    )
+    assert pod_spec.containers[0].image == "cgr.dev/chainguard/python:latest"
+
+
+def test_warn_mode_admits_and_kubectl_shows_the_warning(
+    cluster: Cluster, gated_namespace: str, image_policy: PolicyFactory
+) -> None:
+    image_policy(gated_namespace, "onboarding", {"mode": "warn", "sources": [CHAINGUARD]})
+    result = kubectl(
+        cluster, "-n", gated_namespace, "run", "w", "--image=nginx:1.25", "--restart=Never"
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"Warning: container 'w' image 'nginx:1.25' would be denied by policy "
+        f"{gated_namespace}/onboarding" in result.stderr
+    )
+
+
+def test_an_ephemeral_debug_container_is_checked(
+    api: client.ApiClient, cluster: Cluster, gated_namespace: str, image_policy: PolicyFactory
+) -> None:
+    image_policy(gated_namespace, "chainguard", {"sources": [CHAINGUARD]})
+    client.CoreV1Api(api).create_namespaced_pod(
+        gated_namespace, pod_body("target", "cgr.dev/chainguard/nginx:latest")
+    )
+    denied = kubectl(
+        cluster,
+        "-n",
+        gated_namespace,
+        "debug",
+        "target",
+        "--image=busybox:1.36",
+        "--container=debugger",
+    )
+    assert denied.returncode != 0
+    assert "ephemeral container 'debugger' image 'busybox:1.36' denied" in denied.stderr
+    allowed = kubectl(
+        cluster,
+        "-n",
+        gated_namespace,
+        "debug",
+        "target",
+        "--image=cgr.dev/chainguard/busybox:latest",
+        "--container=debugger2",
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    stored = client.CoreV1Api(api).read_namespaced_pod("target", gated_namespace)
+    assert [c.name for c in stored.spec.ephemeral_containers] == ["debugger2"]
+
+
+def test_a_cluster_policy_selects_namespaces_by_label(
+    api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory
+) -> None:
+    core = client.CoreV1Api(api)
+    image_policy(
+        None,
+        f"only-{gated_namespace}",
+        {"namespaceSelector": {"matchLabels": {"tier": "prod"}}, "sources": [CHAINGUARD]},
+    )
+    core.create_namespaced_pod(gated_namespace, pod_body("before", "nginx"))  # not selected
+    core.patch_namespace(gated_namespace, {"metadata": {"labels": {"tier": "prod"}}})
+    with pytest.raises(ApiException) as denied:
+        core.create_namespaced_pod(gated_namespace, pod_body("after", "nginx"))
+    assert f"denied by policy only-{gated_namespace}" in denied.value.body
+
+
+def test_a_policy_the_crd_cannot_catch_is_reported_not_ready(
+    gated_namespace: str, image_policy: PolicyFactory
+) -> None:
+    broken = {
+        "sources": [
+            {
+                "name": "a",
+                "images": ["x.io/*"],
+                "signatures": {"keyless": [{"issuer": "https://i", "subjectRegExp": "(unclosed"}]},
+            }
+        ]
+    }
+    current = image_policy(gated_namespace, "broken", broken, ready="False")
+    (ready,) = current["status"]["conditions"]
+    assert ready["reason"] == "Invalid"
+    assert "subjectRegExp: not a valid regular expression" in ready["message"]
+
+
+def test_malformed_admission_review_is_refused_by_the_operator(
+    operator_url: tuple[str, str],
+) -> None:
+    import ssl
+    import urllib.request
+
+    url, ca_pem = operator_url
+    request = urllib.request.Request(
+        url + "/validate",
+        data=b"{not json",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    context = ssl.create_default_context(cadata=ca_pem)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, context=context, timeout=10)
+    assert refused.value.code == 400
+    assert json.loads(refused.value.read())["error"].startswith("body is not JSON")
