@@ -68,6 +68,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from imagegate import check
+
+    return check.run(
+        args.policy,
+        args.manifests,
+        output=args.output,
+        namespace=args.namespace,
+        namespace_labels=args.namespace_labels,
+    )
+
+
 def _cmd_dev(args: argparse.Namespace) -> int:
     from imagegate import dev
 
@@ -110,6 +122,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_cmd_run)
 
+    check = commands.add_parser(
+        "check",
+        help="judge manifests against policy files, offline, as the webhooks would",
+        description="Exit status: 0 all admitted, 1 at least one denied, 2 bad input.",
+    )
+    check.add_argument(
+        "-p",
+        "--policy",
+        action="append",
+        required=True,
+        metavar="POLICY.yaml",
+        help="policy file (repeatable; - for stdin)",
+    )
+    check.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    check.add_argument(
+        "--namespace", default="default", help="for objects that do not name their namespace"
+    )
+    check.add_argument(
+        "--namespace-labels",
+        default="",
+        metavar="K=V,...",
+        help="labels of that namespace, for policies with a namespaceSelector",
+    )
+    check.add_argument("manifests", nargs="+", metavar="MANIFEST", help="files, or - for stdin")
+    check.set_defaults(handler=_cmd_check)
+
     dev = commands.add_parser(
         "dev", help="run the local demo on the embedded control plane (Ctrl-C stops it)"
     )
@@ -133,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `imagegate check ... | head`: the reader has all it wanted
+        sys.stderr.close()
+        return 0
     return result
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
 from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
 
+from imagegate.testbed import local
 from support import Cluster
 
 from .conftest import PolicyFactory
@@ -236,20 +239,15 @@ def test_a_policy_the_crd_cannot_catch_is_reported_not_ready(
 
 
 def test_malformed_admission_review_is_refused_by_the_operator(
-    operator_url: tuple[str, str],
+    operator: local.LocalOperator,
 ) -> None:
-    import ssl
-    import urllib.request
-
-    url, ca_pem = operator_url
     request = urllib.request.Request(
-        url + "/validate",
+        operator.url + "/validate",
         data=b"{not json",
         method="POST",
         headers={"Content-Type": "application/json"},
     )
-    context = ssl.create_default_context(cadata=ca_pem)
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, context=context, timeout=10)
+        urllib.request.urlopen(request, context=operator.ssl_context(), timeout=10)
     assert refused.value.code == 400
     assert json.loads(refused.value.read())["error"].startswith("body is not JSON")

@@ -147,7 +147,7 @@ def test_a_validating_webhook_on_loopback_is_called_and_can_deny_a_pod(
     assert core.read_namespaced_pod("allowed", namespace).metadata.name == "allowed"
 
 
-def test_imagegate_dev_once_brings_up_a_reachable_control_plane() -> None:
+def test_imagegate_dev_once_runs_the_whole_demo() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "imagegate", "dev", "--once"],
         capture_output=True,
@@ -156,9 +156,23 @@ def test_imagegate_dev_once_brings_up_a_reachable_control_plane() -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert f"kube-apiserver {versions.KUBERNETES} at https://127.0.0.1:" in completed.stdout
-    assert "imagegate-demo" in completed.stdout
-    assert "export KUBECONFIG=" in completed.stdout
+    out = completed.stdout
+    assert f"kube-apiserver {versions.KUBERNETES} at https://127.0.0.1:" in out
+    rows = {
+        line.split()[0]: line.split()[2]
+        for line in out.splitlines()
+        if line.startswith(("Deployment/", "Pod/"))
+    }
+    assert rows == {
+        "Deployment/web": "REWRITTEN",
+        "Pod/worker": "REWRITTEN",
+        "Pod/tools": "ADMITTED",
+        "Pod/billing": "DENIED",
+        "Pod/cache": "DENIED",
+        "Pod/internal": "ADMITTED",
+    }
+    assert "ghcr.io/acme/billing is not from a source this policy trusts" in out
+    assert "export KUBECONFIG=" in out
 
 
 def test_testbed_up_is_idempotent_and_down_removes_everything(

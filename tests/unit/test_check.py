@@ -1,0 +1,190 @@
+"""`imagegate check`: the design.md §6 contract (output shape and exit codes)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from imagegate.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = """
+apiVersion: imagegate.dev/v1alpha1
+kind: ClusterImagePolicy
+metadata: {name: chainguard-and-dvp}
+spec:
+  sources:
+    - {name: chainguard, images: ["cgr.dev/chainguard/**"]}
+  rewrites:
+    - {from: docker.io/library/nginx, to: cgr.dev/chainguard/nginx}
+"""
+POD = """
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  containers:
+    - {name: web, image: "nginx:1.25"}
+"""
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    policy, pod = tmp_path / "policy.yaml", tmp_path / "pod.yaml"
+    policy.write_text(POLICY)
+    pod.write_text(POD)
+    return policy, pod
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_json_output_matches_the_design_example(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["check", "-p", str(files[0]), "-o", "json", str(files[1])], capsys)
+    assert code == 0
+    assert json.loads(out) == {
+        "allowed": True,
+        "objects": [
+            {
+                "kind": "Pod",
+                "namespace": "default",
+                "name": "web",
+                "allowed": True,
+                "warnings": [],
+                "images": [
+                    {
+                        "path": "/spec/containers/0/image",
+                        "container": "web",
+                        "image": "nginx:1.25",
+                        "final": "cgr.dev/chainguard/nginx:latest",
+                        "allowed": True,
+                        "policy": "chainguard-and-dvp",
+                        "source": "chainguard",
+                        "reason": "rewritten from docker.io/library/nginx",
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def test_a_denial_exits_1_and_the_text_table_says_why(
+    tmp_path: Path, files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "list.json"
+    manifest.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "CronJob",
+                        "metadata": {"name": "nightly", "namespace": "ops"},
+                        "spec": {
+                            "schedule": "@daily",
+                            "jobTemplate": {
+                                "spec": {
+                                    "template": {
+                                        "spec": {
+                                            "containers": [
+                                                {"name": "job", "image": "ghcr.io/acme/job:1"}
+                                            ]
+                                        }
+                                    }
+                                }
+                            },
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    code, out, _ = run(["check", "-p", str(files[0]), str(manifest)], capsys)
+    assert code == 1
+    header, row = out.splitlines()
+    assert header.split() == ["OBJECT", "CONTAINER", "IMAGE", "RESULT", "DETAIL"]
+    assert row.split()[:4] == ["CronJob/ops/nightly", "job", "ghcr.io/acme/job:1", "denied"]
+    assert row.endswith("ghcr.io/acme/job is not from a source this policy trusts")
+
+
+def test_namespace_labels_feed_the_namespace_selector(
+    tmp_path: Path, files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    selective = tmp_path / "selective.yaml"
+    selective.write_text(
+        POLICY.replace("spec:\n", "spec:\n  namespaceSelector: {matchLabels: {tier: prod}}\n", 1)
+        .replace("rewrites", "x-unused")
+        .split("  x-unused")[0]
+    )
+    bad_pod = tmp_path / "bad.yaml"
+    bad_pod.write_text(POD.replace("nginx:1.25", "ghcr.io/a/b"))
+    assert run(["check", "-p", str(selective), str(bad_pod)], capsys)[0] == 0
+    args = ["check", "-p", str(selective), "--namespace-labels", "tier=prod", str(bad_pod)]
+    assert run(args, capsys)[0] == 1
+
+
+def test_stdin_manifests(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(POD))
+    assert run(["check", "-p", str(files[0]), "-"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-p", "{missing}", "{pod}"], "cannot read"),
+        (["-p", "{pod}", "{pod}"], "Pod is not an imagegate policy"),
+        (["-p", "{broken}", "{pod}"], "spec.mode"),
+        (["-p", "{policy}", "{garbage}"], "is not YAML or JSON"),
+        (["-p", "{policy}", "--namespace-labels", "nolabel", "{pod}"], "--namespace-labels"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    tmp_path: Path,
+    files: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(POLICY.replace("spec:\n", "spec:\n  mode: strict\n", 1))
+    garbage = tmp_path / "garbage.yaml"
+    garbage.write_text("a: [unclosed")
+    names = {
+        "policy": files[0],
+        "pod": files[1],
+        "missing": tmp_path / "nope.yaml",
+        "broken": broken,
+        "garbage": garbage,
+    }
+    code, _, err = run(["check", *(a.format(**names) for a in args)], capsys)
+    assert code == 2
+    assert err.count("\n") == 1
+    assert err.startswith("imagegate: ")
+    assert message in err
+
+
+def test_the_presets_judge_a_sample_as_documented(capsys: pytest.CaptureFixture[str]) -> None:
+    sample = ROOT / "tests" / "unit" / "data" / "sample-workloads.yaml"
+    code, out, _ = run(
+        ["check", "-p", str(ROOT / "policies" / "onboarding-warn.yaml"), "-o", "json", str(sample)],
+        capsys,
+    )
+    result = json.loads(out)
+    assert code == 0  # warn mode never denies
+    warnings = [w for obj in result["objects"] for w in obj["warnings"]]
+    assert any(
+        "would rewrite python:3.12 to cgr.dev/chainguard/python:latest" in w for w in warnings
+    )
+    assert any("ghcr.io/acme/api:1.4 would be denied" in w.replace("'", "") for w in warnings)
