@@ -17,6 +17,7 @@ With neither tag nor digest the tag is `latest`. Everything else is rejected wit
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -58,9 +59,9 @@ class ImageReference:
     tag: str | None = None
     digest: str | None = None
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
-        """`registry/repository`: what policy globs match."""
+        """`registry/repository`: what policy globs match (computed once: it is matched often)."""
         return f"{self.registry}/{self.repository}"
 
     @property

@@ -17,11 +17,12 @@ is never admitted because nobody looked.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from imagegate import reference
-from imagegate.policy import selectors
+from imagegate.policy import glob, selectors
 from imagegate.policy.glob import CompiledGlob
 from imagegate.workloads import ContainerImage
 
@@ -58,9 +59,13 @@ class CompiledSource:
     #: The signature requirement as written in the policy, or None when none is asked for. The
     #: engine never looks inside: the verifier does.
     signatures: object | None = None
+    _any: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_any", glob.compile_any(self.patterns))
 
     def matches(self, image: reference.ImageReference) -> bool:
-        return any(pattern.matches(image.name) for pattern in self.patterns)
+        return self._any.fullmatch(image.name) is not None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,16 @@ class CompiledGlob:
     def matches(self, name: str) -> bool:
         return self._regex.fullmatch(name) is not None
 
+    @property
+    def regex(self) -> str:
+        """The anchored-by-fullmatch regular expression this glob compiled to."""
+        return self._regex.pattern
+
+
+def compile_any(globs: tuple[CompiledGlob, ...]) -> re.Pattern[str]:
+    """One pattern that fullmatches what any of `globs` matches (one regex call, not N)."""
+    return re.compile("|".join(f"(?:{g.regex})" for g in globs), re.ASCII)
+
 
 def compile_glob(pattern: str) -> CompiledGlob:
     """Check `pattern` and compile it, or raise `GlobError` saying what is wrong."""

@@ -1,0 +1,71 @@
+"""The workload and policies the benchmarks share."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+from imagegate.policy import engine, model
+from imagegate.policy.compile import compile_policy
+
+
+def machine() -> str:
+    return f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores"
+
+
+def twenty_policies() -> list[engine.CompiledPolicy]:
+    """20 cluster policies: each trusts a few registries, half rewrite, a quarter select."""
+    policies = []
+    for n in range(20):
+        spec: dict[str, Any] = {
+            "mode": "enforce" if n % 4 else "warn",
+            "sources": [
+                {
+                    "name": "chainguard",
+                    "images": ["cgr.dev/chainguard/**", "docker.io/chainguard/**"],
+                },
+                {"name": "official", "images": ["docker.io/library/*"]},
+                {"name": f"team-{n}", "images": [f"registry{n}.example/**", f"ghcr.io/team{n}/*"]},
+            ],
+        }
+        if n % 2:
+            spec["rewrites"] = [
+                {"from": "docker.io/library/python", "to": "cgr.dev/chainguard/python"},
+                {"from": "docker.io/library/node", "to": "cgr.dev/chainguard/node"},
+                {"from": "docker.io/library/golang", "to": "cgr.dev/chainguard/go"},
+            ]
+        if n % 4 == 3:
+            spec["namespaceSelector"] = {
+                "matchExpressions": [
+                    {"key": "tier", "operator": "In", "values": ["prod", "staging"]}
+                ]
+            }
+        policies.append(
+            compile_policy(
+                model.parse_policy_document(
+                    {
+                        "apiVersion": "imagegate.dev/v1alpha1",
+                        "kind": "ClusterImagePolicy",
+                        "metadata": {"name": f"policy-{n:02d}"},
+                        "spec": spec,
+                    }
+                )
+            )
+        )
+    return policies
+
+
+POD: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "web", "namespace": "shop"},
+    "spec": {
+        "initContainers": [{"name": "migrate", "image": "cgr.dev/chainguard/python:latest"}],
+        "containers": [
+            {"name": "web", "image": "nginx:1.25"},
+            {"name": "api", "image": "cgr.dev/chainguard/node:latest@sha256:" + "ab" * 32},
+        ],
+    },
+}
+NAMESPACE_LABELS = {"kubernetes.io/metadata.name": "shop", "tier": "prod"}

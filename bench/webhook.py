@@ -1,0 +1,122 @@
+"""/validate round trip over HTTPS on loopback: p50/p99, sequential and 8 concurrent clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import NAMESPACE_LABELS, POD, machine, twenty_policies
+
+from imagegate import tls, webhook
+from imagegate.policy import engine
+from imagegate.server import TLSFiles, WebhookServer, build_app
+
+REQUESTS = 2000
+
+
+class StaticPolicies:
+    def __init__(self) -> None:
+        self._policies = twenty_policies()
+
+    def policies(self) -> Sequence[engine.CompiledPolicy]:
+        return self._policies
+
+    async def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        return NAMESPACE_LABELS
+
+
+def review_body(uid: int) -> bytes:
+    return json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": f"u-{uid}",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "shop",
+                "operation": "CREATE",
+                "userInfo": {"username": "bench"},
+                "object": POD,
+            },
+        }
+    ).encode()
+
+
+async def client_loop(
+    session: aiohttp.ClientSession,
+    url: str,
+    context: ssl.SSLContext,
+    count: int,
+    offset: int,
+    latencies: list[float],
+) -> None:
+    for n in range(count):
+        body = review_body(offset + n)
+        started = time.perf_counter()
+        async with session.post(
+            url, data=body, ssl=context, headers={"Content-Type": "application/json"}
+        ) as reply:
+            answer = await reply.json()
+        latencies.append(time.perf_counter() - started)
+        assert answer["response"]["allowed"] is True, answer
+
+
+def summary(name: str, latencies: list[float], elapsed: float) -> str:
+    ordered = sorted(latencies)
+    p50 = statistics.median(ordered) * 1000
+    p99 = ordered[int(len(ordered) * 0.99) - 1] * 1000
+    return (
+        f"{name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, {len(ordered) / elapsed:,.0f} req/s "
+        f"over {len(ordered)} requests"
+    )
+
+
+async def main() -> None:
+    ca = tls.CertificateAuthority.create("bench-ca")
+    pair = ca.issue("imagegate", ip_addresses=["127.0.0.1"])
+    with tempfile.TemporaryDirectory() as directory:
+        files = TLSFiles(Path(directory) / "tls.crt", Path(directory) / "tls.key")
+        files.cert.write_bytes(pair.cert_pem)
+        files.key.write_bytes(pair.key_pem)
+        source = StaticPolicies()
+        app = build_app(validate=webhook.Validator(source), mutate=webhook.Mutator(source))
+        server = WebhookServer(app, files, host="127.0.0.1", port=0)
+        await server.start()
+        url = f"https://127.0.0.1:{server.port}/validate"
+        context = ssl.create_default_context(cadata=ca.cert_pem.decode())
+        try:
+            async with aiohttp.ClientSession() as session:
+                await client_loop(session, url, context, 100, 0, [])  # warm up
+                latencies: list[float] = []
+                started = time.perf_counter()
+                await client_loop(session, url, context, REQUESTS, 0, latencies)
+                print(summary("sequential", latencies, time.perf_counter() - started))
+                latencies = []
+                started = time.perf_counter()
+                per_client = REQUESTS // 8
+                await asyncio.gather(
+                    *(
+                        client_loop(session, url, context, per_client, i * per_client, latencies)
+                        for i in range(8)
+                    )
+                )
+                print(summary("8 concurrent", latencies, time.perf_counter() - started))
+        finally:
+            await server.stop()
+    print(f"client and server in one process on loopback, TLS 1.3 keep-alive; {machine()}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
