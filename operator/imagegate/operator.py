@@ -23,7 +23,7 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from imagegate import kube, server, webhook
+from imagegate import kube, server, status, webhook
 from imagegate.errors import ImagegateError
 from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine, model
@@ -112,8 +112,10 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.peering.standalone = True
         settings.posting.enabled = False  # imagegate writes its own, rate-limited Events
         await _load_everything(state)
+        counter = status.DenialCounter(state.api)
+        state.tasks.append(asyncio.create_task(counter.run()))
         app = server.build_app(
-            validate=webhook.Validator(state.cache),
+            validate=webhook.Validator(state.cache, recorder=counter),
             mutate=webhook.Mutator(state.cache),
             deadline=config.deadline,
         )
@@ -127,6 +129,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
+        for task in state.tasks:
+            task.cancel()
         if state.webhook_server is not None:
             await state.webhook_server.stop()
 
@@ -206,13 +210,13 @@ async def _write_status(
 ) -> None:
     """Patch observedGeneration and the Ready condition, only when they change (no event loop)."""
     metadata = body.get("metadata", {})
-    status = body.get("status") or {}
+    written = body.get("status") or {}
     generation = metadata.get("generation")
     current: dict[str, Any] = next(
-        (c for c in status.get("conditions", []) if c.get("type") == "Ready"), {}
+        (c for c in written.get("conditions", []) if c.get("type") == "Ready"), {}
     )
     if (
-        status.get("observedGeneration") == generation
+        written.get("observedGeneration") == generation
         and current.get("status") == ready
         and current.get("reason") == reason
         and current.get("message", "") == message

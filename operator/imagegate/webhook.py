@@ -38,6 +38,14 @@ class SignatureVerifier(Protocol):
     ) -> Mapping[engine.SignatureCheck, engine.SignatureVerdict]: ...
 
 
+class DenialRecorder(Protocol):
+    """Told of each enforce denial that really happened (never for dry-run requests)."""
+
+    def denied(
+        self, policy: engine.CompiledPolicy, namespace: str, obj: str, image: str
+    ) -> None: ...
+
+
 class DigestResolver(Protocol):
     async def resolve(self, image: reference.ImageReference, deadline: float) -> str: ...
 
@@ -65,9 +73,15 @@ async def _applicable(
 class Validator:
     """`/validate`: judge the images as they will be stored (after any mutation)."""
 
-    def __init__(self, policies: PolicySource, verifier: SignatureVerifier | None = None):
+    def __init__(
+        self,
+        policies: PolicySource,
+        verifier: SignatureVerifier | None = None,
+        recorder: DenialRecorder | None = None,
+    ):
         self._policies = policies
         self._verifier = verifier
+        self._recorder = recorder
 
     async def __call__(
         self, review: admission.AdmissionReview, deadline: float
@@ -99,6 +113,17 @@ class Validator:
                 warnings=tuple(decision.warnings()),
                 audit_annotations=audit,
             )
+        if self._recorder is not None and not request.dry_run:
+            described = _describe_object(request)
+            for image in decision.images:
+                for violation in image.violations:
+                    if violation.policy.mode is engine.Mode.ENFORCE:
+                        self._recorder.denied(
+                            violation.policy,
+                            request.namespace,
+                            described,
+                            image.planned.container.image,
+                        )
         return admission.AdmissionResponse(
             uid=request.uid,
             allowed=False,
@@ -164,6 +189,12 @@ class Mutator:
             warnings=tuple(warnings),
             audit_annotations=audit,
         )
+
+
+def _describe_object(request: admission.AdmissionRequest) -> str:
+    metadata = (request.object or {}).get("metadata") or {}
+    name = request.name or metadata.get("name") or (metadata.get("generateName", "") + "*")
+    return f"{request.kind.kind}/{name}"
 
 
 def _patch(

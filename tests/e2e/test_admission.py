@@ -251,3 +251,33 @@ def test_malformed_admission_review_is_refused_by_the_operator(
         urllib.request.urlopen(request, context=operator.ssl_context(), timeout=10)
     assert refused.value.code == 400
     assert json.loads(refused.value.read())["error"].startswith("body is not JSON")
+
+
+def test_denials_are_counted_in_policy_status_but_dry_runs_are_not(
+    api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory
+) -> None:
+    import time
+
+    image_policy(gated_namespace, "counted", {"sources": [CHAINGUARD]})
+    core = client.CoreV1Api(api)
+    with pytest.raises(ApiException):
+        core.create_namespaced_pod(gated_namespace, pod_body("dry", "nginx"), dry_run="All")
+    for name in ("one", "two"):
+        with pytest.raises(ApiException):
+            core.create_namespaced_pod(gated_namespace, pod_body(name, f"ghcr.io/x/{name}:1"))
+    objects = client.CustomObjectsApi(api)
+    status: dict[str, Any] = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        current = objects.get_namespaced_custom_object(
+            "imagegate.dev", "v1alpha1", gated_namespace, "imagepolicies", "counted"
+        )
+        status = current.get("status") or {}
+        if status.get("denials", 0) >= 2:
+            break
+        time.sleep(0.5)
+    assert status.get("denials") == 2
+    assert status["lastDenial"]["namespace"] == gated_namespace
+    assert status["lastDenial"]["object"] == "Pod/two"
+    assert status["lastDenial"]["image"] == "ghcr.io/x/two:1"
+    assert status["conditions"][0]["status"] == "True"  # the counter kept the Ready condition

@@ -211,3 +211,27 @@ async def test_a_namespace_outside_every_selector_is_untouched() -> None:
         review(deployment("nginx")), 0
     )
     assert not on.allowed
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.denials: list[tuple[str, str, str, str]] = []
+
+    def denied(self, policy: engine.CompiledPolicy, namespace: str, obj: str, image: str) -> None:
+        self.denials.append((policy.display_name, namespace, obj, image))
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+async def test_denials_are_recorded_except_for_dry_runs(dry_run: bool) -> None:
+    recorder = Recorder()
+    request = review(deployment("ghcr.io/x/y:1")).model_copy(deep=True)
+    request = admission.AdmissionReview.model_validate(
+        {
+            **request.model_dump(by_alias=True),
+            "request": {**request.request.model_dump(by_alias=True), "dryRun": dry_run},
+        }
+    )
+    response = await webhook.Validator(Policies(REWRITE), recorder=recorder)(request, 0)
+    assert not response.allowed
+    expected = [] if dry_run else [("hardened", "default", "Deployment/web", "ghcr.io/x/y:1")]
+    assert recorder.denials == expected
