@@ -1,20 +1,45 @@
 """Globs over normalised `registry/repository` names (never a tag or digest).
 
-`*` matches within one path segment, `**` across segments; every other character is literal.
-So `cgr.dev/chainguard/*` matches `cgr.dev/chainguard/python` but not `cgr.dev/chainguard/a/b`,
-`cgr.dev/chainguard/**` matches both, and neither matches `cgr.dev/chainguard` itself (a glob
-ending in `/**` names what is *under* a prefix). `docker.io/library/*` is the Docker Official
-Images; write `docker.io/library/python`, not `python`: globs see names after normalisation.
+Two wildcards, nothing else is special (`.`, `?`, `[` are literal or refused, never wildcards):
+
+- `*` matches zero or more characters within one path segment (never a `/`);
+- `**` matches zero or more characters *including* `/`, and must be a whole path segment.
+
+Because a name's segments are never empty, a `**` segment stands for one or more whole segments:
+`cgr.dev/chainguard/**` matches `cgr.dev/chainguard/python` and `cgr.dev/chainguard/a/b` but not
+`cgr.dev/chainguard` itself (a glob ending in `/**` names what is *under* a prefix: list the
+prefix too if you mean it), `a/**/b` needs at least one segment between `a` and `b`, and `**`
+alone matches every name. `docker.io/library/*` is the Docker Official Images, one level deep.
+Globs see names after normalisation: write `docker.io/library/python`, not `python`.
+
+A glob compiles once to an anchored regular expression; `compile_any` merges many into one, so a
+source with N globs costs one regex call per image, not N.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from imagegate.errors import ImagegateError
 
+#: Characters of a registry host (with port, or an IPv6 literal), and of a repository path.
+_HOST_CHARS = "a-z0-9._:\\[\\]-"
+_PATH_CHARS = "a-z0-9._-"
+#: One segment: `**`, or text with single `*`s (never two in a row), non-empty.
+_HOST_SEGMENT = rf"(?:\*\*|\*|\*?(?:[{_HOST_CHARS}]+\*?)+)"
+_PATH_SEGMENT = rf"(?:\*\*|\*|\*?(?:[{_PATH_CHARS}]+\*?)+)"
+
+#: The whole grammar as one regex (RE2- and Python-compatible, anchored): the CRD schema carries
+#: it as `pattern`, so the API server refuses at `kubectl apply` what `compile_glob` refuses.
+PATTERN = rf"^(?:\*\*|{_HOST_SEGMENT}(?:/{_PATH_SEGMENT})+)$"
+#: Longest accepted glob (a normalised name is at most 255 characters).
+MAX_LENGTH = 255
+
+_GRAMMAR = re.compile(PATTERN, re.ASCII)
 _ALLOWED = re.compile(r"[a-z0-9._\-:/\[\]*]+", re.ASCII)
+_NEVER = "(?!)"
 
 
 class GlobError(ImagegateError):
@@ -23,6 +48,8 @@ class GlobError(ImagegateError):
 
 @dataclass(frozen=True)
 class CompiledGlob:
+    """A checked glob; `matches` takes a normalised `registry/repository` name."""
+
     pattern: str
     _regex: re.Pattern[str] = field(repr=False, compare=False)
 
@@ -31,21 +58,41 @@ class CompiledGlob:
 
     @property
     def regex(self) -> str:
-        """The anchored-by-fullmatch regular expression this glob compiled to."""
+        """The regular expression this glob compiled to (it must be fullmatched)."""
         return self._regex.pattern
 
 
-def compile_any(globs: tuple[CompiledGlob, ...]) -> re.Pattern[str]:
-    """One pattern that fullmatches what any of `globs` matches (one regex call, not N)."""
-    return re.compile("|".join(f"(?:{g.regex})" for g in globs), re.ASCII)
+def compile_any(globs: Iterable[CompiledGlob]) -> re.Pattern[str]:
+    """One pattern that fullmatches what any of `globs` matches (one regex call, not N).
+
+    With no globs it matches nothing.
+    """
+    alternatives = [f"(?:{glob.regex})" for glob in globs]
+    return re.compile("|".join(alternatives) or _NEVER, re.ASCII)
 
 
 def compile_glob(pattern: str) -> CompiledGlob:
     """Check `pattern` and compile it, or raise `GlobError` saying what is wrong."""
+    _check(pattern)
+    parts = []
+    for piece in re.split(r"(\*\*|\*)", pattern):
+        if piece == "**":
+            parts.append(".*")
+        elif piece == "*":
+            parts.append("[^/]*")
+        else:
+            parts.append(re.escape(piece))
+    return CompiledGlob(pattern, re.compile("".join(parts), re.ASCII))
+
+
+def _check(pattern: str) -> None:
+    """Raise `GlobError` with the first reason `pattern` is not in the grammar."""
     if not pattern:
         raise GlobError("glob is empty")
-    if pattern != pattern.strip() or any(char.isspace() for char in pattern):
+    if any(char.isspace() for char in pattern):
         raise GlobError(f"glob {pattern!r} contains whitespace")
+    if len(pattern) > MAX_LENGTH:
+        raise GlobError(f"glob is longer than {MAX_LENGTH} characters")
     if pattern.lower() != pattern:
         raise GlobError(f"glob {pattern!r} has uppercase letters; image names are lowercase")
     if not _ALLOWED.fullmatch(pattern):
@@ -59,17 +106,33 @@ def compile_glob(pattern: str) -> CompiledGlob:
         raise GlobError(f"glob {pattern!r} starts or ends with '/'")
     if "//" in pattern:
         raise GlobError(f"glob {pattern!r} has an empty path segment ('//')")
-    if "/" not in pattern and "**" not in pattern:
+    segments = pattern.split("/")
+    for segment in segments:
+        if "**" in segment and segment != "**":
+            raise GlobError(
+                f"glob {pattern!r} has '**' inside the segment {segment!r}: '**' must be a whole "
+                "segment (as in ghcr.io/org/**); use '*' within a segment"
+            )
+    for segment in segments[1:]:
+        if ":" in segment:
+            raise GlobError(
+                f"glob {pattern!r} has ':' in the repository path: globs match registry/repository "
+                "names, never a tag or digest"
+            )
+        if "[" in segment or "]" in segment:
+            raise GlobError(
+                f"glob {pattern!r} has '[' or ']' in the repository path: they only appear in an "
+                "IPv6 registry host, and are never wildcards"
+            )
+    if len(segments) == 1 and pattern != "**":
+        if "." in pattern or ":" in pattern or pattern == "localhost":
+            raise GlobError(
+                f"glob {pattern!r} names a registry but no repository: "
+                f"write {pattern}/** for everything it serves"
+            )
         raise GlobError(
             f"glob {pattern!r} has no registry: globs match normalised names such as "
             f"docker.io/library/{pattern}"
         )
-    parts = []
-    for piece in re.split(r"(\*\*|\*)", pattern):
-        if piece == "**":
-            parts.append(".*")
-        elif piece == "*":
-            parts.append("[^/]*")
-        else:
-            parts.append(re.escape(piece))
-    return CompiledGlob(pattern, re.compile("".join(parts), re.ASCII))
+    if not _GRAMMAR.fullmatch(pattern):  # the checks above should have said why; a safety net
+        raise GlobError(f"glob {pattern!r} is not a valid image glob")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from imagegate.testbed import processes
@@ -15,8 +16,17 @@ _LISTENING = re.compile(r"^listening on (127\.0\.0\.1:\d+)$", re.MULTILINE)
 class LocalRegistry:
     """Plain HTTP on 127.0.0.1 (registries on loopback are insecure-by-default for cosign/crane)."""
 
-    def __init__(self, binary: Path, workdir: Path, *, detached: bool = False) -> None:
+    def __init__(
+        self,
+        binary: Path,
+        workdir: Path,
+        *,
+        detached: bool = False,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        """`extra_args`: e.g. `-referrers-filter=false`, to act like registries that ignore it."""
         self.binary = binary
+        self.extra_args = tuple(extra_args)
         self.workdir = workdir
         self.detached = detached
         self.process: processes.ManagedProcess | None = None
@@ -27,10 +37,10 @@ class LocalRegistry:
         return f"http://{self.address}"
 
     def start(self) -> None:
-        log_path = self.workdir / "logs" / "registry.log"
+        log_path = self.workdir / "logs" / f"registry-{id(self)}.log"
         process = processes.ManagedProcess(
             "registry",
-            [str(self.binary), "-addr", "127.0.0.1:0"],
+            [str(self.binary), "-addr", "127.0.0.1:0", *self.extra_args],
             log_path,
             detached=self.detached,
         )

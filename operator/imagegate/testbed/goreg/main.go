@@ -20,6 +20,10 @@ import (
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "host:port to listen on (loopback only)")
+	referrersAPI := flag.Bool(
+		"referrers", true,
+		"serve the OCI 1.1 referrers API (false: 404, as registries without it do)",
+	)
 	filterReferrers := flag.Bool(
 		"referrers-filter", true,
 		"apply the referrers artifactType filter (false: ignore it, as some registries do)",
@@ -48,7 +52,7 @@ func main() {
 	fmt.Fprintf(os.Stdout, "listening on %s\n", listener.Addr().String())
 
 	handler := registry.New(
-		registry.WithReferrersSupport(true),
+		registry.WithReferrersSupport(*referrersAPI),
 		registry.Logger(log.New(os.Stderr, "", log.LstdFlags)),
 	)
 	server := &http.Server{

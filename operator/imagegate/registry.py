@@ -1,0 +1,465 @@
+"""An async OCI distribution client: just what admission needs, and suspicious of every answer.
+
+- tag → digest with HEAD (Docker Hub does not count HEADs against pull limits), every manifest
+  media type accepted;
+- manifests and blobs by digest, each body hashed and compared with the digest asked for (a
+  registry that answers with other bytes is a `DigestMismatch`, never trusted);
+- OCI 1.1 referrers, filtered client-side when the registry did not apply `artifactType`, with
+  the `sha256-<hex>` tag fallback for registries without the API;
+- bearer tokens from the `WWW-Authenticate` challenge, cached per (registry, scope) until they
+  expire; Basic auth; credentials from a `Keychain` the caller provides;
+- bounded retries with jittered backoff on 429/5xx and network errors, `Retry-After` honoured,
+  and never a sleep or a request past the caller's deadline;
+- plain HTTP only for registries the admin marks insecure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+
+from imagegate.errors import ImagegateError
+from imagegate.reference import DOCKER_HUB, ImageReference
+
+logger = logging.getLogger(__name__)
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
+#: Manifests are small; a larger answer is a misbehaving registry.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_BLOB_BYTES = 16 * 1024 * 1024
+DOCKER_HUB_API = "registry-1.docker.io"
+_CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
+
+
+class RegistryError(ImagegateError):
+    """A registry could not give an answer imagegate can trust."""
+
+
+class ManifestUnknown(RegistryError):
+    """The registry says the image or tag does not exist (404)."""
+
+
+class Unauthorized(RegistryError):
+    """The registry refused the credentials imagegate has (or has none)."""
+
+
+class RateLimited(RegistryError):
+    """The registry kept answering 429 until the retries or the deadline ran out."""
+
+
+class RegistryUnavailable(RegistryError):
+    """5xx answers, timeouts or network errors until the retries or the deadline ran out."""
+
+
+class DigestMismatch(RegistryError):
+    """The registry sent bytes that do not hash to the digest it was asked for or claimed."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+class Keychain(Protocol):
+    def credentials(self, registry: str) -> Credentials | None: ...
+
+
+class NoCredentials:
+    def credentials(self, registry: str) -> Credentials | None:
+        return None
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    artifact_type: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Descriptor:
+        try:
+            return cls(
+                str(data["mediaType"]),
+                str(data["digest"]),
+                int(data["size"]),
+                data.get("artifactType"),
+                dict(data.get("annotations") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise RegistryError(f"malformed descriptor from the registry: {error}") from error
+
+
+def api_host(registry: str) -> str:
+    """Docker Hub's API lives on another host than its name."""
+    return DOCKER_HUB_API if registry == DOCKER_HUB else registry
+
+
+def sha256_digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def _check_body(body: bytes, expected: str, claimed: str | None, what: str) -> None:
+    algorithm = expected.split(":", 1)[0]
+    if algorithm != "sha256":
+        raise DigestMismatch(f"cannot check {what}: unsupported digest algorithm {algorithm}")
+    actual = sha256_digest(body)
+    if actual != expected:
+        raise DigestMismatch(
+            f"{what}: the registry sent content with digest {actual}, not {expected}"
+        )
+    if claimed and claimed != expected:
+        raise DigestMismatch(f"{what}: the registry claimed digest {claimed} for {expected}")
+
+
+def _basic(credentials: Credentials) -> str:
+    pair = f"{credentials.username}:{credentials.password}".encode()
+    return "Basic " + base64.b64encode(pair).decode()
+
+
+@dataclass
+class _Token:
+    value: str
+    expires: float
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        keychain: Keychain | None = None,
+        insecure: frozenset[str] = frozenset(),
+        request_timeout: float = 5.0,
+        retries: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._session = session
+        self._keychain = keychain or NoCredentials()
+        self._insecure = insecure
+        self._request_timeout = request_timeout
+        self._retries = retries
+        self._clock = clock
+        self._sleep = sleep
+        self._jitter = jitter
+        self._tokens: dict[tuple[str, str], _Token] = {}
+
+    # -- public ---------------------------------------------------------------------------------
+
+    async def resolve(self, image: ImageReference, *, deadline: float | None = None) -> Descriptor:
+        """The manifest descriptor a tag (or digest) names, from a HEAD request."""
+        reference = image.digest or image.tag or "latest"
+        response = await self._request(
+            "HEAD",
+            image.registry,
+            image.repository,
+            f"manifests/{reference}",
+            accept=MANIFEST_TYPES,
+            deadline=deadline,
+        )
+        digest = response.headers.get("Docker-Content-Digest")
+        media_type = response.headers.get("Content-Type", "").split(";")[0]
+        size = int(response.headers.get("Content-Length") or 0)
+        if not digest:
+            # Some registries omit the header on HEAD: fetch the body and hash it ourselves.
+            _, descriptor = await self.manifest(
+                image.registry, image.repository, reference, deadline=deadline
+            )
+            return descriptor
+        if image.digest and digest != image.digest:
+            raise DigestMismatch(f"{image}: the registry answered for {digest}")
+        return Descriptor(media_type, digest, size)
+
+    async def manifest(
+        self,
+        registry: str,
+        repository: str,
+        reference: str,
+        *,
+        accept: tuple[str, ...] = MANIFEST_TYPES,
+        deadline: float | None = None,
+    ) -> tuple[bytes, Descriptor]:
+        """A manifest's bytes, checked against its digest (the one asked for, or claimed)."""
+        response = await self._request(
+            "GET", registry, repository, f"manifests/{reference}", accept=accept, deadline=deadline
+        )
+        body = response.body
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise RegistryError(f"manifest {repository}@{reference} is larger than allowed")
+        claimed = response.headers.get("Docker-Content-Digest")
+        if reference.startswith("sha256:"):
+            _check_body(body, reference, claimed, f"manifest {repository}@{reference}")
+            digest = reference
+        else:
+            digest = sha256_digest(body)
+            if claimed and claimed != digest:
+                raise DigestMismatch(
+                    f"manifest {repository}:{reference}: claimed {claimed}, content is {digest}"
+                )
+        media_type = response.headers.get("Content-Type", "").split(";")[0]
+        return body, Descriptor(media_type, digest, len(body))
+
+    async def blob(
+        self,
+        registry: str,
+        repository: str,
+        digest: str,
+        *,
+        max_size: int = MAX_BLOB_BYTES,
+        deadline: float | None = None,
+    ) -> bytes:
+        response = await self._request(
+            "GET", registry, repository, f"blobs/{digest}", deadline=deadline, max_size=max_size
+        )
+        _check_body(
+            response.body,
+            digest,
+            response.headers.get("Docker-Content-Digest"),
+            f"blob {repository}@{digest}",
+        )
+        return response.body
+
+    async def referrers(
+        self,
+        registry: str,
+        repository: str,
+        digest: str,
+        *,
+        artifact_type: str | None = None,
+        deadline: float | None = None,
+    ) -> list[Descriptor]:
+        """Artifacts whose subject is `digest` (signatures, attestations), OCI 1.1."""
+        path = f"referrers/{digest}"
+        try:
+            response = await self._request(
+                "GET",
+                registry,
+                repository,
+                path,
+                accept=(OCI_INDEX,),
+                deadline=deadline,
+                params={"artifactType": artifact_type} if artifact_type else None,
+            )
+            body, filtered = (
+                response.body,
+                ("artifactType" in response.headers.get("OCI-Filters-Applied", "")),
+            )
+        except ManifestUnknown:
+            # No referrers API: the OCI 1.1 fallback is an index under the tag sha256-<hex>.
+            try:
+                body, _ = await self.manifest(
+                    registry,
+                    repository,
+                    digest.replace(":", "-"),
+                    accept=(OCI_INDEX,),
+                    deadline=deadline,
+                )
+            except ManifestUnknown:
+                return []
+            filtered = False
+        try:
+            index = json.loads(body)
+            manifests = index.get("manifests") or []
+        except (ValueError, AttributeError) as error:
+            raise RegistryError(f"referrers of {repository}@{digest}: not an OCI index") from error
+        found = [Descriptor.from_json(entry) for entry in manifests]
+        if artifact_type and not filtered:
+            found = [d for d in found if d.artifact_type == artifact_type]
+        return found
+
+    # -- transport ------------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        registry: str,
+        repository: str,
+        path: str,
+        *,
+        accept: tuple[str, ...] = (),
+        deadline: float | None = None,
+        params: Mapping[str, str] | None = None,
+        max_size: int = MAX_MANIFEST_BYTES,
+    ) -> _Response:
+        scheme = "http" if registry in self._insecure else "https"
+        url = f"{scheme}://{api_host(registry)}/v2/{repository}/{path}"
+        scope = f"repository:{repository}:pull"
+        headers = {"Accept": ", ".join(accept)} if accept else {}
+        attempt, authorised = 0, False
+        while True:
+            token = self._cached_token(registry, scope)
+            if token is not None:
+                headers["Authorization"] = token
+            try:
+                response = await self._send(method, url, headers, params, deadline, max_size)
+            except (aiohttp.ClientError, TimeoutError) as error:
+                reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+                attempt = await self._backoff(
+                    attempt,
+                    None,
+                    deadline,
+                    RegistryUnavailable,
+                    f"{registry} did not answer ({reason})",
+                )
+                continue
+            if response.status == 401 and not authorised:
+                await self._authorise(registry, scope, response.headers, deadline)
+                authorised = True
+                continue
+            if response.status in (401, 403):
+                raise Unauthorized(f"{registry} refused access to {repository} ({response.status})")
+            if response.status == 404:
+                raise ManifestUnknown(f"{registry}/{repository}: {path} not found")
+            if response.status == 429:
+                attempt = await self._backoff(
+                    attempt,
+                    response.headers.get("Retry-After"),
+                    deadline,
+                    RateLimited,
+                    f"{registry} is rate limiting requests (429)",
+                )
+                continue
+            if response.status >= 500:
+                attempt = await self._backoff(
+                    attempt,
+                    response.headers.get("Retry-After"),
+                    deadline,
+                    RegistryUnavailable,
+                    f"{registry} answered {response.status}",
+                )
+                continue
+            if response.status >= 300:
+                raise RegistryError(f"{registry} answered {response.status} for {path}")
+            remaining = response.headers.get("ratelimit-remaining", "")
+            if remaining.split(";")[0].strip() == "0":
+                logger.warning("%s: pull rate limit exhausted (ratelimit-remaining: 0)", registry)
+            return response
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        params: Mapping[str, str] | None,
+        deadline: float | None,
+        max_size: int,
+    ) -> _Response:
+        timeout = self._request_timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline - self._clock())
+            if timeout <= 0:
+                raise TimeoutError("deadline reached")
+        async with self._session.request(
+            method,
+            url,
+            headers=headers,
+            params=params,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=True,
+        ) as reply:
+            body = b""
+            if method != "HEAD" and reply.status < 300:
+                body = await reply.content.read(max_size + 1)
+                if len(body) > max_size:
+                    raise RegistryError(f"{url}: answer larger than {max_size} bytes")
+            return _Response(reply.status, dict(reply.headers), body)
+
+    async def _backoff(
+        self,
+        attempt: int,
+        retry_after: str | None,
+        deadline: float | None,
+        error: type[RegistryError],
+        message: str,
+    ) -> int:
+        if attempt >= self._retries:
+            raise error(f"{message}; gave up after {attempt + 1} attempts")
+        delay = (0.1 * 2**attempt) * (0.5 + self._jitter())
+        if retry_after is not None and retry_after.isdigit():
+            delay = max(delay, float(retry_after))
+        if deadline is not None and self._clock() + delay >= deadline:
+            raise error(f"{message}; no time left to retry before the deadline")
+        await self._sleep(delay)
+        return attempt + 1
+
+    # -- auth -----------------------------------------------------------------------------------
+
+    def _cached_token(self, registry: str, scope: str) -> str | None:
+        token = self._tokens.get((registry, scope))
+        if token is None or token.expires <= self._clock():
+            return None
+        return token.value
+
+    async def _authorise(
+        self, registry: str, scope: str, headers: Mapping[str, str], deadline: float | None
+    ) -> None:
+        challenge = headers.get("WWW-Authenticate", "")
+        scheme, _, rest = challenge.partition(" ")
+        credentials = self._keychain.credentials(registry)
+        if scheme.lower() == "basic":
+            if credentials is None:
+                raise Unauthorized(f"{registry} wants credentials and imagegate has none for it")
+            self._tokens[(registry, scope)] = _Token(_basic(credentials), float("inf"))
+            return
+        if scheme.lower() != "bearer":
+            raise Unauthorized(f"{registry} sent an unsupported challenge {challenge!r}")
+        fields = dict(_CHALLENGE.findall(rest))
+        realm = fields.get("realm")
+        if not realm or not realm.startswith(("https://", "http://")):
+            raise Unauthorized(f"{registry} sent a bearer challenge without a usable realm")
+        params = {"scope": fields.get("scope", scope)}
+        if "service" in fields:
+            params["service"] = fields["service"]
+        token_headers = {}
+        if credentials is not None:
+            token_headers["Authorization"] = _basic(credentials)
+        timeout = self._request_timeout
+        if deadline is not None:
+            timeout = max(0.001, min(timeout, deadline - self._clock()))
+        try:
+            async with self._session.get(
+                realm,
+                params=params,
+                headers=token_headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as reply:
+                if reply.status in (401, 403):
+                    raise Unauthorized(f"{registry}'s token service refused the credentials")
+                if reply.status != 200:
+                    raise RegistryUnavailable(f"{registry}'s token service answered {reply.status}")
+                data = await reply.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            raise RegistryUnavailable(f"{registry}'s token service failed: {error}") from error
+        value = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(value, str) or not value:
+            raise Unauthorized(f"{registry}'s token service sent no token")
+        lifetime = data.get("expires_in", 60)
+        lifetime = float(lifetime) if isinstance(lifetime, int | float) and lifetime > 0 else 60.0
+        # Refresh a little early so a token never expires in flight.
+        self._tokens[(registry, scope)] = _Token(f"Bearer {value}", self._clock() + lifetime * 0.9)
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
