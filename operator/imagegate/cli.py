@@ -63,6 +63,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             deadline=args.deadline,
+            insecure_registries=frozenset(args.insecure_registry),
         )
     )
     return 0
@@ -119,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=8.0,
         help="seconds per admission before denying; keep it below the webhook timeout",
+    )
+    run.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="reach this registry over plain HTTP (repeatable; for test registries only)",
     )
     run.set_defaults(handler=_cmd_run)
 

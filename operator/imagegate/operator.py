@@ -15,15 +15,17 @@ import asyncio
 import datetime
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kopf
 from kubernetes import client
 
-from imagegate import kube, server, status, webhook
+from imagegate import kube, pinning, server, status, webhook
+from imagegate import registry as oci
 from imagegate.errors import ImagegateError
 from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine, model
@@ -84,6 +86,8 @@ class OperatorConfig:
     host: str = "0.0.0.0"
     port: int = 8443
     deadline: float = server.DEFAULT_DEADLINE
+    #: Registries reached over plain HTTP (e.g. a local registry in a test cluster).
+    insecure_registries: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -93,6 +97,7 @@ class _State:
     cache: PolicyCache
     webhook_server: server.WebhookServer | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
@@ -112,11 +117,16 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.peering.standalone = True
         settings.posting.enabled = False  # imagegate writes its own, rate-limited Events
         await _load_everything(state)
+        session = aiohttp.ClientSession()
+        state.closers.append(session.close)
+        resolver = pinning.CachingResolver(
+            oci.RegistryClient(session, insecure=config.insecure_registries)
+        )
         counter = status.DenialCounter(state.api)
         state.tasks.append(asyncio.create_task(counter.run()))
         app = server.build_app(
             validate=webhook.Validator(state.cache, recorder=counter),
-            mutate=webhook.Mutator(state.cache),
+            mutate=webhook.Mutator(state.cache, resolver),
             deadline=config.deadline,
         )
         state.webhook_server = server.WebhookServer(
@@ -133,6 +143,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             task.cancel()
         if state.webhook_server is not None:
             await state.webhook_server.stop()
+        for close in state.closers:
+            await close()
 
     for plural in PLURALS.values():
 

@@ -162,17 +162,21 @@ class Mutator:
             for p in planned
         }
         warnings: list[str] = []
-        if self._resolver is not None and any(p.pin_digests for p in policies):
+        pinning = [p for p in policies if p.pin_digests and p.mode is engine.Mode.ENFORCE]
+        if self._resolver is not None and pinning:
             for image in planned:
                 if image.final is None or image.final.digest is not None:
                     continue
+                if not engine.trusted_by_sources(image.final, policies):
+                    continue  # validation denies it: no registry call for nothing
                 try:
                     digest = await self._resolver.resolve(image.final, deadline)
                 except Exception as error:  # validation will decide; pinning is best effort
                     logger.warning("could not resolve %s for pinning: %s", image.final, error)
                     warnings.append(f"imagegate: could not pin {image.final}: {error}")
                     continue
-                finals[image.container.pointer] = str(image.final.with_digest(digest))
+                # Keep the tag for readers: `repo:tag@digest` runs exactly `digest`.
+                finals[image.container.pointer] = _pinned(image, digest)
         patch = _patch(request.object, planned, finals)
         rewritten = {
             f"{p.container.kind}/{p.container.container_name}": p.container.image
@@ -189,6 +193,13 @@ class Mutator:
             warnings=tuple(warnings),
             audit_annotations=audit,
         )
+
+
+def _pinned(image: engine.PlannedImage, digest: str) -> str:
+    if image.rewritten_by is None and image.original is not None:
+        # Pin what the user wrote, not its normalised form (`nginx:1.25@sha256:...`).
+        return f"{image.container.image}@{digest}"
+    return str(image.final.with_digest(digest)) if image.final else image.container.image
 
 
 def _describe_object(request: admission.AdmissionRequest) -> str:

@@ -12,6 +12,7 @@ from kubernetes import client
 
 from imagegate import kube
 from imagegate.testbed import local, processes
+from imagegate.testbed.registry import LocalRegistry
 from support import Cluster
 
 #: Only namespaces with this label are sent to the webhooks: the tests never lock out anything else.
@@ -30,11 +31,16 @@ def crds(api: client.ApiClient) -> None:
 
 @pytest.fixture(scope="session")
 def operator(
-    cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory
+    cluster: Cluster,
+    crds: None,
+    registry: LocalRegistry,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[local.LocalOperator]:
-    """`imagegate run` against the cluster, as a process."""
+    """`imagegate run` against the cluster, as a process (the test registry is plain HTTP)."""
     workdir = tmp_path_factory.mktemp("operator")
-    with local.operator_process(cluster.kubeconfig, workdir, cluster.webhook_host) as running:
+    with local.operator_process(
+        cluster.kubeconfig, workdir, cluster.webhook_host, insecure_registries=[registry.address]
+    ) as running:
         try:
             yield running
         finally:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,8 @@ from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
 
 from imagegate.testbed import local
-from support import Cluster
+from imagegate.testbed.registry import LocalRegistry
+from support import Cluster, push_random_image
 
 from .conftest import PolicyFactory
 
@@ -281,3 +283,33 @@ def test_denials_are_counted_in_policy_status_but_dry_runs_are_not(
     assert status["lastDenial"]["object"] == "Pod/two"
     assert status["lastDenial"]["image"] == "ghcr.io/x/two:1"
     assert status["conditions"][0]["status"] == "True"  # the counter kept the Ready condition
+
+
+def test_admitted_images_are_pinned_to_the_digest_in_the_registry(
+    api: client.ApiClient,
+    gated_namespace: str,
+    image_policy: PolicyFactory,
+    registry: LocalRegistry,
+    crane: Path,
+    tmp_path: Path,
+) -> None:
+    digest = push_random_image(crane, registry.address, "pin/app", "v1", tmp_path)
+    image_policy(
+        gated_namespace,
+        "pinned",
+        {"sources": [{"name": "local", "images": [f"{registry.address}/**"]}]},
+    )
+    core = client.CoreV1Api(api)
+    core.create_namespaced_pod(
+        gated_namespace, pod_body("pinned", f"{registry.address}/pin/app:v1")
+    )
+    stored = core.read_namespaced_pod("pinned", gated_namespace).spec.containers[0].image
+    assert stored == f"{registry.address}/pin/app:v1@{digest}"
+    # A tag the registry does not have is left as written, with a warning (and validation,
+    # which needs no registry for an unsigned source, admits it: the kubelet will fail to pull).
+    core.create_namespaced_pod(
+        gated_namespace, pod_body("missing", f"{registry.address}/pin/app:nope")
+    )
+    assert core.read_namespaced_pod("missing", gated_namespace).spec.containers[0].image == (
+        f"{registry.address}/pin/app:nope"
+    )

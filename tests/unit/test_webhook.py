@@ -235,3 +235,62 @@ async def test_denials_are_recorded_except_for_dry_runs(dry_run: bool) -> None:
     assert not response.allowed
     expected = [] if dry_run else [("hardened", "default", "Deployment/web", "ghcr.io/x/y:1")]
     assert recorder.denials == expected
+
+
+class Resolver:
+    def __init__(self, fail: bool = False) -> None:
+        self.asked: list[str] = []
+        self.fail = fail
+
+    async def resolve(self, image: Any, deadline: float) -> str:
+        self.asked.append(str(image))
+        if self.fail:
+            raise RuntimeError("registry unreachable")
+        return "sha256:" + "c" * 64
+
+
+async def test_trusted_images_are_pinned_keeping_what_the_user_wrote() -> None:
+    trusting = policy("pin", sources=[{"name": "o", "images": ["docker.io/library/*"]}])
+    resolver = Resolver()
+    obj = deployment("nginx:1.25")
+    response = await webhook.Mutator(Policies(trusting), resolver)(review(obj), 0)
+    pinned = apply_patch(obj, response)["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert pinned == "nginx:1.25@sha256:" + "c" * 64
+    assert resolver.asked == ["docker.io/library/nginx:1.25"]
+
+
+async def test_rewritten_images_are_pinned_in_their_new_form() -> None:
+    resolver = Resolver()
+    obj = deployment("python:3.12")
+    response = await webhook.Mutator(Policies(REWRITE), resolver)(review(obj), 0)
+    pinned = apply_patch(obj, response)["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert pinned == "cgr.dev/chainguard/python:latest@sha256:" + "c" * 64
+
+
+async def test_untrusted_images_cost_no_registry_call_and_warn_mode_never_pins() -> None:
+    resolver = Resolver()
+    await webhook.Mutator(Policies(REWRITE), resolver)(review(deployment("ghcr.io/x/y")), 0)
+    warn = policy("w", mode="warn", sources=[{"name": "o", "images": ["docker.io/library/*"]}])
+    await webhook.Mutator(Policies(warn), resolver)(review(deployment("nginx")), 0)
+    assert resolver.asked == []
+
+
+async def test_pinning_is_best_effort_with_a_warning_when_the_registry_fails() -> None:
+    trusting = policy("pin", sources=[{"name": "o", "images": ["docker.io/library/*"]}])
+    response = await webhook.Mutator(Policies(trusting), Resolver(fail=True))(
+        review(deployment("nginx:1.25")), 0
+    )
+    assert response.allowed
+    assert response.patch == ()
+    assert response.warnings == (
+        "imagegate: could not pin docker.io/library/nginx:1.25: registry unreachable",
+    )
+
+
+async def test_pin_digests_false_leaves_tags_alone() -> None:
+    unpinned = policy(
+        "p", pinDigests=False, sources=[{"name": "o", "images": ["docker.io/library/*"]}]
+    )
+    resolver = Resolver()
+    response = await webhook.Mutator(Policies(unpinned), resolver)(review(deployment("nginx")), 0)
+    assert (response.patch, resolver.asked) == ((), [])

@@ -192,6 +192,19 @@ def signature_checks(
     return list(needed)
 
 
+def trusted_by_sources(image: reference.ImageReference, policies: Sequence[CompiledPolicy]) -> bool:
+    """Whether every enforce policy with sources has one that matches (signatures aside).
+
+    The mutating webhook pins only such images: resolving a digest for an image that validation
+    will deny anyway is a registry call for nothing (and counts against pull limits).
+    """
+    return all(
+        _first_matching_source(policy, image) is not None
+        for policy in policies
+        if policy.mode is Mode.ENFORCE and policy.sources
+    )
+
+
 class Outcome(enum.StrEnum):
     ALLOWED = "allowed"
     DENIED = "denied"

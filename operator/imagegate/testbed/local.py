@@ -11,7 +11,7 @@ import ssl
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +60,11 @@ class LocalOperator:
 
 @contextlib.contextmanager
 def operator_process(
-    kubeconfig: Path, workdir: Path, host: str = "127.0.0.1"
+    kubeconfig: Path,
+    workdir: Path,
+    host: str = "127.0.0.1",
+    *,
+    insecure_registries: Sequence[str] = (),
 ) -> Iterator[LocalOperator]:
     """Run `imagegate run` with a fresh serving certificate for `host`, until the block ends."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -89,6 +93,7 @@ def operator_process(
             "127.0.0.1" if host == "127.0.0.1" else "0.0.0.0",
             "--port",
             str(port),
+            *(f"--insecure-registry={address}" for address in insecure_registries),
         ],
         workdir / "operator.log",
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
