@@ -29,6 +29,7 @@ from imagegate import registry as oci
 from imagegate.errors import ImagegateError
 from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine, model
+from imagegate.signatures import verifier
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +120,14 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         await _load_everything(state)
         session = aiohttp.ClientSession()
         state.closers.append(session.close)
-        resolver = pinning.CachingResolver(
-            oci.RegistryClient(session, insecure=config.insecure_registries)
-        )
+        client = oci.RegistryClient(session, insecure=config.insecure_registries)
+        resolver = pinning.CachingResolver(client)
         counter = status.DenialCounter(state.api)
         state.tasks.append(asyncio.create_task(counter.run()))
         app = server.build_app(
-            validate=webhook.Validator(state.cache, recorder=counter),
+            validate=webhook.Validator(
+                state.cache, verifier.CosignVerifier(client), recorder=counter
+            ),
             mutate=webhook.Mutator(state.cache, resolver),
             deadline=config.deadline,
         )

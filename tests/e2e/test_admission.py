@@ -313,3 +313,67 @@ def test_admitted_images_are_pinned_to_the_digest_in_the_registry(
     assert core.read_namespaced_pod("missing", gated_namespace).spec.containers[0].image == (
         f"{registry.address}/pin/app:nope"
     )
+
+
+def test_a_signature_policy_denies_unsigned_and_admits_signed_pinned(
+    api: client.ApiClient,
+    gated_namespace: str,
+    image_policy: PolicyFactory,
+    registry: LocalRegistry,
+    crane: Path,
+    cosign: Path,
+    tmp_path: Path,
+) -> None:
+    import os
+
+    env = {**os.environ, "COSIGN_PASSWORD": "pw", "COSIGN_YES": "true"}
+    subprocess.run(
+        [str(cosign), "generate-key-pair"], cwd=tmp_path, env=env, check=True, capture_output=True
+    )
+    signed = push_random_image(crane, registry.address, "e2e/signed", "v1", tmp_path)
+    unsigned = push_random_image(crane, registry.address, "e2e/unsigned", "v1", tmp_path)
+    subprocess.run(
+        [
+            str(cosign),
+            "sign",
+            "--key",
+            "cosign.key",
+            "--tlog-upload=false",
+            "--use-signing-config=false",
+            f"{registry.address}/e2e/signed@{signed}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    image_policy(
+        gated_namespace,
+        "signed-only",
+        {
+            "sources": [
+                {
+                    "name": "team",
+                    "images": [f"{registry.address}/e2e/*"],
+                    "signatures": {
+                        "keys": [{"publicKey": (tmp_path / "cosign.pub").read_text()}],
+                        "requireTransparencyLog": False,
+                    },
+                }
+            ]
+        },
+    )
+    core = client.CoreV1Api(api)
+    with pytest.raises(ApiException) as denied:
+        core.create_namespaced_pod(
+            gated_namespace, pod_body("u", f"{registry.address}/e2e/unsigned:v1")
+        )
+    message = json.loads(denied.value.body)["message"]
+    assert (
+        f"signature verification failed for source team: {unsigned}: keys[0]: no signature found"
+        in message
+    )
+
+    core.create_namespaced_pod(gated_namespace, pod_body("s", f"{registry.address}/e2e/signed:v1"))
+    stored = core.read_namespaced_pod("s", gated_namespace).spec.containers[0].image
+    assert stored == f"{registry.address}/e2e/signed:v1@{signed}"

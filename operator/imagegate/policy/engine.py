@@ -165,6 +165,8 @@ class SignatureCheck:
     image: str
     policy: str
     source: str
+    #: The source's signature requirement, for the verifier (not part of the identity).
+    requirement: object = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,9 @@ def signature_checks(
         for policy in policies:
             source = _first_matching_source(policy, image.final)
             if source is not None and source.signatures is not None:
-                check = SignatureCheck(str(image.final), policy.display_name, source.name)
+                check = SignatureCheck(
+                    str(image.final), policy.display_name, source.name, source.signatures
+                )
                 needed[check] = None
     return list(needed)
 

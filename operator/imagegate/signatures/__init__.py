@@ -1,0 +1,1 @@
+"""Sigstore and cosign signatures: finding them in a registry and verifying them."""

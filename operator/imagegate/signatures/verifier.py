@@ -1,0 +1,66 @@
+"""The signature verdicts validation asks for (`webhook.SignatureVerifier`).
+
+For each check: find the digest (the one the image is pinned to, or what its tag names now),
+fetch its signatures once, and try the source's authorities in order (any one suffices). The
+verdict names every authority tried and why it failed, so a denial can say what to fix.
+
+Keys: inline PEM. Keyless (Fulcio) identities and keys from Secrets are refused with a reason
+until they are implemented: a requirement imagegate cannot check never passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+
+from imagegate import reference, registry
+from imagegate.policy import engine, model
+from imagegate.signatures import cosign, keys
+
+logger = logging.getLogger(__name__)
+
+
+class CosignVerifier:
+    def __init__(self, client: registry.RegistryClient) -> None:
+        self._client = client
+
+    async def verify(
+        self, checks: Sequence[engine.SignatureCheck], deadline: float
+    ) -> Mapping[engine.SignatureCheck, engine.SignatureVerdict]:
+        verdicts = await asyncio.gather(*(self._verify(check, deadline) for check in checks))
+        return dict(zip(checks, verdicts, strict=True))
+
+    async def _verify(
+        self, check: engine.SignatureCheck, deadline: float
+    ) -> engine.SignatureVerdict:
+        requirement = check.requirement
+        if not isinstance(requirement, model.Signatures):
+            return engine.SignatureVerdict(
+                False, "the policy's signature requirement is unreadable"
+            )
+        image = reference.parse(check.image)
+        try:
+            digest = image.digest or (await self._client.resolve(image, deadline=deadline)).digest
+            found = await cosign.find(
+                self._client, image.registry, image.repository, digest, deadline=deadline
+            )
+        except registry.RegistryError as error:
+            return engine.SignatureVerdict(False, f"registry error: {error.user_message}")
+        reasons = []
+        for index, authority in enumerate(requirement.keys):
+            if authority.public_key is None:
+                reasons.append(f"keys[{index}]: keys from Secrets are not supported yet")
+                continue
+            failure = cosign.verify_with_key(
+                found,
+                keys.load_public_key(authority.public_key),
+                digest,
+                require_tlog=requirement.require_transparency_log,
+            )
+            if failure is None:
+                return engine.SignatureVerdict(True, digest=digest)
+            reasons.append(f"keys[{index}]: {failure}")
+        for index, _ in enumerate(requirement.keyless):
+            reasons.append(f"keyless[{index}]: keyless verification is not available yet")
+        return engine.SignatureVerdict(False, f"{digest}: " + "; ".join(reasons), digest=digest)

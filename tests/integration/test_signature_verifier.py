@@ -1,0 +1,195 @@
+"""CosignVerifier on the real registry, with images signed by the real cosign CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from imagegate import registry as oci
+from imagegate.policy import engine, model
+from imagegate.signatures.verifier import CosignVerifier
+from imagegate.testbed.registry import LocalRegistry
+from support import push_random_image
+
+ENV = {**os.environ, "COSIGN_PASSWORD": "pw", "COSIGN_YES": "true"}
+
+
+@pytest.fixture(scope="module")
+def keys_dir(cosign: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("keys")
+    for name in ("signer", "stranger"):
+        subprocess.run(
+            [str(cosign), "generate-key-pair", "--output-key-prefix", name],
+            cwd=directory,
+            env=ENV,
+            check=True,
+            capture_output=True,
+        )
+    return directory
+
+
+def sign(cosign: Path, key: Path, reference: str, *, bundle: bool) -> None:
+    subprocess.run(
+        [
+            str(cosign),
+            "sign",
+            "--key",
+            str(key),
+            "--tlog-upload=false",
+            "--use-signing-config=false",
+            f"--new-bundle-format={str(bundle).lower()}",
+            reference,
+        ],
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
+
+
+def requirement(keys_dir: Path, *names: str, tlog: bool = False) -> model.Signatures:
+    return model.Signatures.model_validate(
+        {
+            "keys": [{"publicKey": (keys_dir / f"{n}.pub").read_text()} for n in names],
+            "requireTransparencyLog": tlog,
+        }
+    )
+
+
+@pytest.fixture
+async def verifier(registry: LocalRegistry) -> AsyncIterator[CosignVerifier]:
+    async with aiohttp.ClientSession() as session:
+        yield CosignVerifier(oci.RegistryClient(session, insecure=frozenset({registry.address})))
+
+
+async def verdict(verifier: CosignVerifier, image: str, needs: Any) -> engine.SignatureVerdict:
+    check = engine.SignatureCheck(image, "p", "s", needs)
+    return (await verifier.verify([check], deadline=time.monotonic() + 30))[check]
+
+
+@pytest.mark.parametrize("bundle", [False, True], ids=["legacy-sig", "bundle-v0.3"])
+async def test_a_key_signed_image_verifies_and_reports_its_digest(
+    verifier: CosignVerifier,
+    registry: LocalRegistry,
+    crane: Path,
+    cosign: Path,
+    keys_dir: Path,
+    tmp_path: Path,
+    bundle: bool,
+) -> None:
+    digest = push_random_image(crane, registry.address, f"sig/ok-{int(bundle)}", "v1", tmp_path)
+    sign(
+        cosign,
+        keys_dir / "signer.key",
+        f"{registry.address}/sig/ok-{int(bundle)}@{digest}",
+        bundle=bundle,
+    )
+    result = await verdict(
+        verifier,
+        f"{registry.address}/sig/ok-{int(bundle)}:v1",
+        requirement(keys_dir, "stranger", "signer"),
+    )
+    assert result == engine.SignatureVerdict(True, digest=digest)
+
+
+async def test_the_wrong_key_names_each_authority_tried(
+    verifier: CosignVerifier,
+    registry: LocalRegistry,
+    crane: Path,
+    cosign: Path,
+    keys_dir: Path,
+    tmp_path: Path,
+) -> None:
+    digest = push_random_image(crane, registry.address, "sig/wrong", "v1", tmp_path)
+    sign(cosign, keys_dir / "signer.key", f"{registry.address}/sig/wrong@{digest}", bundle=True)
+    result = await verdict(
+        verifier, f"{registry.address}/sig/wrong@{digest}", requirement(keys_dir, "stranger")
+    )
+    assert not result.verified
+    assert result.reason == f"{digest}: keys[0]: signature does not verify with the key"
+
+
+async def test_unsigned_images_and_unverifiable_requirements_are_refused(
+    verifier: CosignVerifier,
+    registry: LocalRegistry,
+    crane: Path,
+    keys_dir: Path,
+    tmp_path: Path,
+) -> None:
+    digest = push_random_image(crane, registry.address, "sig/none", "v1", tmp_path)
+    result = await verdict(
+        verifier, f"{registry.address}/sig/none:v1", requirement(keys_dir, "signer")
+    )
+    assert result.reason == f"{digest}: keys[0]: no signature found"
+    keyless = model.Signatures.model_validate(
+        {"keyless": [{"issuer": "https://i", "subject": "https://s"}]}
+    )
+    result = await verdict(verifier, f"{registry.address}/sig/none:v1", keyless)
+    assert result.reason.endswith("keyless[0]: keyless verification is not available yet")
+
+
+async def test_a_signature_copied_onto_another_image_is_refused(
+    verifier: CosignVerifier,
+    registry: LocalRegistry,
+    crane: Path,
+    cosign: Path,
+    keys_dir: Path,
+    tmp_path: Path,
+) -> None:
+    signed = push_random_image(crane, registry.address, "sig/copy", "a", tmp_path)
+    other = push_random_image(crane, registry.address, "sig/copy", "b", tmp_path)
+    sign(cosign, keys_dir / "signer.key", f"{registry.address}/sig/copy@{signed}", bundle=False)
+    # Re-tag the valid signature of `signed` as if it belonged to `other`.
+    subprocess.run(
+        [
+            str(crane),
+            "copy",
+            f"{registry.address}/sig/copy:{signed.replace(':', '-')}.sig",
+            f"{registry.address}/sig/copy:{other.replace(':', '-')}.sig",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    result = await verdict(
+        verifier, f"{registry.address}/sig/copy@{other}", requirement(keys_dir, "signer")
+    )
+    assert not result.verified
+    assert result.reason.endswith("(digest mismatch)")
+
+
+async def test_key_signatures_without_a_log_fail_when_the_log_is_required(
+    verifier: CosignVerifier,
+    registry: LocalRegistry,
+    crane: Path,
+    cosign: Path,
+    keys_dir: Path,
+    tmp_path: Path,
+) -> None:
+    digest = push_random_image(crane, registry.address, "sig/tlog", "v1", tmp_path)
+    sign(cosign, keys_dir / "signer.key", f"{registry.address}/sig/tlog@{digest}", bundle=True)
+    result = await verdict(
+        verifier,
+        f"{registry.address}/sig/tlog@{digest}",
+        requirement(keys_dir, "signer", tlog=True),
+    )
+    assert "not in a transparency log" in result.reason
+
+
+async def test_a_registry_that_is_down_is_a_refusal_with_the_reason(
+    verifier: CosignVerifier,
+    keys_dir: Path,
+) -> None:
+    from imagegate.testbed import processes
+
+    dead = f"127.0.0.1:{processes.free_port()}"
+    async with aiohttp.ClientSession() as session:
+        local = CosignVerifier(oci.RegistryClient(session, insecure=frozenset({dead}), retries=0))
+        result = await verdict(local, f"{dead}/x/y:v1", requirement(keys_dir, "signer"))
+    assert not result.verified
+    assert result.reason.startswith(f"registry error: {dead} did not answer")

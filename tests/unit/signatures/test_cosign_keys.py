@@ -1,0 +1,126 @@
+"""Key-based cosign signatures that other projects made (../shared/fixtures/signatures)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from imagegate.signatures import cosign, keys
+from imagegate.signatures.cosign import FoundSignature
+
+
+def _legacy(
+    payload: bytes, signature_b64: str, transparency: object | None = None
+) -> FoundSignature:
+    return FoundSignature(
+        "legacy", payload, base64.b64decode(signature_b64), payload, transparency=transparency
+    )
+
+
+@pytest.fixture(scope="module")
+def connaisseur(shared_fixtures: Path) -> Path:
+    return shared_fixtures / "signatures" / "connaisseur-keyed-testimage"
+
+
+def _connaisseur_signatures(folder: Path, digest: str) -> list[FoundSignature]:
+    manifest = json.loads((folder / f"{digest.replace(':', '-')}.sig.json").read_text())
+    found = []
+    for layer in manifest["layers"]:
+        payload = (folder / f"payload-{layer['digest'].split(':')[1]}.json").read_bytes()
+        found.append(_legacy(payload, layer["annotations"][cosign.SIGNATURE_ANNOTATION]))
+    return found
+
+
+MULTI = "sha256:bfec161fecb0a887df7cb85e4da327c65986ccda7060cf3cd92171c6c90d7533"
+SINGLE = "sha256:071bf7a986f1ca9cb2a1f0bc8392822a7777f90d58f2d2c6f271913e08de7c81"
+
+
+@pytest.mark.parametrize("signer", ["alice", "bob", "charlie"])
+def test_each_of_several_signers_verifies_with_their_own_key(
+    connaisseur: Path, signer: str
+) -> None:
+    key = keys.load_public_key((connaisseur / f"{signer}.pub").read_bytes())
+    found = _connaisseur_signatures(connaisseur, MULTI)
+    assert cosign.verify_with_key(found, key, MULTI, require_tlog=False) is None
+
+
+def test_a_key_that_signed_nothing_is_refused(connaisseur: Path) -> None:
+    key = keys.load_public_key((connaisseur / "default.pub").read_bytes())
+    found = _connaisseur_signatures(connaisseur, MULTI)
+    assert cosign.verify_with_key(found, key, MULTI, require_tlog=False) == (
+        "signature does not verify with the key"
+    )
+
+
+def test_a_signature_copied_from_another_image_is_refused(connaisseur: Path) -> None:
+    key = keys.load_public_key((connaisseur / "alice.pub").read_bytes())
+    copied = _connaisseur_signatures(connaisseur, SINGLE)  # alice signed SINGLE, not MULTI
+    reason = cosign.verify_with_key(copied, key, MULTI, require_tlog=False)
+    assert reason is not None
+    assert reason.endswith("(digest mismatch)")
+
+
+def test_no_signature_at_all(connaisseur: Path) -> None:
+    key = keys.load_public_key((connaisseur / "alice.pub").read_bytes())
+    assert cosign.verify_with_key([], key, MULTI, require_tlog=False) == "no signature found"
+
+
+@pytest.mark.parametrize("kind", ["ECDSAP256", "ECDSAP384", "RSA256", "RSA384"])
+def test_rsa_and_ecdsa_keys_verify_only_their_own_signatures(
+    shared_fixtures: Path, kind: str
+) -> None:
+    folder = shared_fixtures / "signatures" / "ratify-keyed-hello-world"
+    payload = (folder / "payload.json").read_bytes()
+    digest = json.loads(payload)["critical"]["image"]["docker-manifest-digest"]
+    found = [_legacy(payload, (folder / f"signature-{kind}.b64").read_text().strip())]
+    for other in ["ECDSAP256", "ECDSAP384", "RSA256", "RSA384"]:
+        key = keys.load_public_key((folder / f"valid{other}PubKey.pem").read_bytes())
+        reason = cosign.verify_with_key(found, key, digest, require_tlog=False)
+        assert (reason is None) is (other == kind), (kind, other, reason)
+
+
+def test_a_signature_with_a_log_entry_and_the_transparency_requirement(
+    shared_fixtures: Path,
+) -> None:
+    folder = shared_fixtures / "signatures" / "containers-image-dir-img-cosign-key-rekor-valid"
+    payload = (folder / "payload.json").read_bytes()
+    digest = json.loads(payload)["critical"]["image"]["docker-manifest-digest"]
+    found = [
+        _legacy(
+            payload,
+            (folder / "signature.b64").read_text().strip(),
+            transparency=(folder / "bundle.json").read_text(),
+        )
+    ]
+    right = keys.load_public_key((folder / "cosign2.pub").read_bytes())
+    wrong = keys.load_public_key((folder / "cosign.pub").read_bytes())
+    assert cosign.verify_with_key(found, right, digest, require_tlog=False) is None
+    assert cosign.verify_with_key(found, wrong, digest, require_tlog=False) is not None
+    # Checking the Rekor SET of a key signature is not implemented yet: refused, never passed.
+    reason = cosign.verify_with_key(found, right, digest, require_tlog=True)
+    assert reason == "transparency log entries of key signatures are not verified yet"
+
+
+def test_a_tampered_payload_fails(connaisseur: Path) -> None:
+    key = keys.load_public_key((connaisseur / "alice.pub").read_bytes())
+    (signature,) = _connaisseur_signatures(connaisseur, SINGLE)
+    tampered = FoundSignature(
+        "legacy", signature.signed + b" ", signature.signature, signature.claims
+    )
+    assert cosign.verify_with_key([tampered], key, SINGLE, require_tlog=False) == (
+        "signature does not verify with the key"
+    )
+
+
+def test_keys_that_are_not_keys_are_refused() -> None:
+    with pytest.raises(keys.KeyError_):
+        keys.load_public_key("-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n")
+
+
+def test_pae_matches_the_dsse_spec() -> None:
+    assert cosign.pae("http://example.com/HelloWorld", b"hello world") == (
+        b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+    )
