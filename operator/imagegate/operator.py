@@ -30,6 +30,7 @@ from imagegate.errors import ImagegateError
 from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine, model
 from imagegate.signatures import verifier
+from imagegate.signatures.cache import VerdictCache
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,9 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         state.tasks.append(asyncio.create_task(counter.run()))
         app = server.build_app(
             validate=webhook.Validator(
-                state.cache, verifier.CosignVerifier(client), recorder=counter
+                state.cache,
+                verifier.CosignVerifier(client, VerdictCache()),
+                recorder=counter,
             ),
             mutate=webhook.Mutator(state.cache, resolver),
             deadline=config.deadline,

@@ -17,13 +17,15 @@ from collections.abc import Mapping, Sequence
 from imagegate import reference, registry
 from imagegate.policy import engine, model
 from imagegate.signatures import cosign, keys
+from imagegate.signatures.cache import VerdictCache
 
 logger = logging.getLogger(__name__)
 
 
 class CosignVerifier:
-    def __init__(self, client: registry.RegistryClient) -> None:
+    def __init__(self, client: registry.RegistryClient, cache: VerdictCache | None = None) -> None:
         self._client = client
+        self._cache = cache
 
     async def verify(
         self, checks: Sequence[engine.SignatureCheck], deadline: float
@@ -42,6 +44,24 @@ class CosignVerifier:
         image = reference.parse(check.image)
         try:
             digest = image.digest or (await self._client.resolve(image, deadline=deadline)).digest
+        except registry.RegistryError as error:
+            return engine.SignatureVerdict(False, f"registry error: {error.user_message}")
+        if self._cache is None:
+            return await self._verify_digest(image, digest, requirement, deadline)
+        # Cached per digest (not tag) and per whole requirement: a retag is a new question.
+        key = (f"{image.name}@{digest}", requirement)
+        return await self._cache.get_or_verify(
+            key, lambda: self._verify_digest(image, digest, requirement, deadline)
+        )
+
+    async def _verify_digest(
+        self,
+        image: reference.ImageReference,
+        digest: str,
+        requirement: model.Signatures,
+        deadline: float,
+    ) -> engine.SignatureVerdict:
+        try:
             found = await cosign.find(
                 self._client, image.registry, image.repository, digest, deadline=deadline
             )
