@@ -115,7 +115,7 @@ async def test_the_wrong_key_names_each_authority_tried(
     assert result.reason == f"{digest}: keys[0]: signature does not verify with the key"
 
 
-async def test_unsigned_images_and_unverifiable_requirements_are_refused(
+async def test_unsigned_images_are_refused_under_key_and_keyless_requirements(
     verifier: CosignVerifier,
     registry: LocalRegistry,
     crane: Path,
@@ -131,7 +131,8 @@ async def test_unsigned_images_and_unverifiable_requirements_are_refused(
         {"keyless": [{"issuer": "https://i", "subject": "https://s"}]}
     )
     result = await verdict(verifier, f"{registry.address}/sig/none:v1", keyless)
-    assert result.reason.endswith("keyless[0]: keyless verification is not available yet")
+    assert result.reason == f"{digest}: keyless[0]: no signature found"
+    # A key-signed image under a keyless requirement: the bundle has no certificate.
 
 
 async def test_a_signature_copied_onto_another_image_is_refused(
@@ -193,3 +194,23 @@ async def test_a_registry_that_is_down_is_a_refusal_with_the_reason(
         result = await verdict(local, f"{dead}/x/y:v1", requirement(keys_dir, "signer"))
     assert not result.verified
     assert result.reason.startswith(f"registry error: {dead} did not answer")
+
+
+async def test_a_key_signature_does_not_satisfy_a_keyless_identity(
+    verifier: CosignVerifier,
+    registry: LocalRegistry,
+    crane: Path,
+    cosign: Path,
+    keys_dir: Path,
+    tmp_path: Path,
+) -> None:
+    digest = push_random_image(crane, registry.address, "sig/keyless", "v1", tmp_path)
+    sign(cosign, keys_dir / "signer.key", f"{registry.address}/sig/keyless@{digest}", bundle=True)
+    keyless = model.Signatures.model_validate(
+        {"keyless": [{"issuer": "https://i", "subject": "https://s"}]}
+    )
+    result = await verdict(verifier, f"{registry.address}/sig/keyless@{digest}", keyless)
+    assert not result.verified
+    assert result.reason == (
+        f"{digest}: keyless[0]: the bundle was signed with a key, not a Fulcio certificate"
+    )

@@ -45,6 +45,8 @@ class FoundSignature:
     claims: bytes
     certificate: str | None = None
     transparency: object | None = None
+    #: The whole Sigstore bundle, for keyless verification (bundle format only).
+    bundle: bytes | None = None
 
 
 async def find(
@@ -102,14 +104,14 @@ async def _bundles(
     for descriptor in referrers[:MAX_SIGNATURES]:
         body, _ = await client.manifest(host, repository, descriptor.digest, deadline=deadline)
         for layer in _json(body).get("layers", [])[:1]:
-            bundle = _json(await client.blob(host, repository, layer["digest"], deadline=deadline))
-            parsed = _from_bundle(bundle)
+            raw = await client.blob(host, repository, layer["digest"], deadline=deadline)
+            parsed = _from_bundle(_json(raw), raw)
             if parsed is not None:
                 found.append(parsed)
     return found
 
 
-def _from_bundle(bundle: dict[str, Any]) -> FoundSignature | None:
+def _from_bundle(bundle: dict[str, Any], raw: bytes) -> FoundSignature | None:
     envelope = bundle.get("dsseEnvelope")
     if bundle.get("mediaType") != BUNDLE_V03 or not isinstance(envelope, dict):
         return None
@@ -128,6 +130,7 @@ def _from_bundle(bundle: dict[str, Any]) -> FoundSignature | None:
         payload if payload_type == IN_TOTO else b"",
         certificate,
         material.get("tlogEntries") or None,
+        raw,
     )
 
 
