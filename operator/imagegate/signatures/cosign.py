@@ -15,11 +15,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from imagegate import registry
+from imagegate.signatures import rekor, roots
 from imagegate.signatures.keys import PublicKey
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
@@ -158,7 +159,12 @@ def claims_name(found: FoundSignature, digest: str) -> str | None:
 
 
 def verify_with_key(
-    found: Sequence[FoundSignature], key: PublicKey, digest: str, *, require_tlog: bool
+    found: Sequence[FoundSignature],
+    key: PublicKey,
+    digest: str,
+    *,
+    require_tlog: bool,
+    trusted_root: Mapping[str, Any] | None = None,
 ) -> str | None:
     """None when one of the signatures verifies with `key` for `digest`; else the reason."""
     if not found:
@@ -178,9 +184,20 @@ def verify_with_key(
                 "false for keys that sign without one)"
             )
             continue
-        if require_tlog:
-            reasons.append("transparency log entries of key signatures are not verified yet")
+        if require_tlog and signature.format != "legacy":
+            reasons.append("transparency log entries in key-signed bundles are not verified yet")
             continue
+        if require_tlog:
+            failure = rekor.verify_set(
+                signature.transparency,
+                signature.signed,
+                signature.signature,
+                key.der(),
+                trusted_root if trusted_root is not None else roots.public_good_json(),
+            )
+            if failure is not None:
+                reasons.append(failure)
+                continue
         return None
     # The most telling reason first: a right-key signature beats "wrong key" noise.
     return sorted(set(reasons), key=lambda r: r.startswith("signature does not verify"))[0]

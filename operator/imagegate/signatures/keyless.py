@@ -6,17 +6,13 @@ proof and checkpoint, and the DSSE signature. imagegate adds what is specific to
 signer's identity (subject and issuer, each exact or an anchored regular expression) and that the
 signed statement is a cosign signature of *this* digest.
 
-The public-good trust root is the `trusted_root.json` that ships inside sigstore-python, read
-from the package: no TUF refresh, no network on the admission path. Refreshing it means
-upgrading sigstore-python (or naming a custom root, for private Sigstore).
+The trust root comes from roots.py (the public-good root shipped with sigstore-python).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
-from importlib import resources
 
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
@@ -28,7 +24,6 @@ from sigstore.verify.policy import VerificationPolicy
 from imagegate.policy import model
 from imagegate.signatures import cosign
 
-PUBLIC_GOOD_ROOT = "https%3A%2F%2Ftuf-repo-cdn.sigstore.dev/trusted_root.json"
 #: Fulcio's issuer extensions: v2 is a DER UTF8String, v1 (deprecated) the raw bytes.
 OIDC_ISSUER_V2 = ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 OIDC_ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
@@ -36,12 +31,6 @@ OIDC_ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
 
 class IdentityMismatch(SigstoreError):
     """The certificate was not issued to the identity the policy names."""
-
-
-@functools.cache
-def public_good_root() -> TrustedRoot:
-    path = resources.files("sigstore") / "_store" / PUBLIC_GOOD_ROOT
-    return TrustedRoot.from_file(str(path))
 
 
 def certificate_identities(certificate: x509.Certificate) -> list[str]:

@@ -25,6 +25,11 @@ class KeyError_(ImagegateError):
 class PublicKey:
     key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
+    def der(self) -> bytes:
+        return self.key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
     def verify(self, signature: bytes, data: bytes) -> bool:
         """Whether `signature` over `data` was made with this key's private half."""
         try:

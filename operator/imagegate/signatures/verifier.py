@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from imagegate import reference, registry
 from imagegate.policy import engine, model
-from imagegate.signatures import cosign, keyless, keys
+from imagegate.signatures import cosign, keyless, keys, roots
 from imagegate.signatures.cache import VerdictCache
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class CosignVerifier:
                 return "legacy keyless .sig signatures are not verified yet (only v0.3 bundles)"
             return "no signature found"
         failures = [
-            keyless.verify_bundle(bundle, digest, identity, keyless.public_good_root())
+            keyless.verify_bundle(bundle, digest, identity, roots.public_good_root())
             for bundle in bundles
         ]
         if None in failures:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegate.signatures import cosign, keys
+from imagegate.signatures import cosign, keys, rekor, roots
 from imagegate.signatures.cosign import FoundSignature
 
 
@@ -99,9 +99,47 @@ def test_a_signature_with_a_log_entry_and_the_transparency_requirement(
     wrong = keys.load_public_key((folder / "cosign.pub").read_bytes())
     assert cosign.verify_with_key(found, right, digest, require_tlog=False) is None
     assert cosign.verify_with_key(found, wrong, digest, require_tlog=False) is not None
-    # Checking the Rekor SET of a key signature is not implemented yet: refused, never passed.
-    reason = cosign.verify_with_key(found, right, digest, require_tlog=True)
-    assert reason == "transparency log entries of key signatures are not verified yet"
+    # The Rekor SET is checked against the public-good log key, offline.
+    assert cosign.verify_with_key(found, right, digest, require_tlog=True) is None
+
+
+def _rekor_fixture(shared_fixtures: Path) -> tuple[bytes, bytes, dict[str, object], keys.PublicKey]:
+    folder = shared_fixtures / "signatures" / "containers-image-dir-img-cosign-key-rekor-valid"
+    return (
+        (folder / "payload.json").read_bytes(),
+        base64.b64decode((folder / "signature.b64").read_text().strip()),
+        json.loads((folder / "bundle.json").read_text()),
+        keys.load_public_key((folder / "cosign2.pub").read_bytes()),
+    )
+
+
+def test_a_forged_or_mismatched_set_is_refused(shared_fixtures: Path) -> None:
+    payload, signature, bundle, key = _rekor_fixture(shared_fixtures)
+    root = roots.public_good_json()
+    assert rekor.verify_set(bundle, payload, signature, key.der(), root) is None
+    other_payload = rekor.verify_set(bundle, payload + b" ", signature, key.der(), root)
+    assert other_payload == "bad SET: the log entry is for another payload"
+    forged = json.loads(json.dumps(bundle))
+    forged["Payload"]["integratedTime"] += 1
+    assert rekor.verify_set(forged, payload, signature, key.der(), root) == (
+        "bad SET: the log's signature does not verify"
+    )
+    unknown_log = json.loads(json.dumps(bundle))
+    unknown_log["Payload"]["logID"] = "00" * 32
+    assert "not in the trust root" in str(
+        rekor.verify_set(unknown_log, payload, signature, key.der(), root)
+    )
+    stranger = keys.load_public_key(
+        (
+            shared_fixtures
+            / "signatures"
+            / "containers-image-dir-img-cosign-key-rekor-valid"
+            / "cosign.pub"
+        ).read_bytes()
+    )
+    assert rekor.verify_set(bundle, payload, signature, stranger.der(), root) == (
+        "bad SET: the log entry names another key"
+    )
 
 
 def test_a_tampered_payload_fails(connaisseur: Path) -> None:

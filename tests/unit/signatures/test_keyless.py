@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from imagegate.policy import model
-from imagegate.signatures import keyless
+from imagegate.signatures import keyless, roots
 
 KUBEWARDEN_DIGEST = "sha256:c811d58de79c92f03214e63aa339484e488d694ae8a6283b5f3f17a9faf50172"
 KUBEWARDEN_SUBJECT = (
@@ -47,7 +47,7 @@ def test_a_real_cosign_v3_bundle_verifies_for_its_identity(
     kubewarden: bytes, identity: dict[str, str]
 ) -> None:
     result = keyless.verify_bundle(
-        kubewarden, KUBEWARDEN_DIGEST, authority(**identity), keyless.public_good_root()
+        kubewarden, KUBEWARDEN_DIGEST, authority(**identity), roots.public_good_root()
     )
     assert result is None
 
@@ -65,7 +65,7 @@ def test_another_identity_is_refused(
     kubewarden: bytes, identity: dict[str, str], reason: str
 ) -> None:
     result = keyless.verify_bundle(
-        kubewarden, KUBEWARDEN_DIGEST, authority(**identity), keyless.public_good_root()
+        kubewarden, KUBEWARDEN_DIGEST, authority(**identity), roots.public_good_root()
     )
     assert result is not None
     assert reason in result
@@ -77,7 +77,7 @@ def test_the_bundle_does_not_vouch_for_another_digest(kubewarden: bytes) -> None
         kubewarden,
         other,
         authority(issuer=GITHUB_ACTIONS, subject=KUBEWARDEN_SUBJECT),
-        keyless.public_good_root(),
+        roots.public_good_root(),
     )
     assert result == f"the bundle's subject is not {other} (digest mismatch)"
 
@@ -94,7 +94,7 @@ def test_an_attestation_is_not_a_signature(shared_fixtures: Path) -> None:
         bundle,
         digest,
         authority(issuer="https://github.com/login/oauth", subject="cody@soyland.com"),
-        keyless.public_good_root(),
+        roots.public_good_root(),
     )
     assert result is not None
     assert "not a cosign signature" in result
@@ -112,7 +112,7 @@ def test_a_tampered_bundle_does_not_verify(kubewarden: bytes) -> None:
         json.dumps(bundle).encode(),
         "sha256:" + "1" * 64,
         authority(issuer=GITHUB_ACTIONS, subject=KUBEWARDEN_SUBJECT),
-        keyless.public_good_root(),
+        roots.public_good_root(),
     )
     assert result is not None
     assert result.startswith("bundle does not verify")
@@ -124,5 +124,5 @@ def test_the_shipped_root_matches_the_shared_copy(shared_fixtures: Path) -> None
     shipped = json.loads(
         (shared_fixtures / "signatures" / "public-good-trusted_root.json").read_text()
     )
-    assert keyless.public_good_root() is keyless.public_good_root()  # loaded once
+    assert roots.public_good_root() is roots.public_good_root()  # loaded once
     assert shipped["mediaType"].startswith("application/vnd.dev.sigstore.trustedroot")

@@ -1,0 +1,111 @@
+"""Rekor signed entry timestamps (SETs) on legacy cosign signatures, checked offline.
+
+sigstore-python refuses log entries without an inclusion proof, and legacy cosign signatures
+carry only a SET, so this part is done here, as cosign itself does it:
+
+1. the SET is the log's ECDSA signature over the canonical JSON of
+   {body, integratedTime, logID, logIndex}, by the log key the trust root names for `logID`,
+   valid at `integratedTime`;
+2. the entry's body is a hashedrekord of *this* signature: same signature bytes, same public
+   key, and the SHA-256 of the signed payload.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+
+def verify_set(
+    annotation: object,
+    payload: bytes,
+    signature: bytes,
+    public_key_der: bytes,
+    trusted_root: Mapping[str, Any],
+) -> str | None:
+    """None when the SET proves this signature is in a trusted log; else the reason."""
+    try:
+        bundle: Any = json.loads(annotation) if isinstance(annotation, str) else annotation
+        entry = bundle["Payload"]
+        signed_timestamp = base64.b64decode(bundle["SignedEntryTimestamp"], validate=True)
+        canonical = json.dumps(
+            {
+                "body": entry["body"],
+                "integratedTime": int(entry["integratedTime"]),
+                "logID": entry["logID"],
+                "logIndex": int(entry["logIndex"]),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+        body = json.loads(base64.b64decode(entry["body"], validate=True))
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return "bad SET: the transparency log bundle is malformed"
+    log_key = _log_key(trusted_root, entry["logID"], int(entry["integratedTime"]))
+    if log_key is None:
+        return "bad SET: the log that signed it is not in the trust root (or was not valid then)"
+    try:
+        log_key.verify(signed_timestamp, canonical, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return "bad SET: the log's signature does not verify"
+    return _check_body(body, payload, signature, public_key_der)
+
+
+def _log_key(
+    trusted_root: Mapping[str, Any], log_id_hex: str, integrated_time: int
+) -> ec.EllipticCurvePublicKey | None:
+    when = datetime.datetime.fromtimestamp(integrated_time, datetime.UTC)
+    for log in trusted_root.get("tlogs", []):
+        try:
+            key_id = base64.b64decode(log["logId"]["keyId"]).hex()
+            raw = base64.b64decode(log["publicKey"]["rawBytes"])
+        except (KeyError, TypeError, binascii.Error):
+            continue
+        if key_id != log_id_hex or not _valid_at(log["publicKey"].get("validFor", {}), when):
+            continue
+        key = serialization.load_der_public_key(raw)
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            return key
+    return None
+
+
+def _valid_at(window: Mapping[str, str], when: datetime.datetime) -> bool:
+    def parse(text: str | None) -> datetime.datetime | None:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+    start, end = parse(window.get("start")), parse(window.get("end"))
+    return (start is None or start <= when) and (end is None or when <= end)
+
+
+def _check_body(
+    body: Mapping[str, Any], payload: bytes, signature: bytes, public_key_der: bytes
+) -> str | None:
+    if body.get("kind") != "hashedrekord":
+        return f"bad SET: log entry kind {body.get('kind')!r}, not hashedrekord"
+    spec = body.get("spec") or {}
+    try:
+        logged_hash = spec["data"]["hash"]["value"]
+        logged_signature = base64.b64decode(spec["signature"]["content"])
+        logged_key_pem = base64.b64decode(spec["signature"]["publicKey"]["content"])
+        logged_key = serialization.load_pem_public_key(logged_key_pem)
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return "bad SET: the log entry's body is malformed"
+    if logged_hash != hashlib.sha256(payload).hexdigest():
+        return "bad SET: the log entry is for another payload"
+    if logged_signature != signature:
+        return "bad SET: the log entry is for another signature"
+    logged_der = logged_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if logged_der != public_key_der:
+        return "bad SET: the log entry names another key"
+    return None
