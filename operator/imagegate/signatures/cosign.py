@@ -29,6 +29,7 @@ IN_TOTO = "application/vnd.in-toto+json"
 COSIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 CERTIFICATE_ANNOTATION = "dev.sigstore.cosign/certificate"
+CHAIN_ANNOTATION = "dev.sigstore.cosign/chain"
 REKOR_ANNOTATION = "dev.sigstore.cosign/bundle"
 MAX_SIGNATURES = 32
 
@@ -48,6 +49,8 @@ class FoundSignature:
     transparency: object | None = None
     #: The whole Sigstore bundle, for keyless verification (bundle format only).
     bundle: bytes | None = None
+    #: The certificate chain (PEM) a legacy keyless signature carries.
+    chain: str | None = None
 
 
 async def find(
@@ -90,6 +93,7 @@ async def _legacy(
                 payload,
                 annotations.get(CERTIFICATE_ANNOTATION),
                 annotations.get(REKOR_ANNOTATION),
+                chain=annotations.get(CHAIN_ANNOTATION),
             )
         )
     return found

@@ -20,6 +20,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,10 +30,14 @@ def verify_set(
     annotation: object,
     payload: bytes,
     signature: bytes,
-    public_key_der: bytes,
+    signer_der: bytes,
     trusted_root: Mapping[str, Any],
 ) -> str | None:
-    """None when the SET proves this signature is in a trusted log; else the reason."""
+    """None when the SET proves this signature is in a trusted log; else the reason.
+
+    `signer_der` is the public key (SubjectPublicKeyInfo DER) or the certificate (DER) the log
+    entry must name.
+    """
     try:
         bundle: Any = json.loads(annotation) if isinstance(annotation, str) else annotation
         entry = bundle["Payload"]
@@ -57,7 +62,7 @@ def verify_set(
         log_key.verify(signed_timestamp, canonical, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         return "bad SET: the log's signature does not verify"
-    return _check_body(body, payload, signature, public_key_der)
+    return _check_body(body, payload, signature, signer_der)
 
 
 def _log_key(
@@ -70,7 +75,7 @@ def _log_key(
             raw = base64.b64decode(log["publicKey"]["rawBytes"])
         except (KeyError, TypeError, binascii.Error):
             continue
-        if key_id != log_id_hex or not _valid_at(log["publicKey"].get("validFor", {}), when):
+        if key_id != log_id_hex or not valid_at(log["publicKey"].get("validFor", {}), when):
             continue
         key = serialization.load_der_public_key(raw)
         if isinstance(key, ec.EllipticCurvePublicKey):
@@ -78,7 +83,7 @@ def _log_key(
     return None
 
 
-def _valid_at(window: Mapping[str, str], when: datetime.datetime) -> bool:
+def valid_at(window: Mapping[str, str], when: datetime.datetime) -> bool:
     def parse(text: str | None) -> datetime.datetime | None:
         return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
@@ -87,25 +92,32 @@ def _valid_at(window: Mapping[str, str], when: datetime.datetime) -> bool:
 
 
 def _check_body(
-    body: Mapping[str, Any], payload: bytes, signature: bytes, public_key_der: bytes
+    body: Mapping[str, Any], payload: bytes, signature: bytes, signer_der: bytes
 ) -> str | None:
-    if body.get("kind") != "hashedrekord":
-        return f"bad SET: log entry kind {body.get('kind')!r}, not hashedrekord"
+    # `rekord` (cosign before 2022) carries the same fields as `hashedrekord`.
+    if body.get("kind") not in ("hashedrekord", "rekord"):
+        return f"bad SET: log entry kind {body.get('kind')!r}, not hashedrekord or rekord"
     spec = body.get("spec") or {}
     try:
         logged_hash = spec["data"]["hash"]["value"]
         logged_signature = base64.b64decode(spec["signature"]["content"])
-        logged_key_pem = base64.b64decode(spec["signature"]["publicKey"]["content"])
-        logged_key = serialization.load_pem_public_key(logged_key_pem)
+        logged_pem = base64.b64decode(spec["signature"]["publicKey"]["content"])
+        logged_der = _signer_der(logged_pem)
     except (KeyError, TypeError, ValueError, binascii.Error):
         return "bad SET: the log entry's body is malformed"
     if logged_hash != hashlib.sha256(payload).hexdigest():
         return "bad SET: the log entry is for another payload"
     if logged_signature != signature:
         return "bad SET: the log entry is for another signature"
-    logged_der = logged_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    if logged_der != public_key_der:
+    if logged_der != signer_der:
         return "bad SET: the log entry names another key"
     return None
+
+
+def _signer_der(pem: bytes) -> bytes:
+    """DER of the key or certificate a hashedrekord entry carries (keyless entries log the cert)."""
+    if b"BEGIN CERTIFICATE" in pem:
+        return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    return serialization.load_pem_public_key(pem).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

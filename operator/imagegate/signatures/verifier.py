@@ -4,10 +4,10 @@ For each check: find the digest (the one the image is pinned to, or what its tag
 fetch its signatures once, and try the source's authorities in order (any one suffices). The
 verdict names every authority tried and why it failed, so a denial can say what to fix.
 
-Keys: inline PEM. Keyless: Sigstore v0.3 bundles against the public-good root shipped with
-sigstore-python. Keys from Secrets, custom trust roots and legacy keyless `.sig` signatures are
-refused with a reason until they are implemented: a requirement imagegate cannot check never
-passes.
+Keys: inline PEM. Keyless: Sigstore v0.3 bundles and legacy `.sig` signatures with a Fulcio
+certificate, against the public-good root shipped with sigstore-python. Keys from Secrets and
+custom trust roots are refused with a reason until they are implemented: a requirement imagegate
+cannot check never passes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from imagegate import reference, registry
 from imagegate.policy import engine, model
-from imagegate.signatures import cosign, keyless, keys, roots
+from imagegate.signatures import cosign, fulcio, keyless, keys, roots
 from imagegate.signatures.cache import VerdictCache
 
 logger = logging.getLogger(__name__)
@@ -83,9 +83,9 @@ class CosignVerifier:
             if failure is None:
                 return engine.SignatureVerdict(True, digest=digest)
             reasons.append(f"keys[{index}]: {failure}")
-        bundles = [f.bundle for f in found if f.bundle is not None]
+
         for index, identity in enumerate(requirement.keyless):
-            failure = self._keyless(found, bundles, identity, requirement, digest)
+            failure = self._keyless(found, identity, requirement, digest)
             if failure is None:
                 return engine.SignatureVerdict(True, digest=digest)
             reasons.append(f"keyless[{index}]: {failure}")
@@ -94,21 +94,27 @@ class CosignVerifier:
     @staticmethod
     def _keyless(
         found: Sequence[cosign.FoundSignature],
-        bundles: Sequence[bytes],
         identity: model.KeylessAuthority,
         requirement: model.Signatures,
         digest: str,
     ) -> str | None:
         if requirement.trust_root is not None:
             return "custom trust roots (configMapRef) are not supported yet"
-        if not bundles:
-            if found:
-                return "legacy keyless .sig signatures are not verified yet (only v0.3 bundles)"
+        if not found:
             return "no signature found"
-        failures = [
-            keyless.verify_bundle(bundle, digest, identity, roots.public_good_root())
-            for bundle in bundles
-        ]
-        if None in failures:
-            return None
-        return "; ".join(sorted({f for f in failures if f is not None}))
+        failures = []
+        for signature in found:
+            if signature.bundle is not None:
+                failure = keyless.verify_bundle(
+                    signature.bundle, digest, identity, roots.public_good_root()
+                )
+            elif signature.certificate is not None:
+                failure = fulcio.verify_legacy(
+                    signature, digest, identity, roots.public_good_json(), roots.public_good_root()
+                )
+            else:
+                failure = "signed with a key, not a Fulcio certificate"
+            if failure is None:
+                return None
+            failures.append(failure)
+        return "; ".join(sorted(set(failures)))

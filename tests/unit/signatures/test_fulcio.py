@@ -1,0 +1,124 @@
+"""Legacy keyless `.sig` signatures other projects made, verified offline end to end."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from imagegate.policy import model
+from imagegate.signatures import cosign, fulcio, roots
+
+OAUTH = "https://github.com/login/oauth"
+
+
+def found_in(folder: Path, *, chain: bool = True) -> cosign.FoundSignature:
+    payload = (folder / "payload.json").read_bytes()
+    return cosign.FoundSignature(
+        "legacy",
+        payload,
+        base64.b64decode((folder / "signature.b64").read_text().strip()),
+        payload,
+        certificate=(folder / "cert.pem").read_text(),
+        transparency=(folder / "bundle.json").read_text(),
+        chain=(folder / "chain.pem").read_text()
+        if chain and (folder / "chain.pem").exists()
+        else None,
+    )
+
+
+def digest_of(found: cosign.FoundSignature) -> str:
+    return str(json.loads(found.claims)["critical"]["image"]["docker-manifest-digest"])
+
+
+def who(subject: str, issuer: str = OAUTH) -> model.KeylessAuthority:
+    return model.KeylessAuthority.model_validate({"issuer": issuer, "subject": subject})
+
+
+def verify(
+    found: cosign.FoundSignature, digest: str, authority: model.KeylessAuthority
+) -> str | None:
+    return fulcio.verify_legacy(
+        found, digest, authority, roots.public_good_json(), roots.public_good_root()
+    )
+
+
+CASES = [
+    ("connaisseur-keyless-rekor-test", "philipp.belitz@securesystems.de"),
+    ("containers-image-dir-img-cosign-fulcio-rekor-valid", "mitr@redhat.com"),
+]
+
+
+@pytest.mark.parametrize(("folder", "signer"), CASES)
+def test_real_legacy_keyless_signatures_verify(
+    shared_fixtures: Path, folder: str, signer: str
+) -> None:
+    found = found_in(shared_fixtures / "signatures" / folder)
+    assert verify(found, digest_of(found), who(signer)) is None
+
+
+@pytest.mark.parametrize(("folder", "signer"), CASES)
+def test_they_fail_for_another_identity_or_digest(
+    shared_fixtures: Path, folder: str, signer: str
+) -> None:
+    found = found_in(shared_fixtures / "signatures" / folder)
+    wrong_subject = verify(found, digest_of(found), who("someone@else.example"))
+    assert wrong_subject is not None
+    assert wrong_subject.startswith("wrong identity")
+    wrong_issuer = verify(found, digest_of(found), who(signer, "https://accounts.google.com"))
+    assert wrong_issuer is not None
+    assert wrong_issuer.startswith("wrong identity")
+    other = "sha256:" + "0" * 64
+    assert str(verify(found, other, who(signer))).endswith("(digest mismatch)")
+
+
+def test_the_chain_can_come_from_the_trust_root_alone(shared_fixtures: Path) -> None:
+    folder = shared_fixtures / "signatures" / "connaisseur-keyless-rekor-test"
+    found = found_in(folder, chain=False)
+    assert verify(found, digest_of(found), who("philipp.belitz@securesystems.de")) is None
+
+
+def test_a_2021_signature_without_an_sct_is_refused(shared_fixtures: Path) -> None:
+    """Signature, SET, body and chain are all valid; the missing SCT alone must refuse it."""
+    found = found_in(
+        shared_fixtures / "signatures" / "sigstore-rs-2021-rekord-disallow-service-nodeport"
+    )
+    reason = verify(found, digest_of(found), who("flavio@castelli.me"))
+    assert reason is not None
+    assert reason.startswith("untrusted certificate: no valid SCT")
+
+
+def test_without_a_log_entry_a_keyless_signature_is_refused(shared_fixtures: Path) -> None:
+    found = found_in(shared_fixtures / "signatures" / "connaisseur-keyless-rekor-test")
+    bare = cosign.FoundSignature(
+        found.format,
+        found.signed,
+        found.signature,
+        found.claims,
+        certificate=found.certificate,
+        chain=found.chain,
+    )
+    assert verify(bare, digest_of(found), who("philipp.belitz@securesystems.de")) == (
+        "no transparency log entry (keyless signatures need one)"
+    )
+
+
+def test_a_certificate_that_is_not_the_signers_is_refused(shared_fixtures: Path) -> None:
+    a = found_in(shared_fixtures / "signatures" / "connaisseur-keyless-rekor-test")
+    b = found_in(
+        shared_fixtures / "signatures" / "containers-image-dir-img-cosign-fulcio-rekor-valid"
+    )
+    swapped = cosign.FoundSignature(
+        a.format,
+        a.signed,
+        a.signature,
+        a.claims,
+        certificate=b.certificate,
+        transparency=a.transparency,
+        chain=a.chain,
+    )
+    assert verify(swapped, digest_of(a), who("mitr@redhat.com")) == (
+        "the signature does not verify with its certificate"
+    )
