@@ -31,6 +31,7 @@ from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine, model
 from imagegate.signatures import verifier
 from imagegate.signatures.cache import VerdictCache
+from imagegate.signatures.material import KubernetesSecrets
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ class OperatorConfig:
     host: str = "0.0.0.0"
     port: int = 8443
     deadline: float = server.DEFAULT_DEADLINE
+    #: Where imagegate runs: ClusterImagePolicy secretRefs without a namespace read from here.
+    namespace: str = field(
+        default_factory=lambda: os.environ.get("POD_NAMESPACE", "imagegate-system")
+    )
     #: Registries reached over plain HTTP (e.g. a local registry in a test cluster).
     insecure_registries: frozenset[str] = frozenset()
 
@@ -128,7 +133,12 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         app = server.build_app(
             validate=webhook.Validator(
                 state.cache,
-                verifier.CosignVerifier(client, VerdictCache()),
+                verifier.CosignVerifier(
+                    client,
+                    VerdictCache(),
+                    secrets=KubernetesSecrets(state.api),
+                    own_namespace=config.namespace,
+                ),
                 recorder=counter,
             ),
             mutate=webhook.Mutator(state.cache, resolver),

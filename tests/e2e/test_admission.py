@@ -377,3 +377,62 @@ def test_a_signature_policy_denies_unsigned_and_admits_signed_pinned(
     core.create_namespaced_pod(gated_namespace, pod_body("s", f"{registry.address}/e2e/signed:v1"))
     stored = core.read_namespaced_pod("s", gated_namespace).spec.containers[0].image
     assert stored == f"{registry.address}/e2e/signed:v1@{signed}"
+
+
+def test_keys_can_come_from_a_secret_in_the_policys_namespace(
+    api: client.ApiClient,
+    gated_namespace: str,
+    image_policy: PolicyFactory,
+    registry: LocalRegistry,
+    crane: Path,
+    cosign: Path,
+    tmp_path: Path,
+) -> None:
+    import os
+
+    env = {**os.environ, "COSIGN_PASSWORD": "pw", "COSIGN_YES": "true"}
+    subprocess.run(
+        [str(cosign), "generate-key-pair"], cwd=tmp_path, env=env, check=True, capture_output=True
+    )
+    digest = push_random_image(crane, registry.address, "e2e/secret", "v1", tmp_path)
+    subprocess.run(
+        [
+            str(cosign),
+            "sign",
+            "--key",
+            "cosign.key",
+            "--tlog-upload=false",
+            "--use-signing-config=false",
+            f"{registry.address}/e2e/secret@{digest}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    client.CoreV1Api(api).create_namespaced_secret(
+        gated_namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="cosign"),
+            string_data={"cosign.pub": (tmp_path / "cosign.pub").read_text()},
+        ),
+    )
+    image_policy(
+        gated_namespace,
+        "from-secret",
+        {
+            "sources": [
+                {
+                    "name": "team",
+                    "images": [f"{registry.address}/e2e/*"],
+                    "signatures": {
+                        "keys": [{"secretRef": {"name": "cosign"}}],
+                        "requireTransparencyLog": False,
+                    },
+                }
+            ]
+        },
+    )
+    core = client.CoreV1Api(api)
+    core.create_namespaced_pod(gated_namespace, pod_body("s", f"{registry.address}/e2e/secret:v1"))
+    assert core.read_namespaced_pod("s", gated_namespace).spec.containers[0].image.endswith(digest)

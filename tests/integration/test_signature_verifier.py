@@ -214,3 +214,62 @@ async def test_a_key_signature_does_not_satisfy_a_keyless_identity(
     assert result.reason == (
         f"{digest}: keyless[0]: the bundle was signed with a key, not a Fulcio certificate"
     )
+
+
+class Secrets:
+    """Stands in for the API server's Secrets (the e2e tier reads real ones)."""
+
+    def __init__(self, values: dict[tuple[str, str, str], bytes]) -> None:
+        self.values = values
+        self.read_from: list[str] = []
+
+    async def read(self, namespace: str, name: str, key: str) -> bytes:
+        from imagegate.signatures.material import MaterialError
+
+        self.read_from.append(namespace)
+        if (namespace, name, key) not in self.values:
+            raise MaterialError(f"cannot read Secret {namespace}/{name}: Not Found (404)")
+        return self.values[(namespace, name, key)]
+
+
+async def test_keys_from_secrets_and_the_namespace_an_image_policy_may_read(
+    registry: LocalRegistry,
+    crane: Path,
+    cosign: Path,
+    keys_dir: Path,
+    tmp_path: Path,
+) -> None:
+    digest = push_random_image(crane, registry.address, "sig/secret", "v1", tmp_path)
+    sign(cosign, keys_dir / "signer.key", f"{registry.address}/sig/secret@{digest}", bundle=True)
+    pem = (keys_dir / "signer.pub").read_bytes()
+    secrets = Secrets(
+        {("team-a", "cosign", "cosign.pub"): pem, ("ops", "cosign", "cosign.pub"): pem}
+    )
+    needs = model.Signatures.model_validate(
+        {
+            "keys": [{"secretRef": {"name": "cosign", "namespace": "ops"}}],
+            "requireTransparencyLog": False,
+        }
+    )
+    image = f"{registry.address}/sig/secret@{digest}"
+    async with aiohttp.ClientSession() as session:
+        client = oci.RegistryClient(session, insecure=frozenset({registry.address}))
+        verifier = CosignVerifier(client, secrets=secrets, own_namespace="imagegate-system")
+        cluster_check = engine.SignatureCheck(image, "p", "s", needs, None)
+        assert (await verifier.verify([cluster_check], time.monotonic() + 30))[
+            cluster_check
+        ].verified
+        # An ImagePolicy in team-b names namespace ops: it is read from team-b, and not found.
+        local_check = engine.SignatureCheck(image, "team-b/p", "s", needs, "team-b")
+        result = (await verifier.verify([local_check], time.monotonic() + 30))[local_check]
+    assert secrets.read_from == ["ops", "team-b"]
+    assert not result.verified
+    assert result.reason == "keys: cannot read Secret team-b/cosign: Not Found (404)"
+
+
+def test_secret_namespaces_follow_the_policy_kind() -> None:
+    from imagegate.signatures.material import secret_namespace
+
+    assert secret_namespace("team-a", "ops", "imagegate-system") == "team-a"
+    assert secret_namespace(None, "ops", "imagegate-system") == "ops"
+    assert secret_namespace(None, None, "imagegate-system") == "imagegate-system"

@@ -167,6 +167,9 @@ class SignatureCheck:
     source: str
     #: The source's signature requirement, for the verifier (not part of the identity).
     requirement: object = field(default=None, compare=False, hash=False)
+    #: The namespace of an ImagePolicy (None for a ClusterImagePolicy): it bounds which
+    #: Secrets the requirement may read.
+    policy_namespace: str | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,11 @@ def signature_checks(
             source = _first_matching_source(policy, image.final)
             if source is not None and source.signatures is not None:
                 check = SignatureCheck(
-                    str(image.final), policy.display_name, source.name, source.signatures
+                    str(image.final),
+                    policy.display_name,
+                    source.name,
+                    source.signatures,
+                    policy.namespace,
                 )
                 needed[check] = None
     return list(needed)

@@ -1,0 +1,63 @@
+"""Verification material kept in the cluster: cosign public keys in Secrets.
+
+Namespaces follow one rule: an ImagePolicy may only read Secrets in its own namespace (whatever
+its secretRef says), a ClusterImagePolicy reads the namespace its secretRef names, or imagegate's
+own namespace. Values are cached briefly, so a rotated key is picked up within a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from kubernetes import client
+
+from imagegate.errors import ImagegateError
+
+TTL = 60.0
+
+
+class MaterialError(ImagegateError):
+    """A Secret or key that the policy names cannot be read."""
+
+
+class SecretReader(Protocol):
+    async def read(self, namespace: str, name: str, key: str) -> bytes: ...
+
+
+def secret_namespace(
+    policy_namespace: str | None, requested: str | None, own_namespace: str
+) -> str:
+    """Where a secretRef may be read from (see the module docstring)."""
+    if policy_namespace is not None:
+        return policy_namespace
+    return requested or own_namespace
+
+
+class KubernetesSecrets:
+    def __init__(
+        self, api: client.ApiClient, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._core = client.CoreV1Api(api)
+        self._clock = clock
+        self._cache: dict[tuple[str, str, str], tuple[float, bytes]] = {}
+
+    async def read(self, namespace: str, name: str, key: str) -> bytes:
+        cached = self._cache.get((namespace, name, key))
+        if cached is not None and cached[0] > self._clock():
+            return cached[1]
+        try:
+            secret = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
+        except client.ApiException as error:
+            raise MaterialError(
+                f"cannot read Secret {namespace}/{name}: {error.reason} ({error.status})"
+            ) from error
+        encoded = (secret.data or {}).get(key)
+        if encoded is None:
+            raise MaterialError(f"Secret {namespace}/{name} has no key {key!r}")
+        value = base64.b64decode(encoded)
+        self._cache[(namespace, name, key)] = (self._clock() + TTL, value)
+        return value
