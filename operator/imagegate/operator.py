@@ -31,7 +31,7 @@ from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine, model
 from imagegate.signatures import verifier
 from imagegate.signatures.cache import VerdictCache
-from imagegate.signatures.material import KubernetesSecrets
+from imagegate.signatures.material import KubernetesMaterial
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
                 verifier.CosignVerifier(
                     client,
                     VerdictCache(),
-                    secrets=KubernetesSecrets(state.api),
+                    secrets=KubernetesMaterial(state.api),
                     own_namespace=config.namespace,
                 ),
                 recorder=counter,

@@ -231,6 +231,9 @@ class Secrets:
             raise MaterialError(f"cannot read Secret {namespace}/{name}: Not Found (404)")
         return self.values[(namespace, name, key)]
 
+    async def read_config_map(self, namespace: str, name: str, key: str) -> str:
+        return (await self.read(namespace, name, key)).decode()
+
 
 async def test_keys_from_secrets_and_the_namespace_an_image_policy_may_read(
     registry: LocalRegistry,
@@ -273,3 +276,149 @@ def test_secret_namespaces_follow_the_policy_kind() -> None:
     assert secret_namespace("team-a", "ops", "imagegate-system") == "team-a"
     assert secret_namespace(None, "ops", "imagegate-system") == "ops"
     assert secret_namespace(None, None, "imagegate-system") == "imagegate-system"
+
+
+def _test_fulcio(directory: Path, subject: str, issuer: str) -> tuple[Path, Path, Path, str]:
+    """A private CA and a Fulcio-style leaf: (leaf key PEM, leaf cert, CA cert, trusted_root)."""
+    import base64
+    import datetime
+    import json
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
+
+    from imagegate import tls
+
+    ca = tls.CertificateAuthority.create("imagegate-test-fulcio")
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    leaf_key = tls.new_private_key()
+    now = datetime.datetime.now(datetime.UTC)
+    issuer_der = b"\x0c" + bytes([len(issuer)]) + issuer.encode()
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(subject)]), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+        .add_extension(
+            x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.57264.1.8"), issuer_der),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    (directory / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (directory / "leaf-key.pem").write_bytes(tls.private_key_pem(leaf_key))
+    (directory / "ca.pem").write_bytes(ca.cert_pem)
+    root = {
+        "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+        "tlogs": [],
+        "certificateAuthorities": [
+            {
+                "subject": {
+                    "organization": "imagegate tests",
+                    "commonName": "imagegate-test-fulcio",
+                },
+                "uri": "https://fulcio.test.invalid",
+                "certChain": {
+                    "certificates": [
+                        {
+                            "rawBytes": base64.b64encode(
+                                ca.certificate.public_bytes(serialization.Encoding.DER)
+                            ).decode()
+                        }
+                    ]
+                },
+                "validFor": {"start": "2020-01-01T00:00:00Z"},
+            }
+        ],
+        "ctlogs": [],
+        "timestampAuthorities": [],
+    }
+    return (
+        directory / "leaf-key.pem",
+        directory / "leaf.pem",
+        directory / "ca.pem",
+        json.dumps(root),
+    )
+
+
+async def test_a_private_ca_certificate_verifies_through_a_custom_trust_root(
+    registry: LocalRegistry,
+    crane: Path,
+    cosign: Path,
+    tmp_path: Path,
+) -> None:
+    subject, issuer = "release@example.test", "https://issuer.example.test"
+    leaf_key, leaf_cert, ca_cert, root = _test_fulcio(tmp_path, subject, issuer)
+    subprocess.run(
+        [str(cosign), "import-key-pair", "--key", str(leaf_key), "--output-key-prefix", "imported"],
+        cwd=tmp_path,
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
+    digest = push_random_image(crane, registry.address, "sig/private-ca", "v1", tmp_path)
+    subprocess.run(
+        [
+            str(cosign),
+            "sign",
+            "--key",
+            "imported.key",
+            "--certificate",
+            str(leaf_cert),
+            "--certificate-chain",
+            str(ca_cert),
+            "--tlog-upload=false",
+            "--new-bundle-format=false",
+            "--use-signing-config=false",
+            f"{registry.address}/sig/private-ca@{digest}",
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
+    material = Secrets({("imagegate-system", "private-root", "trusted_root.json"): root.encode()})
+
+    def needs(who: str, tlog: bool = False) -> model.Signatures:
+        return model.Signatures.model_validate(
+            {
+                "keyless": [{"issuer": issuer, "subject": who}],
+                "trustRoot": {"configMapRef": {"name": "private-root"}},
+                "requireTransparencyLog": tlog,
+            }
+        )
+
+    image = f"{registry.address}/sig/private-ca@{digest}"
+    async with aiohttp.ClientSession() as session:
+        verifier = CosignVerifier(
+            oci.RegistryClient(session, insecure=frozenset({registry.address})), secrets=material
+        )
+
+        async def run(requirement: model.Signatures) -> engine.SignatureVerdict:
+            check = engine.SignatureCheck(image, "p", "s", requirement, None)
+            return (await verifier.verify([check], time.monotonic() + 30))[check]
+
+        assert await run(needs(subject)) == engine.SignatureVerdict(True, digest=digest)
+        wrong = await run(needs("someone@example.test"))
+        assert (
+            "keyless[0]: wrong identity: certificate subject is release@example.test"
+            in wrong.reason
+        )
+        # The same signature has no log entry: refused where the policy asks for one.
+        logged = await run(needs(subject, tlog=True))
+        assert "no transparency log entry" in logged.reason
+        # And the public-good root does not trust the private CA.
+        public = model.Signatures.model_validate(
+            {
+                "keyless": [{"issuer": issuer, "subject": subject}],
+                "requireTransparencyLog": False,
+            }
+        )
+        untrusted = await run(public)
+        assert "untrusted CA" in untrusted.reason

@@ -18,7 +18,7 @@ import base64
 import binascii
 import datetime
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cryptography import x509
@@ -43,9 +43,17 @@ def verify_legacy(
     digest: str,
     authority: model.KeylessAuthority,
     root_json: Mapping[str, Any],
-    root: TrustedRoot,
+    root: TrustedRoot | None,
+    *,
+    require_tlog: bool = True,
+    now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
 ) -> str | None:
-    """None when `found` is a valid keyless signature of `digest` by `authority`; else why."""
+    """None when `found` is a valid keyless signature of `digest` by `authority`; else why.
+
+    Without a log entry (allowed only with `require_tlog=False`, for private CAs signing without
+    a log) the certificate must be valid now, there being no other time to hold it to. SCTs are
+    required exactly when the trust root lists CT logs.
+    """
     if found.certificate is None:
         return "the signature carries no certificate"
     try:
@@ -61,24 +69,30 @@ def verify_legacy(
     except InvalidSignature:
         return "the signature does not verify with its certificate"
     if found.transparency is None:
-        return "no transparency log entry (keyless signatures need one)"
-    failure = rekor.verify_set(
-        found.transparency,
-        found.signed,
-        found.signature,
-        leaf.public_bytes(Encoding.DER),
-        root_json,
-    )
-    if failure is not None:
-        return failure
-    signed_at = _integrated_time(found.transparency)
+        if require_tlog:
+            return "no transparency log entry (keyless signatures need one)"
+        signed_at = now()
+    else:
+        failure = rekor.verify_set(
+            found.transparency,
+            found.signed,
+            found.signature,
+            leaf.public_bytes(Encoding.DER),
+            root_json,
+        )
+        if failure is not None:
+            return failure
+        signed_at = _integrated_time(found.transparency)
     path = _chain_to_root(leaf, chain, _fulcio_anchors(root_json, signed_at), signed_at)
     if isinstance(path, str):
         return path
-    try:
-        sigstore_sct.verify_sct(leaf, path[1:], root.ct_keyring(KeyringPurpose.VERIFY))
-    except SigstoreError as error:
-        return f"untrusted certificate: no valid SCT ({error})"
+    if root_json.get("ctlogs"):
+        if root is None:
+            return "untrusted certificate: the trust root's CT logs could not be read"
+        try:
+            sigstore_sct.verify_sct(leaf, path[1:], root.ct_keyring(KeyringPurpose.VERIFY))
+        except SigstoreError as error:
+            return f"untrusted certificate: no valid SCT ({error})"
     try:
         keyless.IdentityPolicy(authority).verify(leaf)
     except keyless.IdentityMismatch as error:

@@ -1,8 +1,8 @@
-"""Verification material kept in the cluster: cosign public keys in Secrets.
+"""Verification material kept in the cluster: keys in Secrets, trust roots in ConfigMaps.
 
-Namespaces follow one rule: an ImagePolicy may only read Secrets in its own namespace (whatever
-its secretRef says), a ClusterImagePolicy reads the namespace its secretRef names, or imagegate's
-own namespace. Values are cached briefly, so a rotated key is picked up within a minute.
+Namespaces follow one rule: an ImagePolicy may only read objects in its own namespace (whatever
+its reference says), a ClusterImagePolicy reads the namespace its reference names, or
+imagegate's own namespace. Values are cached briefly, so a rotation is picked up within a minute.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ class SecretReader(Protocol):
     async def read(self, namespace: str, name: str, key: str) -> bytes: ...
 
 
+class ClusterMaterial(SecretReader, Protocol):
+    async def read_config_map(self, namespace: str, name: str, key: str) -> str: ...
+
+
 def secret_namespace(
     policy_namespace: str | None, requested: str | None, own_namespace: str
 ) -> str:
@@ -37,7 +41,7 @@ def secret_namespace(
     return requested or own_namespace
 
 
-class KubernetesSecrets:
+class KubernetesMaterial:
     def __init__(
         self, api: client.ApiClient, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -60,4 +64,20 @@ class KubernetesSecrets:
             raise MaterialError(f"Secret {namespace}/{name} has no key {key!r}")
         value = base64.b64decode(encoded)
         self._cache[(namespace, name, key)] = (self._clock() + TTL, value)
+        return value
+
+    async def read_config_map(self, namespace: str, name: str, key: str) -> str:
+        cached = self._cache.get(("configmap/" + namespace, name, key))
+        if cached is not None and cached[0] > self._clock():
+            return cached[1].decode()
+        try:
+            found = await asyncio.to_thread(self._core.read_namespaced_config_map, name, namespace)
+        except client.ApiException as error:
+            raise MaterialError(
+                f"cannot read ConfigMap {namespace}/{name}: {error.reason} ({error.status})"
+            ) from error
+        value = (found.data or {}).get(key)
+        if value is None:
+            raise MaterialError(f"ConfigMap {namespace}/{name} has no key {key!r}")
+        self._cache[("configmap/" + namespace, name, key)] = (self._clock() + TTL, value.encode())
         return value

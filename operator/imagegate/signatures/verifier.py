@@ -6,8 +6,9 @@ verdict names every authority tried and why it failed, so a denial can say what 
 
 Keys: inline PEM, or from a Secret (material.py says which namespaces). Keyless: Sigstore v0.3
 bundles and legacy `.sig` signatures with a Fulcio certificate, against the public-good root
-shipped with sigstore-python. Custom trust roots are refused with a reason until they are
-implemented: a requirement imagegate cannot check never passes.
+shipped with sigstore-python, or a custom `trusted_root.json` from a ConfigMap (private
+Sigstore, or a private CA that signs without a log when `requireTransparencyLog: false`). A
+requirement imagegate cannot check never passes: it fails with the reason.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class CosignVerifier:
         client: registry.RegistryClient,
         cache: VerdictCache | None = None,
         *,
-        secrets: material.SecretReader | None = None,
+        secrets: material.ClusterMaterial | None = None,
         own_namespace: str = "imagegate-system",
     ) -> None:
         self._client = client
@@ -62,12 +63,17 @@ class CosignVerifier:
         except (material.MaterialError, keys.KeyError_) as error:
             return engine.SignatureVerdict(False, f"keys: {error.user_message}", digest=digest)
         if self._cache is None:
-            return await self._verify_digest(image, digest, requirement, public_keys, deadline)
+            return await self._verify_digest(
+                image, digest, requirement, public_keys, check.policy_namespace, deadline
+            )
         # Cached per digest (not tag), per whole requirement and per key material: a retag or a
         # rotated key in a Secret is a new question.
         key = (f"{image.name}@{digest}", (requirement, tuple(k.der() for k in public_keys)))
         return await self._cache.get_or_verify(
-            key, lambda: self._verify_digest(image, digest, requirement, public_keys, deadline)
+            key,
+            lambda: self._verify_digest(
+                image, digest, requirement, public_keys, check.policy_namespace, deadline
+            ),
         )
 
     async def _public_keys(
@@ -96,6 +102,7 @@ class CosignVerifier:
         digest: str,
         requirement: model.Signatures,
         public_keys: Sequence[keys.PublicKey],
+        policy_namespace: str | None,
         deadline: float,
     ) -> engine.SignatureVerdict:
         try:
@@ -115,12 +122,37 @@ class CosignVerifier:
             if failure is None:
                 return engine.SignatureVerdict(True, digest=digest)
             reasons.append(f"keys[{index}]: {failure}")
+        root: roots.Root | str = roots.public_good()
+        if requirement.keyless and requirement.trust_root is not None:
+            root = await self._custom_root(requirement.trust_root, policy_namespace)
         for index, identity in enumerate(requirement.keyless):
-            failure = self._keyless(found, identity, requirement, digest)
+            failure = (
+                root
+                if isinstance(root, str)
+                else self._keyless(found, identity, requirement, digest, root)
+            )
             if failure is None:
                 return engine.SignatureVerdict(True, digest=digest)
             reasons.append(f"keyless[{index}]: {failure}")
         return engine.SignatureVerdict(False, f"{digest}: " + "; ".join(reasons), digest=digest)
+
+    async def _custom_root(
+        self, trust_root: model.TrustRoot, policy_namespace: str | None
+    ) -> roots.Root | str:
+        """The policy's trusted_root.json, or why it cannot be used."""
+        if self._secrets is None:
+            return "no access to ConfigMaps configured for the custom trust root"
+        reference = trust_root.config_map_ref
+        namespace = material.secret_namespace(
+            policy_namespace, reference.namespace, self._own_namespace
+        )
+        try:
+            text = await self._secrets.read_config_map(namespace, reference.name, reference.key)
+            return roots.custom(text)
+        except material.MaterialError as error:
+            return f"trust root: {error.user_message}"
+        except ValueError as error:
+            return f"trust root {namespace}/{reference.name}: {error}"
 
     @staticmethod
     def _keyless(
@@ -128,20 +160,26 @@ class CosignVerifier:
         identity: model.KeylessAuthority,
         requirement: model.Signatures,
         digest: str,
+        root: roots.Root,
     ) -> str | None:
-        if requirement.trust_root is not None:
-            return "custom trust roots (configMapRef) are not supported yet"
         if not found:
             return "no signature found"
         failures = []
         for signature in found:
             if signature.bundle is not None:
-                failure = keyless.verify_bundle(
-                    signature.bundle, digest, identity, roots.public_good_root()
+                failure = (
+                    keyless.verify_bundle(signature.bundle, digest, identity, root.parsed)
+                    if root.parsed is not None
+                    else "bundles need a trust root sigstore-python accepts"
                 )
             elif signature.certificate is not None:
                 failure = fulcio.verify_legacy(
-                    signature, digest, identity, roots.public_good_json(), roots.public_good_root()
+                    signature,
+                    digest,
+                    identity,
+                    root.document,
+                    root.parsed,
+                    require_tlog=requirement.require_transparency_log,
                 )
             else:
                 failure = "signed with a key, not a Fulcio certificate"
