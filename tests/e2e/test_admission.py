@@ -237,7 +237,7 @@ def test_a_policy_the_crd_cannot_catch_is_reported_not_ready(
     current = image_policy(gated_namespace, "broken", broken, ready="False")
     (ready,) = current["status"]["conditions"]
     assert ready["reason"] == "Invalid"
-    assert "subjectRegExp: not a valid regular expression" in ready["message"]
+    assert "subjectRegExp: '(unclosed' is not a valid regular expression" in ready["message"]
 
 
 def test_malformed_admission_review_is_refused_by_the_operator(

@@ -3,10 +3,20 @@
     python -m imagegate.policy.crd > charts/imagegate/crds/imagegate.dev_crds.yaml
 
 A unit test fails when the chart's file and this output drift apart. pydantic's JSON Schema is
-turned into a Kubernetes *structural* schema: references inlined, `anyOf [X, null]` collapsed to
-X, titles and `additionalProperties: false` dropped (the API server rejects unknown fields under
-strict field validation, kubectl's default). Rules that need two fields at once become CEL
-`x-kubernetes-validations`, so a conflicting policy is refused at `kubectl apply` time.
+turned into a Kubernetes *structural* schema:
+
+- `$ref`s are inlined (a field's own description wins over its model's), `$defs` disappear;
+- an optional field (`anyOf [X, null]`) becomes X, not required and not `nullable`: the API
+  server prunes a null it does not allow, so `issuer: null` means what omitting it means, as it
+  does in the models (and CEL's `has()` stays exact);
+- titles, `additionalProperties: false` and `propertyNames` are dropped (the API server prunes
+  unknown fields, and refuses them under kubectl's default strict field validation);
+- defaults are kept (`kubectl get -o yaml` shows the effective mode, tag, ...) unless they are
+  empty (`""`, `[]`, `{}`): absent and empty mean the same to the models;
+- each model's `x-kubernetes-validations` (CEL) and list-type markers are kept, so conflicting
+  fields are refused at `kubectl apply` time with a message that names them.
+
+Anything else that cannot be expressed structurally is an error here, not a broken chart.
 """
 
 from __future__ import annotations
@@ -19,110 +29,138 @@ import yaml
 
 from imagegate.policy import model
 
-_KEEP = {
+CLUSTER_PLURAL = "clusterimagepolicies"
+NAMESPACED_PLURAL = "imagepolicies"
+CATEGORIES = ["imagegate"]
+
+#: Schema keywords a structural schema may carry, in the order they are written.
+_KEYWORDS = (
     "type",
     "description",
-    "properties",
-    "items",
-    "required",
     "enum",
     "default",
+    "format",
     "pattern",
     "minLength",
     "maxLength",
+    "minimum",
+    "maximum",
     "minItems",
     "maxItems",
-    "minimum",
+    "required",
+    "properties",
     "additionalProperties",
-    "format",
-}
+    "items",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-validations",
+)
+#: JSON Schema keywords pydantic writes that mean nothing (or too much) to the API server.
+_DROPPED = {"title", "propertyNames", "$defs"}
 
-#: CEL rules per model (by its JSON Schema title), each with the message kubectl shows.
-_RULES: Mapping[str, list[dict[str, str]]] = {
-    "KeylessAuthority": [
-        {
-            "rule": "has(self.issuer) != has(self.issuerRegExp)",
-            "message": "set exactly one of issuer and issuerRegExp",
-        },
-        {
-            "rule": "has(self.subject) != has(self.subjectRegExp)",
-            "message": "set exactly one of subject and subjectRegExp",
-        },
-    ],
-    "KeyAuthority": [
-        {
-            "rule": "has(self.publicKey) != has(self.secretRef)",
-            "message": "set exactly one of publicKey and secretRef",
-        }
-    ],
-    "Signatures": [
-        {
-            "rule": "size(self.keyless) + size(self.keys) > 0",
-            "message": "name at least one authority under keyless or keys",
-        }
-    ],
-    "PolicySpec": [
-        {
-            "rule": "size(self.sources) + size(self.rewrites) > 0",
-            "message": "a policy needs sources, rewrites, or both",
-        },
-        {
-            "rule": "self.sources.all(a, self.sources.exists_one(b, b.name == a.name))",
-            "message": "source names must be unique",
-        },
-    ],
-}
-
-_PRINTER_COLUMNS = [
-    {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
-    {"name": "Sources", "type": "string", "jsonPath": ".spec.sources[*].name"},
+PRINTER_COLUMNS: list[dict[str, str]] = [
+    {
+        "name": "Mode",
+        "type": "string",
+        "description": "enforce, warn or audit",
+        "jsonPath": ".spec.mode",
+    },
+    {
+        "name": "Sources",
+        "type": "string",
+        "description": "The names of the trusted sources",
+        "jsonPath": ".spec.sources[*].name",
+    },
     {
         "name": "Ready",
         "type": "string",
+        "description": "Whether the spec compiled and is enforced",
         "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
     },
-    {"name": "Denials", "type": "integer", "jsonPath": ".status.denials"},
+    {
+        "name": "Denials",
+        "type": "integer",
+        "description": "Denials since the policy was created",
+        "jsonPath": ".status.denials",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
 
+class SchemaError(ValueError):
+    """A model whose JSON Schema has no structural equivalent (a bug in the models)."""
+
+
 def structural(schema: Mapping[str, Any]) -> dict[str, Any]:
     """Turn a pydantic JSON Schema (with `$defs`) into a structural Kubernetes schema."""
-    definitions = schema.get("$defs", {})
+    definitions: Mapping[str, Any] = schema.get("$defs", {})
 
-    def convert(node: Mapping[str, Any]) -> dict[str, Any]:
+    def convert(node: Mapping[str, Any], path: str) -> dict[str, Any]:
         if "$ref" in node:
-            name = node["$ref"].rsplit("/", 1)[-1]
+            name = str(node["$ref"]).rsplit("/", 1)[-1]
             merged = {**definitions[name], **{k: v for k, v in node.items() if k != "$ref"}}
-            return convert(merged)
+            return convert(merged, path)
         if "anyOf" in node:
-            choices = [c for c in node["anyOf"] if c.get("type") != "null"]
-            if len(choices) != 1:
-                raise ValueError(f"cannot express anyOf {node['anyOf']} structurally")
+            choices = [choice for choice in node["anyOf"] if choice.get("type") != "null"]
+            if len(choices) != 1 or len(node["anyOf"]) != 2:
+                raise SchemaError(f"{path or '.'}: cannot express anyOf {node['anyOf']}")
             rest = {k: v for k, v in node.items() if k != "anyOf"}
-            return convert({**choices[0], **rest})
+            return convert({**choices[0], **rest}, path)
+        unknown = set(node) - set(_KEYWORDS) - _DROPPED
+        if unknown:
+            raise SchemaError(f"{path or '.'}: no structural equivalent for {sorted(unknown)}")
+        if "type" not in node:
+            raise SchemaError(f"{path or '.'}: no type")
         result: dict[str, Any] = {}
-        for key, value in node.items():
-            if key not in _KEEP or (key == "default" and value is None):
+        for key in _KEYWORDS:
+            if key not in node:
                 continue
-            if key == "properties":
-                result[key] = {name: convert(child) for name, child in value.items()}
-            elif key == "items" or (key == "additionalProperties" and isinstance(value, dict)):
-                result[key] = convert(value)
+            value = node[key]
+            if key == "description":
+                result[key] = " ".join(str(value).split())
+            elif key == "default":
+                if value in (None, "", [], {}):
+                    continue
+                result[key] = value
+            elif key == "properties":
+                result[key] = {
+                    name: convert(child, f"{path}.{name}") for name, child in value.items()
+                }
+            elif key == "items":
+                result[key] = convert(value, f"{path}[]")
             elif key == "additionalProperties":
-                continue  # `false`: not allowed in structural schemas
+                if isinstance(value, Mapping):
+                    result[key] = convert(value, f"{path}{{}}")
+            elif key == "x-kubernetes-validations":
+                result[key] = [_rule_first(rule) for rule in value]
             else:
                 result[key] = value
-        if node.get("title") in _RULES:
-            result["x-kubernetes-validations"] = _RULES[node["title"]]
         return result
 
-    return convert(schema)
+    return convert(schema, "")
+
+
+def _rule_first(rule: Mapping[str, Any]) -> dict[str, Any]:
+    order = ("rule", "message", "messageExpression", "fieldPath", "reason")
+    return {key: rule[key] for key in sorted(rule, key=order.index)}
+
+
+def _schema(kind: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": f"{kind}: which images may run, and what to rewrite (imagegate).",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "description": "imagegate.dev/v1alpha1"},
+            "kind": {"type": "string", "description": kind},
+            "metadata": {"type": "object"},
+            "spec": structural(model.PolicySpec.model_json_schema(by_alias=True)),
+            "status": structural(model.PolicyStatus.model_json_schema(by_alias=True)),
+        },
+    }
 
 
 def _crd(kind: str, plural: str, short: str, scope: str) -> dict[str, Any]:
-    spec_schema = structural(model.PolicySpec.model_json_schema(by_alias=True))
-    status_schema = structural(model.PolicyStatus.model_json_schema(by_alias=True))
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -135,7 +173,7 @@ def _crd(kind: str, plural: str, short: str, scope: str) -> dict[str, Any]:
                 "plural": plural,
                 "singular": kind.lower(),
                 "shortNames": [short],
-                "categories": ["imagegate"],
+                "categories": list(CATEGORIES),
             },
             "scope": scope,
             "versions": [
@@ -144,21 +182,8 @@ def _crd(kind: str, plural: str, short: str, scope: str) -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": _PRINTER_COLUMNS,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": f"{kind}: which images may run, and what to rewrite.",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema,
-                                "status": status_schema,
-                            },
-                        }
-                    },
+                    "additionalPrinterColumns": [dict(column) for column in PRINTER_COLUMNS],
+                    "schema": {"openAPIV3Schema": _schema(kind)},
                 }
             ],
         },
@@ -166,15 +191,22 @@ def _crd(kind: str, plural: str, short: str, scope: str) -> dict[str, Any]:
 
 
 def crds() -> list[dict[str, Any]]:
+    """The two CRDs: ClusterImagePolicy (cluster-scoped) and ImagePolicy (namespaced)."""
     return [
-        _crd(model.CLUSTER_KIND, "clusterimagepolicies", "cip", "Cluster"),
-        _crd(model.NAMESPACED_KIND, "imagepolicies", "ip", "Namespaced"),
+        _crd(model.CLUSTER_KIND, CLUSTER_PLURAL, "cip", "Cluster"),
+        _crd(model.NAMESPACED_KIND, NAMESPACED_PLURAL, "ip", "Namespaced"),
     ]
 
 
 def render_crds() -> str:
-    header = "# Generated by `python -m imagegate.policy.crd` from imagegate/policy/model.py.\n"
-    return header + yaml.safe_dump_all(crds(), sort_keys=False, width=100)
+    """The CRDs as one multi-document YAML file; the same models always give the same bytes."""
+    header = (
+        "# Generated by `python -m imagegate.policy.crd` from imagegate/policy/model.py.\n"
+        "# Do not edit: change the models and regenerate.\n"
+    )
+    return header + yaml.safe_dump_all(
+        crds(), sort_keys=False, width=100, explicit_start=True, allow_unicode=True
+    )
 
 
 def main() -> None:

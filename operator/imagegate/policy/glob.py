@@ -12,8 +12,9 @@ prefix too if you mean it), `a/**/b` needs at least one segment between `a` and 
 alone matches every name. `docker.io/library/*` is the Docker Official Images, one level deep.
 Globs see names after normalisation: write `docker.io/library/python`, not `python`.
 
-A glob compiles once to an anchored regular expression; `compile_any` merges many into one, so a
-source with N globs costs one regex call per image, not N.
+A glob compiles once to a regular expression that is fullmatched and never backtracks far (see
+`_translate`: the name is chosen by whoever creates the pod, so matching must stay linear);
+`compile_any` merges many into one, so a source with N globs costs one regex call per image.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from imagegate.errors import ImagegateError
 #: Characters of a registry host (with port, or an IPv6 literal), and of a repository path.
 _HOST_CHARS = "a-z0-9._:\\[\\]-"
 _PATH_CHARS = "a-z0-9._-"
-#: One segment: `**`, or text with single `*`s (never two in a row), non-empty.
-_HOST_SEGMENT = rf"(?:\*\*|\*|\*?(?:[{_HOST_CHARS}]+\*?)+)"
-_PATH_SEGMENT = rf"(?:\*\*|\*|\*?(?:[{_PATH_CHARS}]+\*?)+)"
+#: One segment: `**`, `*`, or text with single `*`s (never two in a row). Written so that no
+#: string can be matched two ways (a regex engine that backtracks stays fast on it too).
+_HOST_SEGMENT = rf"(?:\*\*|\*|\*?(?:[{_HOST_CHARS}]+\*)*[{_HOST_CHARS}]+\*?)"
+_PATH_SEGMENT = rf"(?:\*\*|\*|\*?(?:[{_PATH_CHARS}]+\*)*[{_PATH_CHARS}]+\*?)"
 
 #: The whole grammar as one regex (RE2- and Python-compatible, anchored): the CRD schema carries
 #: it as `pattern`, so the API server refuses at `kubectl apply` what `compile_glob` refuses.
@@ -74,15 +76,61 @@ def compile_any(globs: Iterable[CompiledGlob]) -> re.Pattern[str]:
 def compile_glob(pattern: str) -> CompiledGlob:
     """Check `pattern` and compile it, or raise `GlobError` saying what is wrong."""
     _check(pattern)
-    parts = []
-    for piece in re.split(r"(\*\*|\*)", pattern):
-        if piece == "**":
-            parts.append(".*")
-        elif piece == "*":
-            parts.append("[^/]*")
+    return CompiledGlob(pattern, re.compile(_translate(pattern), re.ASCII))
+
+
+def _translate(pattern: str) -> str:
+    """The regular expression for a checked glob, built so that matching never backtracks far.
+
+    A naive translation (`*` → `[^/]*`, `**` → `.*`) is exponential in the number of wildcards:
+    `*a*a*a*b` against a long run of `a`s takes seconds, and an image name is chosen by whoever
+    creates the pod. Instead, both wildcards are matched greedily-leftmost, which is exact for
+    globs (a piece between two wildcards placed at its leftmost possible position leaves the most
+    room for the rest), and atomic groups stop the engine from retrying other placements:
+
+    - a segment with a `*` is one atomic group that must end at a `/` or at the end, with each
+      literal piece between two `*`s found at its leftmost place (`(?>[^/]*?piece)`);
+    - a run of r `**` segments takes at least r segments; the segments after it, when more
+      wildcards follow, are found at their leftmost place (atomic, lazy); the last ones are
+      anchored to the end of the name.
+
+    The cost is then about (segments in the name) x (length of the glob).
+    """
+    units: list[tuple[int, list[str]]] = [(0, [])]  # (run of `**` before, segments after)
+    for segment in pattern.split("/"):
+        if segment == "**":
+            if units[-1][1] or len(units) == 1:
+                units.append((0, []))
+            units[-1] = (units[-1][0] + 1, units[-1][1])
         else:
-            parts.append(re.escape(piece))
-    return CompiledGlob(pattern, re.compile("".join(parts), re.ASCII))
+            units[-1][1].append(_segment(segment))
+    if units[0] == (0, []):
+        units.pop(0)
+    regex = ""
+    for index, (stars, segments) in enumerate(units):
+        separator = "/" if regex else ""
+        chunk = "/".join(segments)
+        if not stars:  # the segments before the first `**`, anchored to the start
+            regex += chunk
+            continue
+        gap = "[^/]++" + "(?:/[^/]++)" * (stars - 1)
+        if not segments:  # a trailing `**`: one or more segments to the end
+            regex += f"{separator}{gap}(?:/[^/]++)*"
+        elif index == len(units) - 1:  # the last segments, anchored to the end
+            regex += f"{separator}{gap}(?:/[^/]++)*/{chunk}"
+        else:  # segments between two `**` runs, at their leftmost place
+            regex += f"{separator}(?>{gap}(?:/[^/]++)*?/{chunk}(?![^/]))"
+    return regex
+
+
+def _segment(segment: str) -> str:
+    """One segment (no `**`); with a `*`, an atomic group that must end at a `/` or the end."""
+    pieces = [re.escape(piece) for piece in segment.split("*")]
+    if len(pieces) == 1:
+        return pieces[0]
+    middle = "".join(f"(?>[^/]*?{piece})" for piece in pieces[1:-1])
+    last = f"[^/]*?{pieces[-1]}(?![^/])" if pieces[-1] else "[^/]*+"
+    return f"(?>{pieces[0]}{middle}{last})"
 
 
 def _check(pattern: str) -> None:
