@@ -122,3 +122,25 @@ def test_a_certificate_that_is_not_the_signers_is_refused(shared_fixtures: Path)
     assert verify(swapped, digest_of(a), who("mitr@redhat.com")) == (
         "the signature does not verify with its certificate"
     )
+
+
+def test_a_certificate_outside_its_validity_at_signing_time_is_refused(
+    shared_fixtures: Path,
+) -> None:
+    """Fulcio certificates live ten minutes: the log's time must fall inside them."""
+    import datetime
+
+    from cryptography import x509
+
+    found = found_in(shared_fixtures / "signatures" / "connaisseur-keyless-rekor-test")
+    assert found.certificate is not None
+    assert found.chain is not None
+    leaf = x509.load_pem_x509_certificate(found.certificate.encode())
+    chain = x509.load_pem_x509_certificates(found.chain.encode())
+    signed_at = leaf.not_valid_before_utc + datetime.timedelta(minutes=1)
+    anchors = fulcio._fulcio_anchors(roots.public_good_json(), signed_at)
+    assert isinstance(fulcio._chain_to_root(leaf, chain, anchors, signed_at), list)
+    late = leaf.not_valid_after_utc + datetime.timedelta(seconds=1)
+    assert fulcio._chain_to_root(leaf, chain, anchors, late) == (
+        "untrusted certificate: not valid when the log saw the signature"
+    )
