@@ -9,7 +9,6 @@ Also: a warm (cached) verdict lookup, and the memory of 10,000 cached verdicts.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from imagegate.signatures.cache import VerdictCache
 from imagegate.signatures.verifier import CosignVerifier
 from imagegate.testbed import build
 from imagegate.testbed.registry import LocalRegistry
-from support import push_random_image
+from support import cosign_env, cosign_key_pair, cosign_sign, push_random_image
 
 ROUNDS = 15
 
@@ -91,32 +90,10 @@ def main() -> None:
         local = LocalRegistry(builder.ensure(build.REGISTRY), work)
         local.start()
         try:
-            env = {**os.environ, "COSIGN_PASSWORD": "pw", "COSIGN_YES": "true"}
-            subprocess.run(
-                [str(cosign), "generate-key-pair"],
-                cwd=work,
-                env=env,
-                check=True,
-                capture_output=True,
-            )
+            cosign_key_pair(cosign, work)
             digest = push_random_image(crane, local.address, "bench/app", "v1", work)
             ref = f"{local.address}/bench/app@{digest}"
-            subprocess.run(
-                [
-                    str(cosign),
-                    "sign",
-                    "--key",
-                    "cosign.key",
-                    "--tlog-upload=false",
-                    "--use-signing-config=false",
-                    "--new-bundle-format=false",
-                    ref,
-                ],
-                cwd=work,
-                env=env,
-                check=True,
-                capture_output=True,
-            )
+            cosign_sign(cosign, work / "cosign.key", ref, bundle=False)
             requirement = model.Signatures.model_validate(
                 {
                     "keys": [{"publicKey": (work / "cosign.pub").read_text()}],
@@ -139,7 +116,7 @@ def main() -> None:
                         ref,
                     ],
                     cwd=work,
-                    env=env,
+                    env=cosign_env(),
                     check=True,
                     capture_output=True,
                 )

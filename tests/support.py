@@ -116,3 +116,55 @@ class RecordingWebhook:
         self._server.shutdown()
         self._server.server_close()
         self._dir.cleanup()
+
+
+COSIGN_PASSWORD = "imagegate-test"
+
+
+def cosign_env() -> dict[str, str]:
+    """cosign's environment for tests: a fixed key password, no prompts."""
+    import os
+
+    return {**os.environ, "COSIGN_PASSWORD": COSIGN_PASSWORD, "COSIGN_YES": "true"}
+
+
+def cosign_key_pair(cosign: Path, directory: Path, prefix: str = "cosign") -> Path:
+    """A new cosign key pair in `directory`; returns `directory/prefix` (add .key or .pub)."""
+    import subprocess
+
+    subprocess.run(
+        [str(cosign), "generate-key-pair", "--output-key-prefix", prefix],
+        cwd=directory,
+        env=cosign_env(),
+        check=True,
+        capture_output=True,
+    )
+    return directory / prefix
+
+
+def cosign_sign(
+    cosign: Path, key: Path, reference: str, *, bundle: bool = True, extra: tuple[str, ...] = ()
+) -> None:
+    """Sign `reference` with the real cosign CLI, offline: no transparency log, no signing config.
+
+    `bundle` picks cosign v3's Sigstore bundle referrer (True) or the legacy `.sig` tag (False).
+    """
+    import subprocess
+
+    subprocess.run(
+        [
+            str(cosign),
+            "sign",
+            "--key",
+            str(key),
+            "--tlog-upload=false",
+            "--use-signing-config=false",
+            f"--new-bundle-format={str(bundle).lower()}",
+            *extra,
+            reference,
+        ],
+        env=cosign_env(),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )

@@ -63,11 +63,19 @@ def _images(request: admission.AdmissionRequest) -> list[workloads.ContainerImag
     return workloads.find_images(request.object, group_kind)
 
 
-async def _applicable(
+async def _scope(
     request: admission.AdmissionRequest, source: PolicySource
-) -> list[engine.CompiledPolicy]:
+) -> tuple[list[workloads.ContainerImage], list[engine.CompiledPolicy]] | None:
+    """The images to judge and the policies that apply; None when there is nothing to do.
+
+    Raises `workloads.MalformedWorkloadError` for an object whose pod spec cannot be read.
+    """
+    images = _images(request)
+    if not images:
+        return None
     labels = await source.namespace_labels(request.namespace) if request.namespace else {}
-    return engine.applicable(source.policies(), request.namespace, labels)
+    policies = engine.applicable(source.policies(), request.namespace, labels)
+    return (images, policies) if policies else None
 
 
 class Validator:
@@ -88,14 +96,12 @@ class Validator:
     ) -> admission.AdmissionResponse:
         request = review.request
         try:
-            images = _images(request)
+            scope = await _scope(request, self._policies)
         except workloads.MalformedWorkloadError as error:
             return admission.deny(request.uid, f"imagegate: {error.user_message}", code=400)
-        if not images:
+        if scope is None:
             return admission.AdmissionResponse(uid=request.uid, allowed=True)
-        policies = await _applicable(request, self._policies)
-        if not policies:
-            return admission.AdmissionResponse(uid=request.uid, allowed=True)
+        images, policies = scope
         planned = engine.plan_rewrites(images, policies, apply=False)
         checks = engine.signature_checks(planned, policies)
         verdicts: Mapping[engine.SignatureCheck, engine.SignatureVerdict] = {}
@@ -145,15 +151,13 @@ class Mutator:
     ) -> admission.AdmissionResponse:
         request = review.request
         try:
-            images = _images(request)
+            scope = await _scope(request, self._policies)
         except workloads.MalformedWorkloadError:
             # Validation denies it with the reason; mutation has nothing safe to change.
+            scope = None
+        if scope is None or request.object is None:
             return admission.AdmissionResponse(uid=request.uid, allowed=True)
-        if not images or request.object is None:
-            return admission.AdmissionResponse(uid=request.uid, allowed=True)
-        policies = await _applicable(request, self._policies)
-        if not policies:
-            return admission.AdmissionResponse(uid=request.uid, allowed=True)
+        images, policies = scope
         planned = engine.plan_rewrites(images, policies, apply=True)
         # Only rewritten (and, below, pinned) images change: normalising `nginx` to
         # `docker.io/library/nginx:latest` would only make GitOps tools report drift.

@@ -15,7 +15,7 @@ from kubernetes.client.rest import ApiException
 
 from imagegate.testbed import local
 from imagegate.testbed.registry import LocalRegistry
-from support import Cluster, push_random_image
+from support import Cluster, cosign_key_pair, cosign_sign, push_random_image
 
 from .conftest import PolicyFactory
 
@@ -324,29 +324,10 @@ def test_a_signature_policy_denies_unsigned_and_admits_signed_pinned(
     cosign: Path,
     tmp_path: Path,
 ) -> None:
-    import os
-
-    env = {**os.environ, "COSIGN_PASSWORD": "pw", "COSIGN_YES": "true"}
-    subprocess.run(
-        [str(cosign), "generate-key-pair"], cwd=tmp_path, env=env, check=True, capture_output=True
-    )
+    cosign_key_pair(cosign, tmp_path)
     signed = push_random_image(crane, registry.address, "e2e/signed", "v1", tmp_path)
     unsigned = push_random_image(crane, registry.address, "e2e/unsigned", "v1", tmp_path)
-    subprocess.run(
-        [
-            str(cosign),
-            "sign",
-            "--key",
-            "cosign.key",
-            "--tlog-upload=false",
-            "--use-signing-config=false",
-            f"{registry.address}/e2e/signed@{signed}",
-        ],
-        cwd=tmp_path,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    cosign_sign(cosign, tmp_path / "cosign.key", f"{registry.address}/e2e/signed@{signed}")
     image_policy(
         gated_namespace,
         "signed-only",
@@ -388,28 +369,9 @@ def test_keys_can_come_from_a_secret_in_the_policys_namespace(
     cosign: Path,
     tmp_path: Path,
 ) -> None:
-    import os
-
-    env = {**os.environ, "COSIGN_PASSWORD": "pw", "COSIGN_YES": "true"}
-    subprocess.run(
-        [str(cosign), "generate-key-pair"], cwd=tmp_path, env=env, check=True, capture_output=True
-    )
+    cosign_key_pair(cosign, tmp_path)
     digest = push_random_image(crane, registry.address, "e2e/secret", "v1", tmp_path)
-    subprocess.run(
-        [
-            str(cosign),
-            "sign",
-            "--key",
-            "cosign.key",
-            "--tlog-upload=false",
-            "--use-signing-config=false",
-            f"{registry.address}/e2e/secret@{digest}",
-        ],
-        cwd=tmp_path,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    cosign_sign(cosign, tmp_path / "cosign.key", f"{registry.address}/e2e/secret@{digest}")
     client.CoreV1Api(api).create_namespaced_secret(
         gated_namespace,
         client.V1Secret(

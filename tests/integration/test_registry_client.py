@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from imagegate import reference
 from imagegate import registry as oci
 from imagegate.testbed import build
 from imagegate.testbed.registry import LocalRegistry
-from support import push_random_image
+from support import cosign_key_pair, cosign_sign, push_random_image
 
 BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 
@@ -45,25 +43,8 @@ def signed_image(
     """(repository, digest) of an image with a cosign v3 bundle referrer."""
     workdir = tmp_path_factory.mktemp("signed")
     digest = push_random_image(crane, registry.address, "client/app", "v1", workdir)
-    env = {**os.environ, "COSIGN_PASSWORD": "x", "COSIGN_YES": "true"}
-    subprocess.run(
-        [str(cosign), "generate-key-pair"], cwd=workdir, env=env, check=True, capture_output=True
-    )
-    subprocess.run(
-        [
-            str(cosign),
-            "sign",
-            "--key",
-            "cosign.key",
-            "--tlog-upload=false",
-            "--use-signing-config=false",
-            f"{registry.address}/client/app@{digest}",
-        ],
-        cwd=workdir,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    cosign_key_pair(cosign, workdir)
+    cosign_sign(cosign, workdir / "cosign.key", f"{registry.address}/client/app@{digest}")
     return "client/app", digest
 
 
@@ -134,25 +115,8 @@ async def test_referrers_work_on_registries_without_filtering_or_without_the_api
     tmp_path: Path,
 ) -> None:
     digest = push_random_image(crane, odd_registry.address, "odd/app", "v1", tmp_path)
-    env = {**os.environ, "COSIGN_PASSWORD": "x", "COSIGN_YES": "true"}
-    subprocess.run(
-        [str(cosign), "generate-key-pair"], cwd=tmp_path, env=env, check=True, capture_output=True
-    )
-    subprocess.run(
-        [
-            str(cosign),
-            "sign",
-            "--key",
-            "cosign.key",
-            "--tlog-upload=false",
-            "--use-signing-config=false",
-            f"{odd_registry.address}/odd/app@{digest}",
-        ],
-        cwd=tmp_path,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    cosign_key_pair(cosign, tmp_path)
+    cosign_sign(cosign, tmp_path / "cosign.key", f"{odd_registry.address}/odd/app@{digest}")
     client = client_for(session, odd_registry.address)
     bundles = await client.referrers(odd_registry.address, "odd/app", digest, artifact_type=BUNDLE)
     assert len(bundles) == 1

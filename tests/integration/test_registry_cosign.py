@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from imagegate.testbed.registry import LocalRegistry
-from support import push_random_image
+from support import cosign_env, cosign_key_pair, cosign_sign, push_random_image
 
 pytestmark = [pytest.mark.registry, pytest.mark.cosign]
 
@@ -28,7 +28,6 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 BUNDLE_V03 = "application/vnd.dev.sigstore.bundle.v0.3+json"
-PASSWORD = "imagegate-test"
 
 
 def _get(url: str, accept: str | None = None) -> bytes:
@@ -44,22 +43,12 @@ def _get_json(url: str, accept: str | None = None) -> Any:
 
 @pytest.fixture(scope="module")
 def keypair(cosign: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("cosign-keys")
-    subprocess.run(
-        [str(cosign), "generate-key-pair", "--output-key-prefix", "test"],
-        cwd=workdir,
-        env={**os.environ, "COSIGN_PASSWORD": PASSWORD},
-        check=True,
-        capture_output=True,
-    )
-    return workdir / "test"
+    return cosign_key_pair(cosign, tmp_path_factory.mktemp("cosign-keys"), "test")
 
 
 def _cosign(cosign: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
-        **os.environ,
-        "COSIGN_PASSWORD": PASSWORD,
-        "COSIGN_YES": "true",
+        **cosign_env(),
         # cosign must not reach for the public Sigstore services from a test.
         "TUF_ROOT": str(Path(os.environ.get("TMPDIR", "/tmp")) / "imagegate-no-tuf"),
     }
@@ -83,16 +72,7 @@ def _push_and_sign(
     """Push a random image and sign it by key, offline; return its digest and reference."""
     digest = push_random_image(crane, registry.address, repository, "v1", workdir)
     reference = f"{registry.address}/{repository}@{digest}"
-    _cosign(
-        cosign,
-        "sign",
-        "--key",
-        f"{keypair}.key",
-        "--tlog-upload=false",
-        f"--new-bundle-format={str(bundle).lower()}",
-        "--use-signing-config=false",
-        reference,
-    )
+    cosign_sign(cosign, Path(f"{keypair}.key"), reference, bundle=bundle)
     return digest, reference
 
 
@@ -168,13 +148,7 @@ def test_cosign_verifies_its_own_signature_and_rejects_another_key(
         "--new-bundle-format=false",
         reference,
     )
-    other = tmp_path / "other"
-    subprocess.run(
-        [str(cosign), "generate-key-pair", "--output-key-prefix", str(other)],
-        env={**os.environ, "COSIGN_PASSWORD": PASSWORD},
-        check=True,
-        capture_output=True,
-    )
+    other = cosign_key_pair(cosign, tmp_path, "other")
     rejected = subprocess.run(
         [
             str(cosign),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -16,41 +15,18 @@ from imagegate import registry as oci
 from imagegate.policy import engine, model
 from imagegate.signatures.verifier import CosignVerifier
 from imagegate.testbed.registry import LocalRegistry
-from support import push_random_image
-
-ENV = {**os.environ, "COSIGN_PASSWORD": "pw", "COSIGN_YES": "true"}
+from support import cosign_env, cosign_key_pair, cosign_sign, push_random_image
 
 
 @pytest.fixture(scope="module")
 def keys_dir(cosign: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("keys")
     for name in ("signer", "stranger"):
-        subprocess.run(
-            [str(cosign), "generate-key-pair", "--output-key-prefix", name],
-            cwd=directory,
-            env=ENV,
-            check=True,
-            capture_output=True,
-        )
+        cosign_key_pair(cosign, directory, name)
     return directory
 
 
-def sign(cosign: Path, key: Path, reference: str, *, bundle: bool) -> None:
-    subprocess.run(
-        [
-            str(cosign),
-            "sign",
-            "--key",
-            str(key),
-            "--tlog-upload=false",
-            "--use-signing-config=false",
-            f"--new-bundle-format={str(bundle).lower()}",
-            reference,
-        ],
-        env=ENV,
-        check=True,
-        capture_output=True,
-    )
+sign = cosign_sign
 
 
 def requirement(keys_dir: Path, *names: str, tlog: bool = False) -> model.Signatures:
@@ -358,30 +334,17 @@ async def test_a_private_ca_certificate_verifies_through_a_custom_trust_root(
     subprocess.run(
         [str(cosign), "import-key-pair", "--key", str(leaf_key), "--output-key-prefix", "imported"],
         cwd=tmp_path,
-        env=ENV,
+        env=cosign_env(),
         check=True,
         capture_output=True,
     )
     digest = push_random_image(crane, registry.address, "sig/private-ca", "v1", tmp_path)
-    subprocess.run(
-        [
-            str(cosign),
-            "sign",
-            "--key",
-            "imported.key",
-            "--certificate",
-            str(leaf_cert),
-            "--certificate-chain",
-            str(ca_cert),
-            "--tlog-upload=false",
-            "--new-bundle-format=false",
-            "--use-signing-config=false",
-            f"{registry.address}/sig/private-ca@{digest}",
-        ],
-        cwd=tmp_path,
-        env=ENV,
-        check=True,
-        capture_output=True,
+    cosign_sign(
+        cosign,
+        tmp_path / "imported.key",
+        f"{registry.address}/sig/private-ca@{digest}",
+        bundle=False,
+        extra=("--certificate", str(leaf_cert), "--certificate-chain", str(ca_cert)),
     )
     material = Secrets({("imagegate-system", "private-root", "trusted_root.json"): root.encode()})
 

@@ -47,37 +47,37 @@ class KubernetesMaterial:
     ) -> None:
         self._core = client.CoreV1Api(api)
         self._clock = clock
-        self._cache: dict[tuple[str, str, str], tuple[float, bytes]] = {}
+        self._cache: dict[tuple[str, str, str, str], tuple[float, bytes]] = {}
 
     async def read(self, namespace: str, name: str, key: str) -> bytes:
-        cached = self._cache.get((namespace, name, key))
-        if cached is not None and cached[0] > self._clock():
-            return cached[1]
-        try:
-            secret = await asyncio.to_thread(self._core.read_namespaced_secret, name, namespace)
-        except client.ApiException as error:
-            raise MaterialError(
-                f"cannot read Secret {namespace}/{name}: {error.reason} ({error.status})"
-            ) from error
-        encoded = (secret.data or {}).get(key)
-        if encoded is None:
-            raise MaterialError(f"Secret {namespace}/{name} has no key {key!r}")
-        value = base64.b64decode(encoded)
-        self._cache[(namespace, name, key)] = (self._clock() + TTL, value)
-        return value
+        encoded = await self._value("Secret", namespace, name, key)
+        return base64.b64decode(encoded)
 
     async def read_config_map(self, namespace: str, name: str, key: str) -> str:
-        cached = self._cache.get(("configmap/" + namespace, name, key))
+        return (await self._value("ConfigMap", namespace, name, key)).decode()
+
+    async def _value(self, kind: str, namespace: str, name: str, key: str) -> bytes:
+        """One data value of a Secret (still base64) or ConfigMap, cached for TTL seconds."""
+        cache_key = (kind, namespace, name, key)
+        cached = self._cache.get(cache_key)
         if cached is not None and cached[0] > self._clock():
-            return cached[1].decode()
+            return cached[1]
+        read = (
+            self._core.read_namespaced_secret
+            if kind == "Secret"
+            else self._core.read_namespaced_config_map
+        )
         try:
-            found = await asyncio.to_thread(self._core.read_namespaced_config_map, name, namespace)
+            found: client.V1Secret | client.V1ConfigMap = await asyncio.to_thread(
+                read, name, namespace
+            )
         except client.ApiException as error:
             raise MaterialError(
-                f"cannot read ConfigMap {namespace}/{name}: {error.reason} ({error.status})"
+                f"cannot read {kind} {namespace}/{name}: {error.reason} ({error.status})"
             ) from error
         value = (found.data or {}).get(key)
         if value is None:
-            raise MaterialError(f"ConfigMap {namespace}/{name} has no key {key!r}")
-        self._cache[("configmap/" + namespace, name, key)] = (self._clock() + TTL, value.encode())
-        return value
+            raise MaterialError(f"{kind} {namespace}/{name} has no key {key!r}")
+        data = value.encode() if isinstance(value, str) else value
+        self._cache[cache_key] = (self._clock() + TTL, data)
+        return data
