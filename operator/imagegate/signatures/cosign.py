@@ -196,7 +196,7 @@ def verify_with_key(
                 signature.transparency,
                 signature.signed,
                 signature.signature,
-                key.der(),
+                key.der,
                 trusted_root if trusted_root is not None else roots.public_good_json(),
             )
             if failure is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -21,11 +22,13 @@ class KeyError_(ImagegateError):
     """A public key imagegate cannot use."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PublicKey:
     key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
+    @functools.cached_property
     def der(self) -> bytes:
+        """SubjectPublicKeyInfo DER: the key's identity (computed once; it keys caches)."""
         return self.key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -52,7 +55,12 @@ class PublicKey:
 
 
 def load_public_key(pem: str | bytes) -> PublicKey:
-    data = pem.encode() if isinstance(pem, str) else pem
+    """Parse a PEM public key (memoised: policies name the same few keys on every admission)."""
+    return _load(pem.encode() if isinstance(pem, str) else pem)
+
+
+@functools.lru_cache(maxsize=256)
+def _load(data: bytes) -> PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as error:

@@ -68,7 +68,7 @@ class CosignVerifier:
             )
         # Cached per digest (not tag), per whole requirement and per key material: a retag or a
         # rotated key in a Secret is a new question.
-        key = (f"{image.name}@{digest}", (requirement, tuple(k.der() for k in public_keys)))
+        key = (f"{image.name}@{digest}", (requirement, tuple(k.der for k in public_keys)))
         return await self._cache.get_or_verify(
             key,
             lambda: self._verify_digest(

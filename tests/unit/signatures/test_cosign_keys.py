@@ -116,18 +116,18 @@ def _rekor_fixture(shared_fixtures: Path) -> tuple[bytes, bytes, dict[str, objec
 def test_a_forged_or_mismatched_set_is_refused(shared_fixtures: Path) -> None:
     payload, signature, bundle, key = _rekor_fixture(shared_fixtures)
     root = roots.public_good_json()
-    assert rekor.verify_set(bundle, payload, signature, key.der(), root) is None
-    other_payload = rekor.verify_set(bundle, payload + b" ", signature, key.der(), root)
+    assert rekor.verify_set(bundle, payload, signature, key.der, root) is None
+    other_payload = rekor.verify_set(bundle, payload + b" ", signature, key.der, root)
     assert other_payload == "bad SET: the log entry is for another payload"
     forged = json.loads(json.dumps(bundle))
     forged["Payload"]["integratedTime"] += 1
-    assert rekor.verify_set(forged, payload, signature, key.der(), root) == (
+    assert rekor.verify_set(forged, payload, signature, key.der, root) == (
         "bad SET: the log's signature does not verify"
     )
     unknown_log = json.loads(json.dumps(bundle))
     unknown_log["Payload"]["logID"] = "00" * 32
     assert "not in the trust root" in str(
-        rekor.verify_set(unknown_log, payload, signature, key.der(), root)
+        rekor.verify_set(unknown_log, payload, signature, key.der, root)
     )
     stranger = keys.load_public_key(
         (
@@ -137,7 +137,7 @@ def test_a_forged_or_mismatched_set_is_refused(shared_fixtures: Path) -> None:
             / "cosign.pub"
         ).read_bytes()
     )
-    assert rekor.verify_set(bundle, payload, signature, stranger.der(), root) == (
+    assert rekor.verify_set(bundle, payload, signature, stranger.der, root) == (
         "bad SET: the log entry names another key"
     )
 
