@@ -329,22 +329,16 @@ class RegistryClient:
                 raise Unauthorized(f"{registry} refused access to {repository} ({response.status})")
             if response.status == 404:
                 raise ManifestUnknown(f"{registry}/{repository}: {path} not found")
-            if response.status == 429:
+            if response.status == 429 or response.status >= 500:
+                limited = response.status == 429
                 attempt = await self._backoff(
                     attempt,
                     response.headers.get("Retry-After"),
                     deadline,
-                    RateLimited,
-                    f"{registry} is rate limiting requests (429)",
-                )
-                continue
-            if response.status >= 500:
-                attempt = await self._backoff(
-                    attempt,
-                    response.headers.get("Retry-After"),
-                    deadline,
-                    RegistryUnavailable,
-                    f"{registry} answered {response.status}",
+                    RateLimited if limited else RegistryUnavailable,
+                    f"{registry} is rate limiting requests (429)"
+                    if limited
+                    else f"{registry} answered {response.status}",
                 )
                 continue
             if response.status >= 300:
