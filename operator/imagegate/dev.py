@@ -23,6 +23,7 @@ from kubernetes import client, utils
 
 from imagegate import kube, webhookconfig, workloads
 from imagegate.errors import TestbedError
+from imagegate.policy import resources
 from imagegate.testbed import local
 from imagegate.testbed.bed import Testbed
 
@@ -123,11 +124,9 @@ def run(*, once: bool = False) -> int:
         with local.operator_process(control_plane.kubeconfig, bed.workdir / "operator") as operator:
             selector = webhookconfig.namespace_selector(own_namespace=None)
             with local.registered_webhooks(api, operator, "imagegate", selector):
-                objects = client.CustomObjectsApi(api)
-                objects.create_cluster_custom_object(
-                    "imagegate.dev", "v1alpha1", "clusterimagepolicies", DEMO_POLICY
-                )
-                _wait_ready(objects, DEMO_POLICY["metadata"]["name"])
+                policies = resources.PolicyResources(api)
+                policies.create(None, DEMO_POLICY)
+                _wait_ready(policies, DEMO_POLICY["metadata"]["name"])
                 client.CoreV1Api(api).create_namespace(
                     client.V1Namespace(metadata=client.V1ObjectMeta(name=DEMO_NAMESPACE))
                 )
@@ -162,14 +161,10 @@ def run(*, once: bool = False) -> int:
     return 0
 
 
-def _wait_ready(objects: client.CustomObjectsApi, name: str, timeout: float = 30.0) -> None:
+def _wait_ready(policies: resources.PolicyResources, name: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        current = objects.get_cluster_custom_object(
-            "imagegate.dev", "v1alpha1", "clusterimagepolicies", name
-        )
-        status = current.get("status") if isinstance(current, dict) else None
-        conditions = (status or {}).get("conditions", [])
+        conditions = (policies.get(None, name).get("status") or {}).get("conditions", [])
         if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
             return
         time.sleep(0.1)

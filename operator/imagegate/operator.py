@@ -28,7 +28,7 @@ from imagegate import kube, pinning, server, status, webhook
 from imagegate import registry as oci
 from imagegate.errors import ImagegateError
 from imagegate.policy import compile as policy_compile
-from imagegate.policy import engine, model
+from imagegate.policy import engine, model, resources
 from imagegate.signatures import verifier
 from imagegate.signatures.cache import VerdictCache
 from imagegate.signatures.material import KubernetesMaterial
@@ -36,7 +36,10 @@ from imagegate.signatures.material import KubernetesMaterial
 logger = logging.getLogger(__name__)
 
 PolicyKey = tuple[str | None, str]  # (namespace or None for cluster policies, name)
-PLURALS = {model.CLUSTER_KIND: "clusterimagepolicies", model.NAMESPACED_KIND: "imagepolicies"}
+PLURALS = {
+    model.CLUSTER_KIND: resources.CLUSTER_PLURAL,
+    model.NAMESPACED_KIND: resources.NAMESPACED_PLURAL,
+}
 
 
 class PolicyCache:
@@ -102,6 +105,7 @@ class _State:
     config: OperatorConfig
     api: client.ApiClient
     cache: PolicyCache
+    policy_api: resources.PolicyResources
     webhook_server: server.WebhookServer | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -111,7 +115,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     """All handlers, bound to one operator's state (no module globals)."""
     registry = kopf.OperatorRegistry()
     api = kube.api_client(config.kubeconfig)
-    state = _State(config, api, PolicyCache(api))
+    state = _State(config, api, PolicyCache(api), resources.PolicyResources(api))
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:
@@ -220,15 +224,14 @@ async def _apply_policy_event(state: _State, event: Mapping[str, Any]) -> None:
             error.user_message,
         )
         reason = "InvalidKeptPrevious" if kept else "Invalid"
-        await _write_status(state, kind, namespace, body, "False", reason, error.user_message)
+        await _write_status(state, namespace, body, "False", reason, error.user_message)
         return
     state.cache.set_policy(key, compiled)
-    await _write_status(state, kind, namespace, body, "True", "Compiled", "")
+    await _write_status(state, namespace, body, "True", "Compiled", "")
 
 
 async def _write_status(
     state: _State,
-    kind: str,
     namespace: str | None,
     body: Mapping[str, Any],
     ready: str,
@@ -260,28 +263,13 @@ async def _write_status(
         else current.get("lastTransitionTime", now),
     }
     patch = {"status": {"observedGeneration": generation, "conditions": [condition]}}
-    objects = client.CustomObjectsApi(state.api)
-    plural = PLURALS[kind]
     try:
-        if namespace is None:
-            await asyncio.to_thread(
-                objects.patch_cluster_custom_object_status,
-                model.GROUP,
-                model.VERSION,
-                plural,
-                metadata["name"],
-                patch,
-            )
-        else:
-            await asyncio.to_thread(
-                objects.patch_namespaced_custom_object_status,
-                model.GROUP,
-                model.VERSION,
-                namespace,
-                plural,
-                metadata["name"],
-                patch,
-            )
+        await asyncio.to_thread(
+            state.policy_api.patch_status,
+            namespace,
+            metadata["name"],
+            patch,
+        )
     except client.ApiException as error:
         # Status is for admins to read; admission does not depend on it.
         logger.warning("cannot update the status of %s: %s", metadata["name"], error.reason)

@@ -13,11 +13,10 @@ import datetime
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from kubernetes import client
 
-from imagegate.policy import engine, model
+from imagegate.policy import engine, resources
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class DenialCounter:
         *,
         clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
     ) -> None:
-        self._objects = client.CustomObjectsApi(api)
+        self._policies = resources.PolicyResources(api)
         self._clock = clock
         self._pending: dict[PolicyKey, _Pending] = {}
 
@@ -88,7 +87,7 @@ class DenialCounter:
     def _add(self, key: PolicyKey, batch: _Pending) -> None:
         namespace, name = key
         for _ in range(CONFLICT_RETRIES):
-            current = self._get(namespace, name)
+            current = self._policies.get(namespace, name)
             status = current.get("status") or {}
             body = {
                 "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
@@ -98,32 +97,9 @@ class DenialCounter:
                 },
             }
             try:
-                self._patch(namespace, name, body)
+                self._policies.patch_status(namespace, name, body)
                 return
             except client.ApiException as error:
                 if error.status != 409:
                     raise
         logger.warning("gave up recording denials for %s after %d conflicts", key, CONFLICT_RETRIES)
-
-    def _get(self, namespace: str | None, name: str) -> dict[str, Any]:
-        if namespace is None:
-            found = self._objects.get_cluster_custom_object(
-                model.GROUP, model.VERSION, "clusterimagepolicies", name
-            )
-        else:
-            found = self._objects.get_namespaced_custom_object(
-                model.GROUP, model.VERSION, namespace, "imagepolicies", name
-            )
-        if not isinstance(found, dict):
-            raise client.ApiException(status=500, reason="unexpected response")
-        return found
-
-    def _patch(self, namespace: str | None, name: str, body: dict[str, Any]) -> None:
-        if namespace is None:
-            self._objects.patch_cluster_custom_object_status(
-                model.GROUP, model.VERSION, "clusterimagepolicies", name, body
-            )
-        else:
-            self._objects.patch_namespaced_custom_object_status(
-                model.GROUP, model.VERSION, namespace, "imagepolicies", name, body
-            )

@@ -11,6 +11,7 @@ import pytest
 from kubernetes import client
 
 from imagegate import kube
+from imagegate.policy import resources
 from imagegate.testbed import local, processes
 from imagegate.testbed.registry import LocalRegistry
 from support import Cluster
@@ -72,7 +73,7 @@ PolicyFactory = Callable[..., dict[str, Any]]
 @pytest.fixture
 def image_policy(api: client.ApiClient) -> Iterator[PolicyFactory]:
     """Create an ImagePolicy (or ClusterImagePolicy) and wait until the operator reports Ready."""
-    objects = client.CustomObjectsApi(api)
+    policies = resources.PolicyResources(api)
     created: list[tuple[str | None, str]] = []
 
     def make(
@@ -85,26 +86,11 @@ def image_policy(api: client.ApiClient) -> Iterator[PolicyFactory]:
             "metadata": {"name": name},
             "spec": spec,
         }
-        if namespace:
-            objects.create_namespaced_custom_object(
-                "imagegate.dev", "v1alpha1", namespace, "imagepolicies", body
-            )
-        else:
-            objects.create_cluster_custom_object(
-                "imagegate.dev", "v1alpha1", "clusterimagepolicies", body
-            )
+        policies.create(namespace, body)
         created.append((namespace, name))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            current = (
-                objects.get_namespaced_custom_object(
-                    "imagegate.dev", "v1alpha1", namespace, "imagepolicies", name
-                )
-                if namespace
-                else objects.get_cluster_custom_object(
-                    "imagegate.dev", "v1alpha1", "clusterimagepolicies", name
-                )
-            )
+            current = policies.get(namespace, name)
             status = current.get("status") or {}
             conditions = {c["type"]: c for c in status.get("conditions", [])}
             if (
@@ -117,11 +103,4 @@ def image_policy(api: client.ApiClient) -> Iterator[PolicyFactory]:
 
     yield make
     for namespace, name in created:
-        if namespace:
-            objects.delete_namespaced_custom_object(
-                "imagegate.dev", "v1alpha1", namespace, "imagepolicies", name
-            )
-        else:
-            objects.delete_cluster_custom_object(
-                "imagegate.dev", "v1alpha1", "clusterimagepolicies", name
-            )
+        policies.delete(namespace, name)

@@ -13,6 +13,7 @@ import pytest
 from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
 
+from imagegate.policy import resources
 from imagegate.testbed import local
 from imagegate.testbed.registry import LocalRegistry
 from support import Cluster, cosign_key_pair, cosign_sign, push_random_image
@@ -267,14 +268,11 @@ def test_denials_are_counted_in_policy_status_but_dry_runs_are_not(
     for name in ("one", "two"):
         with pytest.raises(ApiException):
             core.create_namespaced_pod(gated_namespace, pod_body(name, f"ghcr.io/x/{name}:1"))
-    objects = client.CustomObjectsApi(api)
+    policies = resources.PolicyResources(api)
     status: dict[str, Any] = {}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        current = objects.get_namespaced_custom_object(
-            "imagegate.dev", "v1alpha1", gated_namespace, "imagepolicies", "counted"
-        )
-        status = current.get("status") or {}
+        status = policies.get(gated_namespace, "counted").get("status") or {}
         if status.get("denials", 0) >= 2:
             break
         time.sleep(0.5)
