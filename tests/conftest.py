@@ -70,6 +70,27 @@ def registry(
         local.stop()
 
 
+#: The credentials of `private_registry`.
+PRIVATE_REGISTRY_USER = ("puller", "s3cret-pull")
+
+
+@pytest.fixture(scope="session")
+def private_registry(
+    builder: build.Builder, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalRegistry]:
+    """A second local registry that answers 401 without HTTP Basic credentials."""
+    local = LocalRegistry(
+        builder.ensure(build.REGISTRY),
+        tmp_path_factory.mktemp("private-registry"),
+        extra_args=("-basic-auth", ":".join(PRIVATE_REGISTRY_USER)),
+    )
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
 @pytest.fixture(scope="session")
 def cosign(builder: build.Builder) -> Path:
     return builder.ensure(build.COSIGN)

@@ -22,9 +22,21 @@ class Cluster:
     control_plane: ControlPlane | None
 
 
-def push_random_image(crane: Path, registry: str, repository: str, tag: str, workdir: Path) -> str:
-    """Push a one-layer image with random content with the real crane CLI; return its digest."""
+def push_random_image(
+    crane: Path,
+    registry: str,
+    repository: str,
+    tag: str,
+    workdir: Path,
+    *,
+    docker_config: Path | None = None,
+) -> str:
+    """Push a one-layer image with random content with the real crane CLI; return its digest.
+
+    `docker_config`: a directory with a config.json holding credentials (a private registry).
+    """
     import io
+    import os
     import secrets
     import subprocess
     import tarfile
@@ -36,15 +48,25 @@ def push_random_image(crane: Path, registry: str, repository: str, tag: str, wor
         info.size = len(content)
         archive.addfile(info, io.BytesIO(content))
     reference = f"{registry}/{repository}:{tag}"
+    env = {**os.environ, **({"DOCKER_CONFIG": str(docker_config)} if docker_config else {})}
     subprocess.run(
         [str(crane), "append", "--new_layer", str(layer), "--new_tag", reference],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     )
     return subprocess.run(
-        [str(crane), "digest", reference], check=True, capture_output=True, text=True
+        [str(crane), "digest", reference], check=True, capture_output=True, text=True, env=env
     ).stdout.strip()
+
+
+def docker_config_json(registry: str, username: str, password: str) -> str:
+    """A .dockerconfigjson / config.json granting `username` access to `registry`."""
+    import base64
+
+    auth = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return json.dumps({"auths": {registry: {"auth": auth}}})
 
 
 class RecordingWebhook:
@@ -121,11 +143,14 @@ class RecordingWebhook:
 COSIGN_PASSWORD = "imagegate-test"
 
 
-def cosign_env() -> dict[str, str]:
+def cosign_env(docker_config: Path | None = None) -> dict[str, str]:
     """cosign's environment for tests: a fixed key password, no prompts."""
     import os
 
-    return {**os.environ, "COSIGN_PASSWORD": COSIGN_PASSWORD, "COSIGN_YES": "true"}
+    env = {**os.environ, "COSIGN_PASSWORD": COSIGN_PASSWORD, "COSIGN_YES": "true"}
+    if docker_config is not None:
+        env["DOCKER_CONFIG"] = str(docker_config)
+    return env
 
 
 def cosign_key_pair(cosign: Path, directory: Path, prefix: str = "cosign") -> Path:
@@ -143,7 +168,13 @@ def cosign_key_pair(cosign: Path, directory: Path, prefix: str = "cosign") -> Pa
 
 
 def cosign_sign(
-    cosign: Path, key: Path, reference: str, *, bundle: bool = True, extra: tuple[str, ...] = ()
+    cosign: Path,
+    key: Path,
+    reference: str,
+    *,
+    bundle: bool = True,
+    extra: tuple[str, ...] = (),
+    docker_config: Path | None = None,
 ) -> None:
     """Sign `reference` with the real cosign CLI, offline: no transparency log, no signing config.
 
@@ -163,7 +194,7 @@ def cosign_sign(
             *extra,
             reference,
         ],
-        env=cosign_env(),
+        env=cosign_env(docker_config),
         check=True,
         capture_output=True,
         timeout=120,

@@ -24,7 +24,7 @@ import aiohttp
 import kopf
 from kubernetes import client
 
-from imagegate import kube, pinning, server, status, webhook
+from imagegate import credentials, kube, pinning, server, status, webhook
 from imagegate import registry as oci
 from imagegate.errors import ImagegateError
 from imagegate.policy import compile as policy_compile
@@ -134,18 +134,18 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         resolver = pinning.CachingResolver(client)
         counter = status.DenialCounter(state.api)
         state.tasks.append(asyncio.create_task(counter.run()))
+        material = KubernetesMaterial(state.api)
+        keychains = credentials.ClusterKeychains(material, config.namespace)
         app = server.build_app(
             validate=webhook.Validator(
                 state.cache,
                 verifier.CosignVerifier(
-                    client,
-                    VerdictCache(),
-                    secrets=KubernetesMaterial(state.api),
-                    own_namespace=config.namespace,
+                    client, VerdictCache(), secrets=material, own_namespace=config.namespace
                 ),
                 recorder=counter,
+                keychains=keychains,
             ),
-            mutate=webhook.Mutator(state.cache, resolver),
+            mutate=webhook.Mutator(state.cache, resolver, keychains),
             deadline=config.deadline,
         )
         state.webhook_server = server.WebhookServer(

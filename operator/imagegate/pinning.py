@@ -31,7 +31,12 @@ class CachingResolver:
         self._clock = clock
         self._cache: OrderedDict[ImageReference, tuple[float, str]] = OrderedDict()
 
-    async def resolve(self, image: ImageReference, deadline: float) -> str:
+    async def resolve(
+        self, image: ImageReference, deadline: float, keychain: registry.Keychain | None = None
+    ) -> str:
+        """The digest `image` names now. Cached per image, not per credentials: a digest is a
+        fact about the registry, and validation still reads the signatures with the caller's
+        own credentials."""
         if image.digest is not None:
             return image.digest
         cached = self._cache.get(image)
@@ -39,7 +44,8 @@ class CachingResolver:
         if cached is not None and cached[0] > now:
             self._cache.move_to_end(image)
             return cached[1]
-        descriptor = await self._client.resolve(image, deadline=deadline or None)
+        client = self._client.using(keychain) if keychain is not None else self._client
+        descriptor = await client.resolve(image, deadline=deadline or None)
         self._cache[image] = (now + self._ttl, descriptor.digest)
         self._cache.move_to_end(image)
         while len(self._cache) > self._max:

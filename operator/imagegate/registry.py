@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import hashlib
 import json
 import logging
@@ -77,11 +78,11 @@ class Credentials:
 
 
 class Keychain(Protocol):
-    def credentials(self, registry: str) -> Credentials | None: ...
+    def credentials(self, registry: str, repository: str) -> Credentials | None: ...
 
 
 class NoCredentials:
-    def credentials(self, registry: str) -> Credentials | None:
+    def credentials(self, registry: str, repository: str) -> Credentials | None:
         return None
 
 
@@ -140,6 +141,11 @@ class _Token:
     expires: float
 
 
+_TokenCache = dict[tuple[str, str, Credentials | None], _Token]
+#: Tokens kept at most (one per registry, repository and credentials).
+MAX_TOKENS = 4096
+
+
 class RegistryClient:
     def __init__(
         self,
@@ -161,7 +167,17 @@ class RegistryClient:
         self._clock = clock
         self._sleep = sleep
         self._jitter = jitter
-        self._tokens: dict[tuple[str, str], _Token] = {}
+        self._tokens: _TokenCache = {}
+
+    def using(self, keychain: Keychain) -> RegistryClient:
+        """This client with other credentials (one admission's pull secrets).
+
+        The view shares the session, the settings and the token cache; tokens are cached per
+        credentials, so one namespace's token is never sent on behalf of another.
+        """
+        view = copy.copy(self)
+        view._keychain = keychain
+        return view
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -306,7 +322,7 @@ class RegistryClient:
         headers = {"Accept": ", ".join(accept)} if accept else {}
         attempt, authorised = 0, False
         while True:
-            token = self._cached_token(registry, scope)
+            token = self._cached_token(registry, repository, scope)
             if token is not None:
                 headers["Authorization"] = token
             try:
@@ -322,7 +338,7 @@ class RegistryClient:
                 )
                 continue
             if response.status == 401 and not authorised:
-                await self._authorise(registry, scope, response.headers, deadline)
+                await self._authorise(registry, repository, scope, response.headers, deadline)
                 authorised = True
                 continue
             if response.status in (401, 403):
@@ -397,22 +413,38 @@ class RegistryClient:
 
     # -- auth -----------------------------------------------------------------------------------
 
-    def _cached_token(self, registry: str, scope: str) -> str | None:
-        token = self._tokens.get((registry, scope))
+    def _cached_token(self, registry: str, repository: str, scope: str) -> str | None:
+        credentials = self._keychain.credentials(registry, repository)
+        token = self._tokens.get((registry, scope, credentials))
         if token is None or token.expires <= self._clock():
             return None
         return token.value
 
+    def _keep_token(self, key: tuple[str, str, Credentials | None], token: _Token) -> None:
+        self._tokens[key] = token
+        if len(self._tokens) > MAX_TOKENS:
+            # Oldest first (dicts keep insertion order): bounded whatever the pull secrets.
+            del self._tokens[next(iter(self._tokens))]
+
     async def _authorise(
-        self, registry: str, scope: str, headers: Mapping[str, str], deadline: float | None
+        self,
+        registry: str,
+        repository: str,
+        scope: str,
+        headers: Mapping[str, str],
+        deadline: float | None,
     ) -> None:
         challenge = headers.get("WWW-Authenticate", "")
         scheme, _, rest = challenge.partition(" ")
-        credentials = self._keychain.credentials(registry)
+        credentials = self._keychain.credentials(registry, repository)
+        key = (registry, scope, credentials)
         if scheme.lower() == "basic":
             if credentials is None:
-                raise Unauthorized(f"{registry} wants credentials and imagegate has none for it")
-            self._tokens[(registry, scope)] = _Token(_basic(credentials), float("inf"))
+                raise Unauthorized(
+                    f"{registry} wants credentials and imagegate has none for it (give the Pod "
+                    "an imagePullSecret, or the policy spec.pullSecrets)"
+                )
+            self._keep_token(key, _Token(_basic(credentials), float("inf")))
             return
         if scheme.lower() != "bearer":
             raise Unauthorized(f"{registry} sent an unsupported challenge {challenge!r}")
@@ -449,7 +481,7 @@ class RegistryClient:
         lifetime = data.get("expires_in", 60)
         lifetime = float(lifetime) if isinstance(lifetime, int | float) and lifetime > 0 else 60.0
         # Refresh a little early so a token never expires in flight.
-        self._tokens[(registry, scope)] = _Token(f"Bearer {value}", self._clock() + lifetime * 0.9)
+        self._keep_token(key, _Token(f"Bearer {value}", self._clock() + lifetime * 0.9))
 
 
 @dataclass(frozen=True)

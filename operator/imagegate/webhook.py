@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from imagegate import admission, reference, workloads
 from imagegate.policy import engine
+from imagegate.registry import Keychain
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,22 @@ class PolicySource(Protocol):
 
 class SignatureVerifier(Protocol):
     async def verify(
-        self, checks: Sequence[engine.SignatureCheck], deadline: float
+        self,
+        checks: Sequence[engine.SignatureCheck],
+        deadline: float,
+        keychain: Keychain | None = None,
     ) -> Mapping[engine.SignatureCheck, engine.SignatureVerdict]: ...
+
+
+class KeychainSource(Protocol):
+    """Registry credentials for one admission (policy Secrets, imagePullSecrets, account's)."""
+
+    async def keychain(
+        self,
+        namespace: str,
+        pull: workloads.PullContext,
+        policies: Sequence[engine.CompiledPolicy],
+    ) -> Keychain: ...
 
 
 class DenialRecorder(Protocol):
@@ -47,7 +62,22 @@ class DenialRecorder(Protocol):
 
 
 class DigestResolver(Protocol):
-    async def resolve(self, image: reference.ImageReference, deadline: float) -> str: ...
+    async def resolve(
+        self, image: reference.ImageReference, deadline: float, keychain: Keychain | None = None
+    ) -> str: ...
+
+
+async def _keychain(
+    source: KeychainSource | None,
+    request: admission.AdmissionRequest,
+    policies: Sequence[engine.CompiledPolicy],
+) -> Keychain | None:
+    """Read only when a registry will be asked: most admissions never touch a Secret."""
+    if source is None or request.object is None:
+        return None
+    group_kind = (request.kind.group, request.kind.kind)
+    pull = workloads.pull_context(request.object, group_kind)
+    return await source.keychain(request.namespace, pull, policies)
 
 
 def _images(request: admission.AdmissionRequest) -> list[workloads.ContainerImage] | None:
@@ -86,10 +116,12 @@ class Validator:
         policies: PolicySource,
         verifier: SignatureVerifier | None = None,
         recorder: DenialRecorder | None = None,
+        keychains: KeychainSource | None = None,
     ):
         self._policies = policies
         self._verifier = verifier
         self._recorder = recorder
+        self._keychains = keychains
 
     async def __call__(
         self, review: admission.AdmissionReview, deadline: float
@@ -106,7 +138,8 @@ class Validator:
         checks = engine.signature_checks(planned, policies)
         verdicts: Mapping[engine.SignatureCheck, engine.SignatureVerdict] = {}
         if checks and self._verifier is not None:
-            verdicts = await self._verifier.verify(checks, deadline)
+            keychain = await _keychain(self._keychains, request, policies)
+            verdicts = await self._verifier.verify(checks, deadline, keychain)
         decision = engine.evaluate(planned, policies, verdicts)
         audit = {
             AUDIT_DECISION: "allowed" if decision.allowed else "denied",
@@ -142,9 +175,15 @@ class Validator:
 class Mutator:
     """`/mutate`: rewrite to hardened equivalents and pin digests; never denies on policy."""
 
-    def __init__(self, policies: PolicySource, resolver: DigestResolver | None = None):
+    def __init__(
+        self,
+        policies: PolicySource,
+        resolver: DigestResolver | None = None,
+        keychains: KeychainSource | None = None,
+    ):
         self._policies = policies
         self._resolver = resolver
+        self._keychains = keychains
 
     async def __call__(
         self, review: admission.AdmissionReview, deadline: float
@@ -168,13 +207,16 @@ class Mutator:
         warnings: list[str] = []
         pinning = [p for p in policies if p.pin_digests and p.mode is engine.Mode.ENFORCE]
         if self._resolver is not None and pinning:
+            keychain: Keychain | None = None
             for image in planned:
                 if image.final is None or image.final.digest is not None:
                     continue
                 if not engine.trusted_by_sources(image.final, policies):
                     continue  # validation denies it: no registry call for nothing
                 try:
-                    digest = await self._resolver.resolve(image.final, deadline)
+                    if keychain is None:
+                        keychain = await _keychain(self._keychains, request, policies)
+                    digest = await self._resolver.resolve(image.final, deadline, keychain)
                 except Exception as error:  # validation will decide; pinning is best effort
                     logger.warning("could not resolve %s for pinning: %s", image.final, error)
                     warnings.append(f"imagegate: could not pin {image.final}: {error}")

@@ -46,6 +46,44 @@ class ContainerImage:
     pointer: str
 
 
+@dataclass(frozen=True)
+class PullContext:
+    """Who pulls the images: what the kubelet would use for credentials."""
+
+    service_account: str = "default"
+    pull_secrets: tuple[str, ...] = ()
+
+
+def pull_context(obj: Mapping[str, Any], group_kind: tuple[str, str] | None = None) -> PullContext:
+    """The ServiceAccount and imagePullSecrets of the object's pod spec (defaults when absent).
+
+    Lenient on purpose: credentials only ever help, so a strange field means "none", never an
+    error (`find_images` is what refuses a malformed pod spec).
+    """
+    if group_kind is not None:
+        pointer = POD_SPEC_POINTERS.get(group_kind)
+    else:
+        pointer = pod_spec_pointer(str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
+    if pointer is None:
+        return PullContext()
+    try:
+        spec = _at(obj, pointer)
+    except MalformedWorkloadError:
+        return PullContext()
+    account = spec.get("serviceAccountName") or spec.get("serviceAccount")
+    secrets = spec.get("imagePullSecrets")
+    names = (
+        tuple(
+            entry["name"]
+            for entry in secrets
+            if isinstance(entry, Mapping) and isinstance(entry.get("name"), str) and entry["name"]
+        )
+        if isinstance(secrets, list)
+        else ()
+    )
+    return PullContext(account if isinstance(account, str) and account else "default", names)
+
+
 def pod_spec_pointer(api_version: str, kind: str) -> str | None:
     group = api_version.rpartition("/")[0] if "/" in api_version else ""
     return POD_SPEC_POINTERS.get((group, kind))

@@ -35,12 +35,16 @@ def operator(
     cluster: Cluster,
     crds: None,
     registry: LocalRegistry,
+    private_registry: LocalRegistry,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[local.LocalOperator]:
-    """`imagegate run` against the cluster, as a process (the test registry is plain HTTP)."""
+    """`imagegate run` against the cluster, as a process (the test registries are plain HTTP)."""
     workdir = tmp_path_factory.mktemp("operator")
     with local.operator_process(
-        cluster.kubeconfig, workdir, cluster.webhook_host, insecure_registries=[registry.address]
+        cluster.kubeconfig,
+        workdir,
+        cluster.webhook_host,
+        insecure_registries=[registry.address, private_registry.address],
     ) as running:
         try:
             yield running

@@ -274,7 +274,7 @@ async def test_bearer_token_is_fetched_with_credentials_and_cached(
     state.routes["/v2/a/manifests/v1"] = [(200, {}, MANIFEST)]
 
     class Keys:
-        def credentials(self, registry_host: str) -> oci.Credentials | None:
+        def credentials(self, registry_host: str, repository: str) -> oci.Credentials | None:
             return oci.Credentials("u", "p") if registry_host == host else None
 
     client = oci.RegistryClient(session, keychain=Keys(), insecure=frozenset({host}))
@@ -282,6 +282,30 @@ async def test_bearer_token_is_fetched_with_credentials_and_cached(
         await client.manifest(host, "a", "v1")
     assert state.token_requests == 1
     assert state.seen[-1] == ("/v2/a/manifests/v1", "Bearer t0k3n")
+
+
+async def test_tokens_are_never_shared_between_credentials(
+    session: aiohttp.ClientSession, fake: tuple[Fake, str]
+) -> None:
+    """One namespace's pull secret must not open the registry for another's admission."""
+    state, host = fake
+    state.bearer_challenge = f'Bearer realm="http://{host}/token",service="fake"'
+    state.routes["/v2/a/manifests/v1"] = [(200, {}, MANIFEST)]
+
+    class Fixed:
+        def __init__(self, credentials: oci.Credentials | None) -> None:
+            self.fixed = credentials
+
+        def credentials(self, registry_host: str, repository: str) -> oci.Credentials | None:
+            return self.fixed
+
+    client = oci.RegistryClient(session, insecure=frozenset({host}))
+    await client.using(Fixed(oci.Credentials("u", "p"))).manifest(host, "a", "v1")
+    with pytest.raises(oci.Unauthorized, match="refused the credentials"):
+        await client.using(Fixed(oci.Credentials("u", "wrong"))).manifest(host, "a", "v1")
+    with pytest.raises(oci.Unauthorized):
+        await client.manifest(host, "a", "v1")  # no credentials at all
+    assert state.token_requests == 3
 
 
 async def test_basic_challenge_without_credentials_is_unauthorized(

@@ -242,7 +242,7 @@ class Resolver:
         self.asked: list[str] = []
         self.fail = fail
 
-    async def resolve(self, image: Any, deadline: float) -> str:
+    async def resolve(self, image: Any, deadline: float, keychain: Any = None) -> str:
         self.asked.append(str(image))
         if self.fail:
             raise RuntimeError("registry unreachable")

@@ -26,6 +26,7 @@ def compile_spec(name: str, namespace: str | None, spec: model.PolicySpec) -> en
             for source in spec.sources
         ),
         rewrites=tuple(_rewrite(rule) for rule in spec.rewrites),
+        pull_secrets=tuple((ref.namespace, ref.name) for ref in spec.pull_secrets),
     )
 
 

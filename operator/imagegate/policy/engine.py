@@ -78,6 +78,8 @@ class CompiledPolicy:
     pin_digests: bool = True
     sources: tuple[CompiledSource, ...] = ()
     rewrites: tuple[CompiledRewrite, ...] = ()
+    #: (namespace as written or None, name) of the policy's registry credential Secrets.
+    pull_secrets: tuple[tuple[str | None, str], ...] = ()
 
     @property
     def display_name(self) -> str:

@@ -400,6 +400,16 @@ class KeyAuthority(_Spec):
         return self
 
 
+class PullSecretRef(_Spec):
+    """A Secret of type kubernetes.io/dockerconfigjson (or dockercfg) with registry credentials."""
+
+    name: ObjectName
+    """The Secret's name."""
+    namespace: DnsLabel | None = None
+    """The Secret's namespace: by default the ImagePolicy's own, or imagegate's namespace for a
+    ClusterImagePolicy."""
+
+
 class ConfigMapRef(_Spec):
     """A key in a ConfigMap."""
 
@@ -513,6 +523,9 @@ class PolicySpec(_Spec):
     """Trusted sources: an image is admitted when it matches a source and passes its checks."""
     rewrites: tuple[Rewrite, ...] = pydantic.Field((), max_length=512)
     """Rewrite rules, tried in order: the first that matches applies."""
+    pull_secrets: tuple[PullSecretRef, ...] = pydantic.Field((), alias="pullSecrets", max_length=16)
+    """Registry credentials imagegate uses to read images and signatures of this policy's
+    sources, tried before the Pod's imagePullSecrets and its ServiceAccount's."""
 
     @pydantic.model_validator(mode="after")
     def _sane(self) -> PolicySpec:

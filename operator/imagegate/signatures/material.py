@@ -11,13 +11,14 @@ import asyncio
 import base64
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from kubernetes import client
 
 from imagegate.errors import ImagegateError
 
 TTL = 60.0
+NEGATIVE_TTL = 10.0
 
 
 class MaterialError(ImagegateError):
@@ -42,42 +43,73 @@ def secret_namespace(
 
 
 class KubernetesMaterial:
+    """Secrets, ConfigMaps and ServiceAccounts read through the API server, cached briefly.
+
+    A failed read is cached too, for a shorter time, so a Pod naming a missing pull secret does
+    not turn every admission into an extra API call.
+    """
+
     def __init__(
         self, api: client.ApiClient, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._core = client.CoreV1Api(api)
         self._clock = clock
-        self._cache: dict[tuple[str, str, str, str], tuple[float, bytes]] = {}
+        self._cache: dict[tuple[str, str, str], tuple[float, dict[str, str] | MaterialError]] = {}
 
     async def read(self, namespace: str, name: str, key: str) -> bytes:
-        encoded = await self._value("Secret", namespace, name, key)
-        return base64.b64decode(encoded)
+        data = await self._data("Secret", namespace, name)
+        return base64.b64decode(_pick(data, key, f"Secret {namespace}/{name}"))
 
     async def read_config_map(self, namespace: str, name: str, key: str) -> str:
-        return (await self._value("ConfigMap", namespace, name, key)).decode()
+        return _pick(
+            await self._data("ConfigMap", namespace, name), key, f"ConfigMap {namespace}/{name}"
+        )
 
-    async def _value(self, kind: str, namespace: str, name: str, key: str) -> bytes:
-        """One data value of a Secret (still base64) or ConfigMap, cached for TTL seconds."""
-        cache_key = (kind, namespace, name, key)
+    async def secret_data(self, namespace: str, name: str) -> dict[str, bytes]:
+        data = await self._data("Secret", namespace, name)
+        return {key: base64.b64decode(value) for key, value in data.items()}
+
+    async def service_account_pull_secrets(self, namespace: str, name: str) -> tuple[str, ...]:
+        data = await self._data("ServiceAccount", namespace, name)
+        return tuple(value for key, value in sorted(data.items()) if key.startswith("pull/"))
+
+    async def _data(self, kind: str, namespace: str, name: str) -> dict[str, str]:
+        cache_key = (kind, namespace, name)
         cached = self._cache.get(cache_key)
         if cached is not None and cached[0] > self._clock():
+            if isinstance(cached[1], MaterialError):
+                raise cached[1]
             return cached[1]
-        read = (
-            self._core.read_namespaced_secret
-            if kind == "Secret"
-            else self._core.read_namespaced_config_map
-        )
         try:
-            found: client.V1Secret | client.V1ConfigMap = await asyncio.to_thread(
-                read, name, namespace
-            )
+            data = await asyncio.to_thread(self._read, kind, namespace, name)
         except client.ApiException as error:
-            raise MaterialError(
+            failure = MaterialError(
                 f"cannot read {kind} {namespace}/{name}: {error.reason} ({error.status})"
-            ) from error
-        value = (found.data or {}).get(key)
-        if value is None:
-            raise MaterialError(f"{kind} {namespace}/{name} has no key {key!r}")
-        data = value.encode() if isinstance(value, str) else value
+            )
+            self._cache[cache_key] = (self._clock() + NEGATIVE_TTL, failure)
+            raise failure from error
         self._cache[cache_key] = (self._clock() + TTL, data)
         return data
+
+    def _read(self, kind: str, namespace: str, name: str) -> dict[str, str]:
+        found: Any  # V1Secret.data is typed loosely by the client
+        if kind == "Secret":
+            found = self._core.read_namespaced_secret(name, namespace).data
+            return dict(found or {})
+        if kind == "ConfigMap":
+            found = self._core.read_namespaced_config_map(name, namespace).data
+            return dict(found or {})
+        account = self._core.read_namespaced_service_account(name, namespace)
+        # Kept as data entries so that one cache serves all three kinds.
+        return {
+            f"pull/{index:04d}": ref.name
+            for index, ref in enumerate(account.image_pull_secrets or [])
+            if ref.name
+        }
+
+
+def _pick(data: dict[str, str], key: str, what: str) -> str:
+    value = data.get(key)
+    if value is None:
+        raise MaterialError(f"{what} has no key {key!r}")
+    return value

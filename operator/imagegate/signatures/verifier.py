@@ -40,13 +40,21 @@ class CosignVerifier:
         self._own_namespace = own_namespace
 
     async def verify(
-        self, checks: Sequence[engine.SignatureCheck], deadline: float
+        self,
+        checks: Sequence[engine.SignatureCheck],
+        deadline: float,
+        keychain: registry.Keychain | None = None,
     ) -> Mapping[engine.SignatureCheck, engine.SignatureVerdict]:
-        verdicts = await asyncio.gather(*(self._verify(check, deadline) for check in checks))
+        # Verdicts are cached per digest, not per credentials: whether a digest is signed does
+        # not depend on who asks, and the kubelet still pulls with the Pod's own credentials.
+        client = self._client.using(keychain) if keychain is not None else self._client
+        verdicts = await asyncio.gather(
+            *(self._verify(client, check, deadline) for check in checks)
+        )
         return dict(zip(checks, verdicts, strict=True))
 
     async def _verify(
-        self, check: engine.SignatureCheck, deadline: float
+        self, client: registry.RegistryClient, check: engine.SignatureCheck, deadline: float
     ) -> engine.SignatureVerdict:
         requirement = check.requirement
         if not isinstance(requirement, model.Signatures):
@@ -55,7 +63,7 @@ class CosignVerifier:
             )
         image = reference.parse(check.image)
         try:
-            digest = image.digest or (await self._client.resolve(image, deadline=deadline)).digest
+            digest = image.digest or (await client.resolve(image, deadline=deadline)).digest
         except registry.RegistryError as error:
             return engine.SignatureVerdict(False, f"registry error: {error.user_message}")
         try:
@@ -64,7 +72,7 @@ class CosignVerifier:
             return engine.SignatureVerdict(False, f"keys: {error.user_message}", digest=digest)
         if self._cache is None:
             return await self._verify_digest(
-                image, digest, requirement, public_keys, check.policy_namespace, deadline
+                client, image, digest, requirement, public_keys, check.policy_namespace, deadline
             )
         # Cached per digest (not tag), per whole requirement and per key material: a retag or a
         # rotated key in a Secret is a new question.
@@ -72,7 +80,7 @@ class CosignVerifier:
         return await self._cache.get_or_verify(
             key,
             lambda: self._verify_digest(
-                image, digest, requirement, public_keys, check.policy_namespace, deadline
+                client, image, digest, requirement, public_keys, check.policy_namespace, deadline
             ),
         )
 
@@ -98,6 +106,7 @@ class CosignVerifier:
 
     async def _verify_digest(
         self,
+        client: registry.RegistryClient,
         image: reference.ImageReference,
         digest: str,
         requirement: model.Signatures,
@@ -107,7 +116,7 @@ class CosignVerifier:
     ) -> engine.SignatureVerdict:
         try:
             found = await cosign.find(
-                self._client, image.registry, image.repository, digest, deadline=deadline
+                client, image.registry, image.repository, digest, deadline=deadline
             )
         except registry.RegistryError as error:
             return engine.SignatureVerdict(False, f"registry error: {error.user_message}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,8 @@ class LocalRegistry:
         detached: bool = False,
         extra_args: Sequence[str] = (),
     ) -> None:
-        """`extra_args`: e.g. `-referrers-filter=false`, to act like registries that ignore it."""
+        """`extra_args`: e.g. `-referrers-filter=false`, to act like registries that ignore it,
+        or `-basic-auth user:password`, to act like a private registry."""
         self.binary = binary
         self.extra_args = tuple(extra_args)
         self.workdir = workdir
@@ -67,5 +69,8 @@ class LocalRegistry:
         return True
 
     def _serving(self) -> bool:
-        with urllib.request.urlopen(self.url + "/v2/", timeout=2) as reply:
-            return int(reply.status) == 200
+        try:
+            with urllib.request.urlopen(self.url + "/v2/", timeout=2) as reply:
+                return int(reply.status) == 200
+        except urllib.error.HTTPError as error:
+            return error.code == 401  # started with -basic-auth: serving, and asking who we are

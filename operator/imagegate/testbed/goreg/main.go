@@ -6,6 +6,7 @@
 package main
 
 import (
+	"crypto/subtle"
 	"flag"
 	"fmt"
 	"log"
@@ -13,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -27,6 +29,11 @@ func main() {
 	filterReferrers := flag.Bool(
 		"referrers-filter", true,
 		"apply the referrers artifactType filter (false: ignore it, as some registries do)",
+	)
+	basicAuth := flag.String(
+		"basic-auth", "",
+		"user:password that every request must carry as HTTP Basic auth (empty: no auth), "+
+			"to act like a private registry",
 	)
 	showVersion := flag.Bool("version", false, "print the go-containerregistry version and exit")
 	flag.Parse()
@@ -56,10 +63,29 @@ func main() {
 		registry.Logger(log.New(os.Stderr, "", log.LstdFlags)),
 	)
 	server := &http.Server{
-		Handler:           referrersHandler(handler, *filterReferrers),
+		Handler:           requireBasicAuth(referrersHandler(handler, *filterReferrers), *basicAuth),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	log.Fatal(server.Serve(listener))
+}
+
+// requireBasicAuth answers 401 with a Basic challenge to any request without the credentials.
+func requireBasicAuth(next http.Handler, userPassword string) http.Handler {
+	if userPassword == "" {
+		return next
+	}
+	wantUser, wantPassword, _ := strings.Cut(userPassword, ":")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user, password, ok := r.BasicAuth()
+		userOK := subtle.ConstantTimeCompare([]byte(user), []byte(wantUser)) == 1
+		passwordOK := subtle.ConstantTimeCompare([]byte(password), []byte(wantPassword)) == 1
+		if !ok || !userOK || !passwordOK {
+			w.Header().Set("WWW-Authenticate", `Basic realm="imagegate-registry"`)
+			http.Error(w, "authentication required", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // registryModuleVersion reports the go-containerregistry version linked in, so the test bed's
