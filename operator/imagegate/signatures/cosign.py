@@ -188,16 +188,16 @@ def verify_with_key(
                 "false for keys that sign without one)"
             )
             continue
-        if require_tlog and signature.format != "legacy":
-            reasons.append("transparency log entries in key-signed bundles are not verified yet")
-            continue
         if require_tlog:
-            failure = rekor.verify_set(
-                signature.transparency,
-                signature.signed,
-                signature.signature,
-                key.der,
-                trusted_root if trusted_root is not None else roots.public_good_json(),
+            root = trusted_root if trusted_root is not None else roots.public_good_json()
+            failure = (
+                rekor.verify_set(
+                    signature.transparency, signature.signed, signature.signature, key.der, root
+                )
+                if signature.format == "legacy"
+                else rekor.verify_bundle_entries(
+                    signature.transparency, signature.claims, signature.signature, key.der, root
+                )
             )
             if failure is not None:
                 reasons.append(failure)

@@ -1,4 +1,4 @@
-"""Rekor signed entry timestamps (SETs) on legacy cosign signatures, checked offline.
+"""Rekor signed entry timestamps (SETs), checked offline.
 
 sigstore-python refuses log entries without an inclusion proof, and legacy cosign signatures
 carry only a SET, so this part is done here, as cosign itself does it:
@@ -6,8 +6,13 @@ carry only a SET, so this part is done here, as cosign itself does it:
 1. the SET is the log's ECDSA signature over the canonical JSON of
    {body, integratedTime, logID, logIndex}, by the log key the trust root names for `logID`,
    valid at `integratedTime`;
-2. the entry's body is a hashedrekord of *this* signature: same signature bytes, same public
-   key, and the SHA-256 of the signed payload.
+2. the entry's body is about *this* signature: same signature bytes, same public key (or
+   certificate), and the SHA-256 of the signed payload. Legacy signatures are logged as
+   `hashedrekord` (or `rekord`); the DSSE envelopes of cosign v3 bundles as `dsse`.
+
+Key-signed v0.3 bundles go through sigstore-python nowhere (it verifies certificates only), so
+their `tlogEntries` are checked here too, by the same SET (the `inclusionPromise`), which is
+what cosign accepts offline as well.
 """
 
 from __future__ import annotations
@@ -65,6 +70,41 @@ def verify_set(
     return _check_body(body, payload, signature, signer_der)
 
 
+def verify_bundle_entries(
+    entries: object,
+    payload: bytes,
+    signature: bytes,
+    signer_der: bytes,
+    trusted_root: Mapping[str, Any],
+) -> str | None:
+    """None when one of a v0.3 bundle's `tlogEntries` proves this DSSE signature is logged.
+
+    `payload` is the envelope's payload (the in-toto statement), not its PAE encoding.
+    """
+    if not isinstance(entries, list) or not entries:
+        return "no transparency log entry in the bundle"
+    reasons = []
+    for entry in entries:
+        try:
+            annotation = {
+                "SignedEntryTimestamp": entry["inclusionPromise"]["signedEntryTimestamp"],
+                "Payload": {
+                    "body": entry["canonicalizedBody"],
+                    "integratedTime": int(entry["integratedTime"]),
+                    "logIndex": int(entry["logIndex"]),
+                    "logID": base64.b64decode(entry["logId"]["keyId"], validate=True).hex(),
+                },
+            }
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            reasons.append("bad SET: a bundle log entry has no usable inclusion promise")
+            continue
+        failure = verify_set(annotation, payload, signature, signer_der, trusted_root)
+        if failure is None:
+            return None
+        reasons.append(failure)
+    return "; ".join(sorted(set(reasons)))
+
+
 def _log_key(
     trusted_root: Mapping[str, Any], log_id_hex: str, integrated_time: int
 ) -> ec.EllipticCurvePublicKey | None:
@@ -94,9 +134,11 @@ def valid_at(window: Mapping[str, str], when: datetime.datetime) -> bool:
 def _check_body(
     body: Mapping[str, Any], payload: bytes, signature: bytes, signer_der: bytes
 ) -> str | None:
+    if body.get("kind") == "dsse":
+        return _check_dsse_body(body, payload, signature, signer_der)
     # `rekord` (cosign before 2022) carries the same fields as `hashedrekord`.
     if body.get("kind") not in ("hashedrekord", "rekord"):
-        return f"bad SET: log entry kind {body.get('kind')!r}, not hashedrekord or rekord"
+        return f"bad SET: log entry kind {body.get('kind')!r}, not hashedrekord, rekord or dsse"
     spec = body.get("spec") or {}
     try:
         logged_hash = spec["data"]["hash"]["value"]
@@ -110,6 +152,31 @@ def _check_body(
     if logged_signature != signature:
         return "bad SET: the log entry is for another signature"
     if logged_der != signer_der:
+        return "bad SET: the log entry names another key"
+    return None
+
+
+def _check_dsse_body(
+    body: Mapping[str, Any], payload: bytes, signature: bytes, signer_der: bytes
+) -> str | None:
+    """A `dsse` entry logs the payload's hash and each (signature, verifier) of the envelope."""
+    spec = body.get("spec") or {}
+    try:
+        logged_hash = spec["payloadHash"]["value"]
+        logged = [
+            (
+                base64.b64decode(entry["signature"], validate=True),
+                _signer_der(base64.b64decode(entry["verifier"], validate=True)),
+            )
+            for entry in spec["signatures"]
+        ]
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return "bad SET: the log entry's body is malformed"
+    if logged_hash != hashlib.sha256(payload).hexdigest():
+        return "bad SET: the log entry is for another payload"
+    if not any(logged_signature == signature for logged_signature, _ in logged):
+        return "bad SET: the log entry is for another signature"
+    if (signature, signer_der) not in logged:
         return "bad SET: the log entry names another key"
     return None
 

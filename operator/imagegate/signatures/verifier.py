@@ -120,20 +120,25 @@ class CosignVerifier:
             )
         except registry.RegistryError as error:
             return engine.SignatureVerdict(False, f"registry error: {error.user_message}")
+        root: roots.Root | str = roots.public_good()
+        if requirement.trust_root is not None:
+            # A private Sigstore's log keys serve key signatures too, not only keyless ones.
+            root = await self._custom_root(requirement.trust_root, policy_namespace)
         reasons = []
         for index, public_key in enumerate(public_keys):
+            if isinstance(root, str) and requirement.require_transparency_log:
+                reasons.append(f"keys[{index}]: {root}")
+                continue
             failure = cosign.verify_with_key(
                 found,
                 public_key,
                 digest,
                 require_tlog=requirement.require_transparency_log,
+                trusted_root=None if isinstance(root, str) else root.document,
             )
             if failure is None:
                 return engine.SignatureVerdict(True, digest=digest)
             reasons.append(f"keys[{index}]: {failure}")
-        root: roots.Root | str = roots.public_good()
-        if requirement.keyless and requirement.trust_root is not None:
-            root = await self._custom_root(requirement.trust_root, policy_namespace)
         for index, identity in enumerate(requirement.keyless):
             failure = (
                 root
