@@ -52,18 +52,34 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from imagegate import operator, server
+    from imagegate import logs, operator, server
 
-    if not args.tls_cert.is_file() or not args.tls_key.is_file():
-        raise UsageError(f"TLS files not found: {args.tls_cert}, {args.tls_key}")
+    tls: server.TLSFiles | operator.SelfManagedCertificates
+    if args.tls_secret:
+        if args.tls_cert or args.tls_key:
+            raise UsageError("use either --tls-cert/--tls-key or --tls-secret, not both")
+        tls = operator.SelfManagedCertificates(
+            args.tls_secret, args.service_name, args.webhook_configuration, args.tls_dir
+        )
+    else:
+        if not args.tls_cert or not args.tls_key:
+            raise UsageError("give --tls-cert and --tls-key, or --tls-secret")
+        if not args.tls_cert.is_file() or not args.tls_key.is_file():
+            raise UsageError(f"TLS files not found: {args.tls_cert}, {args.tls_key}")
+        tls = server.TLSFiles(args.tls_cert, args.tls_key)
+    logs.configure(args.log_format)
     operator.run(
         operator.OperatorConfig(
             kubeconfig=args.kubeconfig,
-            tls=server.TLSFiles(args.tls_cert, args.tls_key),
+            tls=tls,
             host=args.host,
             port=args.port,
             deadline=args.deadline,
             insecure_registries=frozenset(args.insecure_registry),
+            health_port=args.health_port if args.health_port >= 0 else None,
+            events=args.events,
+            policy_reports=args.policy_reports,
+            scan_interval=args.scan_interval,
         )
     )
     return 0
@@ -79,6 +95,25 @@ def _cmd_check(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         namespace_labels=args.namespace_labels,
     )
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from imagegate import trail
+
+    return trail.run(
+        kubeconfig=args.kubeconfig,
+        since=args.since,
+        namespace=args.namespace,
+        policy=args.policy,
+        output=args.output,
+        reports=args.reports,
+    )
+
+
+def _cmd_selftest(args: argparse.Namespace) -> int:
+    from imagegate import selftest
+
+    return selftest.run(args.url, ca_file=args.ca_file, timeout=args.timeout)
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -111,10 +146,54 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--kubeconfig", type=Path, default=None, help="default: the in-cluster service account"
     )
-    run.add_argument("--tls-cert", type=Path, required=True, help="serving certificate (PEM)")
-    run.add_argument("--tls-key", type=Path, required=True, help="its private key (PEM)")
+    certificates = run.add_argument_group(
+        "certificates", "files (cert-manager, or your own), or made and kept by imagegate"
+    )
+    certificates.add_argument("--tls-cert", type=Path, help="serving certificate (PEM)")
+    certificates.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    certificates.add_argument(
+        "--tls-secret",
+        metavar="NAME",
+        help="make a CA and serving certificate once, keep them in this Secret (own namespace)",
+    )
+    certificates.add_argument(
+        "--service-name", default="imagegate", help="the Service the certificate is for"
+    )
+    certificates.add_argument(
+        "--webhook-configuration",
+        default="imagegate",
+        metavar="NAME",
+        help="the Mutating/ValidatingWebhookConfiguration whose caBundle to set",
+    )
+    certificates.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=Path("/tmp/imagegate-tls"),
+        help="where to write the certificate files the server loads",
+    )
     run.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    run.add_argument("--port", type=int, default=8443)
+    run.add_argument("--port", type=int, default=8443, help="HTTPS port of the webhooks")
+    run.add_argument(
+        "--health-port",
+        type=int,
+        default=8081,
+        help="plain HTTP port of /healthz, /readyz and /metrics (-1: off, 0: any free port)",
+    )
+    run.add_argument("--log-format", choices=["text", "json"], default="text")
+    run.add_argument(
+        "--no-events",
+        dest="events",
+        action="store_false",
+        help="do not write Kubernetes Events for denials, warnings and rewrites",
+    )
+    run.add_argument(
+        "--policy-reports",
+        action="store_true",
+        help="scan running workloads and write wgpolicyk8s.io PolicyReports",
+    )
+    run.add_argument(
+        "--scan-interval", type=float, default=300.0, help="seconds between background scans"
+    )
     run.add_argument(
         "--deadline",
         type=float,
@@ -155,6 +234,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("manifests", nargs="+", metavar="MANIFEST", help="files, or - for stdin")
     check.set_defaults(handler=_cmd_check)
+
+    audit = commands.add_parser(
+        "audit",
+        help="what imagegate denied, warned about and rewrote (Events), and what runs in "
+        "violation (PolicyReports)",
+    )
+    audit.add_argument("--kubeconfig", type=Path, default=None, help="default: $KUBECONFIG")
+    audit.add_argument(
+        "--since", default="1h", help="time window, e.g. 30m, 24h (Events live 1h by default)"
+    )
+    audit.add_argument("-n", "--namespace", default=None, help="only this workload namespace")
+    audit.add_argument("--policy", default=None, help="only this policy (ns/name for ImagePolicy)")
+    audit.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    audit.add_argument(
+        "--reports", action="store_true", help="also list violations from the PolicyReports"
+    )
+    audit.set_defaults(handler=_cmd_audit)
+
+    selftest = commands.add_parser(
+        "selftest",
+        help="ask a running webhook for a decision and check the answer (the chart's helm test)",
+    )
+    selftest.add_argument("--url", required=True, help="https://SERVICE.NAMESPACE.svc/validate")
+    selftest.add_argument("--ca-file", type=Path, default=None, help="CA of its certificate")
+    selftest.add_argument("--timeout", type=float, default=10.0)
+    selftest.set_defaults(handler=_cmd_selftest)
 
     dev = commands.add_parser(
         "dev", help="run the local demo on the embedded control plane (Ctrl-C stops it)"

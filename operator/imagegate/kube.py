@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, utils
+
+from imagegate.errors import UsageError
 
 
 def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
@@ -15,6 +18,18 @@ def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         return client.ApiClient(configuration)
     return config.new_client_from_config(str(kubeconfig))  # type: ignore[no-untyped-call,no-any-return]
+
+
+def admin_client(kubeconfig: Path | None = None) -> client.ApiClient:
+    """For commands admins run: the file given, else $KUBECONFIG or ~/.kube/config, else the
+    in-cluster service account (inside a Pod)."""
+    if kubeconfig is None:
+        default = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0])
+        if default.expanduser().is_file():
+            kubeconfig = default.expanduser()
+        elif not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            raise UsageError("no kubeconfig: set $KUBECONFIG or pass --kubeconfig")
+    return api_client(kubeconfig)
 
 
 def create(api: client.ApiClient, body: dict[str, Any], namespace: str) -> dict[str, Any]:

@@ -12,10 +12,11 @@ off.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,18 @@ import aiohttp
 import kopf
 from kubernetes import client
 
-from imagegate import credentials, kube, pinning, server, status, webhook
+from imagegate import (
+    audit,
+    certs,
+    credentials,
+    events,
+    kube,
+    metrics,
+    pinning,
+    server,
+    status,
+    webhook,
+)
 from imagegate import registry as oci
 from imagegate.errors import ImagegateError
 from imagegate.policy import compile as policy_compile
@@ -85,10 +97,21 @@ def compile_resource(body: Mapping[str, Any]) -> engine.CompiledPolicy:
     return policy_compile.compile_policy(document)
 
 
+@dataclass(frozen=True)
+class SelfManagedCertificates:
+    """`--tls-secret`: the operator makes and keeps the serving certificate (certs.py)."""
+
+    secret_name: str
+    service_name: str
+    webhook_configuration: str
+    directory: Path
+
+
 @dataclass
 class OperatorConfig:
     kubeconfig: Path | None
-    tls: server.TLSFiles
+    #: Certificate files (cert-manager, or the local test bed), or certificates made here.
+    tls: server.TLSFiles | SelfManagedCertificates
     host: str = "0.0.0.0"
     port: int = 8443
     deadline: float = server.DEFAULT_DEADLINE
@@ -98,6 +121,11 @@ class OperatorConfig:
     )
     #: Registries reached over plain HTTP (e.g. a local registry in a test cluster).
     insecure_registries: frozenset[str] = frozenset()
+    #: Plain HTTP /healthz, /readyz and /metrics; None: not served (0: any free port).
+    health_port: int | None = 8081
+    events: bool = True
+    policy_reports: bool = False
+    scan_interval: float = 300.0
 
 
 @dataclass
@@ -106,9 +134,17 @@ class _State:
     api: client.ApiClient
     cache: PolicyCache
     policy_api: resources.PolicyResources
+    metrics: metrics.Metrics = field(default_factory=metrics.Metrics)
     webhook_server: server.WebhookServer | None = None
+    health_server: server.HealthServer | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: Told when a policy changes (the background scan), once it runs.
+    policy_listeners: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        return self.webhook_server is not None
 
 
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
@@ -127,34 +163,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.standalone = True
         settings.posting.enabled = False  # imagegate writes its own, rate-limited Events
-        await _load_everything(state)
-        session = aiohttp.ClientSession()
-        state.closers.append(session.close)
-        client = oci.RegistryClient(session, insecure=config.insecure_registries)
-        resolver = pinning.CachingResolver(client)
-        counter = status.DenialCounter(state.api)
-        state.tasks.append(asyncio.create_task(counter.run()))
-        material = KubernetesMaterial(state.api)
-        keychains = credentials.ClusterKeychains(material, config.namespace)
-        app = server.build_app(
-            validate=webhook.Validator(
-                state.cache,
-                verifier.CosignVerifier(
-                    client, VerdictCache(), secrets=material, own_namespace=config.namespace
-                ),
-                recorder=counter,
-                keychains=keychains,
-            ),
-            mutate=webhook.Mutator(state.cache, resolver, keychains),
-            deadline=config.deadline,
-        )
-        state.webhook_server = server.WebhookServer(
-            app, config.tls, host=config.host, port=config.port
-        )
-        await state.webhook_server.start()
-        logger.info(
-            "serving /mutate and /validate on %s:%d", config.host, state.webhook_server.port
-        )
+        await _start(state)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
@@ -162,6 +171,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             task.cancel()
         if state.webhook_server is not None:
             await state.webhook_server.stop()
+        if state.health_server is not None:
+            await state.health_server.stop()
         for close in state.closers:
             await close()
 
@@ -180,6 +191,91 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             state.cache.set_namespace(name, None if deleted else body["metadata"].get("labels", {}))
 
     return registry
+
+
+async def _start(state: _State) -> None:
+    """Probes first (alive, not ready), then policies, certificates, and only then the webhook."""
+    config = state.config
+    if config.health_port is not None:
+        state.health_server = server.HealthServer(
+            server.build_health_app(
+                ready=lambda: state.ready,
+                metrics=state.metrics.exposition,
+                metrics_type=metrics.CONTENT_TYPE,
+            ),
+            host=config.host,
+            port=config.health_port,
+        )
+        await state.health_server.start()
+        logger.info("serving /healthz, /readyz and /metrics on port %d", state.health_server.port)
+    await _load_everything(state)
+    tls_files = await _certificates(state)
+
+    session = aiohttp.ClientSession()
+    state.closers.append(session.close)
+    registry_client = oci.RegistryClient(
+        session, insecure=config.insecure_registries, on_error=state.metrics.registry_error
+    )
+    material = KubernetesMaterial(state.api)
+    keychains = credentials.ClusterKeychains(material, config.namespace)
+    verdicts = VerdictCache()
+    state.metrics.watch_cache(verdicts)
+    counter = status.DenialCounter(state.api)
+    recorders: list[audit.AuditRecorder] = [counter, state.metrics]
+    _background(state, counter.run())
+    if config.events:
+        event_recorder = events.EventRecorder(state.api)
+        recorders.append(event_recorder)
+        _background(state, event_recorder.run())
+    app = server.build_app(
+        validate=webhook.Validator(
+            state.cache,
+            verifier.CosignVerifier(
+                registry_client,
+                verdicts,
+                secrets=material,
+                own_namespace=config.namespace,
+                observe_seconds=state.metrics.verified,
+            ),
+            recorders=recorders,
+            keychains=keychains,
+        ),
+        mutate=webhook.Mutator(
+            state.cache, pinning.CachingResolver(registry_client), keychains, recorders
+        ),
+        deadline=config.deadline,
+        observe=lambda name, response: state.metrics.admission(name, server.outcome(response)),
+    )
+    webhook_server = server.WebhookServer(app, tls_files, host=config.host, port=config.port)
+    await webhook_server.start()
+    state.webhook_server = webhook_server
+    logger.info("serving /mutate and /validate on %s:%d", config.host, webhook_server.port)
+
+
+async def _certificates(state: _State) -> server.TLSFiles:
+    config = state.config
+    if isinstance(config.tls, server.TLSFiles):
+        return config.tls
+    managed = certs.SelfManagedTLS(
+        state.api,
+        namespace=config.namespace,
+        secret_name=config.tls.secret_name,
+        service_name=config.tls.service_name,
+        webhook_configuration=config.tls.webhook_configuration,
+        directory=config.tls.directory,
+    )
+    ca_pem = await asyncio.to_thread(managed.ensure)
+    try:
+        await asyncio.to_thread(managed.patch_ca_bundles, ca_pem)
+    except client.ApiException as error:
+        # The chart may be mid-install: the periodic check patches it a moment later.
+        logger.warning("cannot set the webhooks' caBundle yet: %s (%s)", error.reason, error.status)
+    _background(state, managed.run())
+    return managed.files
+
+
+def _background(state: _State, work: Coroutine[Any, Any, None]) -> None:
+    state.tasks.append(asyncio.create_task(work))
 
 
 async def _load_everything(state: _State) -> None:
@@ -212,6 +308,8 @@ async def _apply_policy_event(state: _State, event: Mapping[str, Any]) -> None:
     key: PolicyKey = (namespace, name)
     if event.get("type") == "DELETED":
         state.cache.set_policy(key, None)
+        for listener in state.policy_listeners:
+            listener()
         return
     try:
         compiled = compile_resource({"apiVersion": model.API_VERSION, "kind": kind, **body})
@@ -226,7 +324,9 @@ async def _apply_policy_event(state: _State, event: Mapping[str, Any]) -> None:
         reason = "InvalidKeptPrevious" if kept else "Invalid"
         await _write_status(state, namespace, body, "False", reason, error.user_message)
         return
-    state.cache.set_policy(key, compiled)
+    state.cache.set_policy(key, dataclasses.replace(compiled, uid=metadata.get("uid", "")))
+    for listener in state.policy_listeners:
+        listener()
     await _write_status(state, namespace, body, "True", "Compiled", "")
 
 

@@ -158,8 +158,12 @@ class RegistryClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        on_error: Callable[[str, str], None] | None = None,
     ) -> None:
+        """`on_error(registry, error class name)` is told of each failed request (metrics);
+        `ManifestUnknown` is not a failure (a missing `.sig` tag is how "unsigned" looks)."""
         self._session = session
+        self._on_error = on_error
         self._keychain = keychain or NoCredentials()
         self._insecure = insecure
         self._request_timeout = request_timeout
@@ -315,6 +319,28 @@ class RegistryClient:
         deadline: float | None = None,
         params: Mapping[str, str] | None = None,
         max_size: int = MAX_MANIFEST_BYTES,
+    ) -> _Response:
+        try:
+            return await self._attempt(
+                method, registry, repository, path, accept, deadline, params, max_size
+            )
+        except ManifestUnknown:
+            raise
+        except RegistryError as error:
+            if self._on_error is not None:
+                self._on_error(registry, type(error).__name__)
+            raise
+
+    async def _attempt(
+        self,
+        method: str,
+        registry: str,
+        repository: str,
+        path: str,
+        accept: tuple[str, ...],
+        deadline: float | None,
+        params: Mapping[str, str] | None,
+        max_size: int,
     ) -> _Response:
         scheme = "http" if registry in self._insecure else "https"
         url = f"{scheme}://{api_host(registry)}/v2/{repository}/{path}"

@@ -54,8 +54,19 @@ class TLSFiles:
         return (self.cert.stat().st_mtime, self.key.stat().st_mtime)
 
 
+#: Told of every answer the webhooks give: (webhook name, response). Must not block.
+AnswerObserver = Callable[[str, admission.AdmissionResponse], None]
+
+
+def outcome(response: admission.AdmissionResponse) -> str:
+    """A low-cardinality label for a response (metrics)."""
+    if response.allowed:
+        return "patched" if response.patch else "allowed"
+    return {400: "malformed", 500: "error", 504: "timeout"}.get(response.code, "denied")
+
+
 def _handler(
-    name: str, reviewer: Reviewer, deadline: float
+    name: str, reviewer: Reviewer, deadline: float, observe: AnswerObserver | None = None
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         started = time.monotonic()
@@ -88,6 +99,11 @@ def _handler(
             response = admission.deny(
                 uid, "imagegate: internal error; see the operator log", code=500
             )
+        if observe is not None:
+            try:
+                observe(name, response)
+            except Exception:
+                logger.exception("answer observer failed")
         return web.json_response(response.to_review(review.api_version))
 
     return handle
@@ -98,14 +114,54 @@ async def _healthy(_: web.Request) -> web.Response:
 
 
 def build_app(
-    *, validate: Reviewer, mutate: Reviewer, deadline: float = DEFAULT_DEADLINE
+    *,
+    validate: Reviewer,
+    mutate: Reviewer,
+    deadline: float = DEFAULT_DEADLINE,
+    observe: AnswerObserver | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=admission.MAX_REVIEW_BYTES + 1)
-    app.router.add_post("/validate", _handler("validate", validate, deadline))
-    app.router.add_post("/mutate", _handler("mutate", mutate, deadline))
+    app.router.add_post("/validate", _handler("validate", validate, deadline, observe))
+    app.router.add_post("/mutate", _handler("mutate", mutate, deadline, observe))
     app.router.add_get("/healthz", _healthy)
     app.router.add_get("/readyz", _healthy)
     return app
+
+
+def build_health_app(
+    *, ready: Callable[[], bool], metrics: Callable[[], bytes], metrics_type: str
+) -> web.Application:
+    """Plain HTTP for the kubelet's probes and Prometheus (no admission data on it)."""
+
+    async def readyz(_: web.Request) -> web.Response:
+        if ready():
+            return web.Response(text="ok")
+        return web.Response(status=503, text="policies not loaded or webhook not serving yet")
+
+    async def scrape(_: web.Request) -> web.Response:
+        return web.Response(body=metrics(), headers={"Content-Type": metrics_type})
+
+    app = web.Application()
+    app.router.add_get("/healthz", _healthy)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", scrape)
+    return app
+
+
+class HealthServer:
+    def __init__(self, app: web.Application, *, host: str, port: int) -> None:
+        self._runner = web.AppRunner(app, access_log=None)
+        self.host = host
+        self.port = port
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        listener = socket.create_server((self.host, self.port), reuse_port=False)
+        self.port = int(listener.getsockname()[1])
+        await web.SockSite(self._runner, listener).start()
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
 
 
 class WebhookServer:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from kubernetes import client
 
+from imagegate import audit
 from imagegate.policy import engine, resources
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class _Pending:
 
 
 class DenialCounter:
-    """A `webhook.DenialRecorder` that flushes to the policies' status subresource."""
+    """An `audit.AuditRecorder` of enforce denials, flushed to the policies' status."""
 
     def __init__(
         self,
@@ -43,6 +44,10 @@ class DenialCounter:
         self._policies = resources.PolicyResources(api)
         self._clock = clock
         self._pending: dict[PolicyKey, _Pending] = {}
+
+    def record(self, entry: audit.AuditEntry) -> None:
+        if entry.action is audit.Action.DENIED and not entry.dry_run:
+            self.denied(entry.policy, entry.namespace, entry.obj, entry.image)
 
     def denied(self, policy: engine.CompiledPolicy, namespace: str, obj: str, image: str) -> None:
         last = {

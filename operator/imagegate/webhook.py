@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from imagegate import admission, reference, workloads
+from imagegate import admission, audit, reference, workloads
 from imagegate.policy import engine
 from imagegate.registry import Keychain
 
@@ -51,14 +51,6 @@ class KeychainSource(Protocol):
         pull: workloads.PullContext,
         policies: Sequence[engine.CompiledPolicy],
     ) -> Keychain: ...
-
-
-class DenialRecorder(Protocol):
-    """Told of each enforce denial that really happened (never for dry-run requests)."""
-
-    def denied(
-        self, policy: engine.CompiledPolicy, namespace: str, obj: str, image: str
-    ) -> None: ...
 
 
 class DigestResolver(Protocol):
@@ -115,12 +107,12 @@ class Validator:
         self,
         policies: PolicySource,
         verifier: SignatureVerifier | None = None,
-        recorder: DenialRecorder | None = None,
+        recorders: Sequence[audit.AuditRecorder] = (),
         keychains: KeychainSource | None = None,
     ):
         self._policies = policies
         self._verifier = verifier
-        self._recorder = recorder
+        self._recorders = tuple(recorders)
         self._keychains = keychains
 
     async def __call__(
@@ -141,7 +133,15 @@ class Validator:
             keychain = await _keychain(self._keychains, request, policies)
             verdicts = await self._verifier.verify(checks, deadline, keychain)
         decision = engine.evaluate(planned, policies, verdicts)
-        audit = {
+        described = _describe_object(request)
+        _record(
+            self._recorders,
+            audit.violation_entries(
+                decision, request.namespace, described, dry_run=request.dry_run
+            ),
+        )
+        _log_decision("validate", request, described, decision.allowed, _audit_detail(decision))
+        annotations = {
             AUDIT_DECISION: "allowed" if decision.allowed else "denied",
             AUDIT_DETAIL: json.dumps(_audit_detail(decision), separators=(",", ":")),
         }
@@ -150,25 +150,14 @@ class Validator:
                 uid=request.uid,
                 allowed=True,
                 warnings=tuple(decision.warnings()),
-                audit_annotations=audit,
+                audit_annotations=annotations,
             )
-        if self._recorder is not None and not request.dry_run:
-            described = _describe_object(request)
-            for image in decision.images:
-                for violation in image.violations:
-                    if violation.policy.mode is engine.Mode.ENFORCE:
-                        self._recorder.denied(
-                            violation.policy,
-                            request.namespace,
-                            described,
-                            image.planned.container.image,
-                        )
         return admission.AdmissionResponse(
             uid=request.uid,
             allowed=False,
             message=decision.denial_message(),
             warnings=tuple(decision.warnings()),
-            audit_annotations=audit,
+            audit_annotations=annotations,
         )
 
 
@@ -180,10 +169,12 @@ class Mutator:
         policies: PolicySource,
         resolver: DigestResolver | None = None,
         keychains: KeychainSource | None = None,
+        recorders: Sequence[audit.AuditRecorder] = (),
     ):
         self._policies = policies
         self._resolver = resolver
         self._keychains = keychains
+        self._recorders = tuple(recorders)
 
     async def __call__(
         self, review: admission.AdmissionReview, deadline: float
@@ -229,16 +220,73 @@ class Mutator:
             for p in planned
             if p.rewritten_by is not None
         }
-        audit = {AUDIT_DECISION: "rewritten" if rewritten else "unchanged"}
+        annotations = {AUDIT_DECISION: "rewritten" if rewritten else "unchanged"}
         if rewritten:
-            audit[AUDIT_DETAIL] = json.dumps(rewritten, separators=(",", ":"), sort_keys=True)
+            annotations[AUDIT_DETAIL] = json.dumps(rewritten, separators=(",", ":"), sort_keys=True)
+            described = _describe_object(request)
+            _record(
+                self._recorders,
+                audit.rewrite_entries(
+                    planned, policies, request.namespace, described, dry_run=request.dry_run
+                ),
+            )
+            _log_decision(
+                "mutate",
+                request,
+                described,
+                True,
+                [
+                    {"container": key, "image": image, "outcome": "rewritten"}
+                    for key, image in sorted(rewritten.items())
+                ],
+            )
         return admission.AdmissionResponse(
             uid=request.uid,
             allowed=True,
             patch=tuple(patch),
             warnings=tuple(warnings),
-            audit_annotations=audit,
+            audit_annotations=annotations,
         )
+
+
+def _record(recorders: Sequence[audit.AuditRecorder], entries: Sequence[audit.AuditEntry]) -> None:
+    for recorder in recorders:
+        for entry in entries:
+            try:
+                recorder.record(entry)
+            except Exception:  # the trail must never cost an admission
+                logger.exception("audit recorder %s failed", type(recorder).__name__)
+
+
+def _log_decision(
+    webhook: str,
+    request: admission.AdmissionRequest,
+    described: str,
+    allowed: bool,
+    images: Sequence[Mapping[str, Any]],
+) -> None:
+    """One log line per decision; with `--log-format json`, one JSON object (logs.py)."""
+    logger.info(
+        "%s %s %s/%s: %s",
+        webhook,
+        request.operation,
+        request.namespace,
+        described,
+        "allowed" if allowed else "denied",
+        extra={
+            "decision": {
+                "webhook": webhook,
+                "uid": request.uid,
+                "operation": request.operation,
+                "namespace": request.namespace,
+                "object": described,
+                "user": request.user_info.username,
+                "dryRun": request.dry_run,
+                "allowed": allowed,
+                "images": list(images),
+            }
+        },
+    )
 
 
 def _pinned(image: engine.PlannedImage, digest: str) -> str:

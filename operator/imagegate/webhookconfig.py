@@ -60,7 +60,8 @@ def configurations(
             "rules": rules,
             "namespaceSelector": selector,
             "failurePolicy": failure_policy,
-            "sideEffects": "None",
+            # Events and status counts are written, except for dry-run requests.
+            "sideEffects": "NoneOnDryRun",
             "admissionReviewVersions": ["v1"],
             "timeoutSeconds": timeout_seconds,
         }

@@ -45,6 +45,7 @@ def operator(
         workdir,
         cluster.webhook_host,
         insecure_registries=[registry.address, private_registry.address],
+        extra_args=["--log-format=json"],
     ) as running:
         try:
             yield running
@@ -57,6 +58,16 @@ def webhooks(api: client.ApiClient, operator: local.LocalOperator) -> Iterator[N
     selector = {"matchLabels": {E2E_LABEL: "on"}}
     with local.registered_webhooks(api, operator, "imagegate-e2e", selector):
         yield
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace the webhooks do not see, deleted afterwards."""
+    name = f"plain-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from imagegate import admission, webhook
+from imagegate import admission, audit, webhook
 from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
 
@@ -215,14 +215,14 @@ async def test_a_namespace_outside_every_selector_is_untouched() -> None:
 
 class Recorder:
     def __init__(self) -> None:
-        self.denials: list[tuple[str, str, str, str]] = []
+        self.entries: list[audit.AuditEntry] = []
 
-    def denied(self, policy: engine.CompiledPolicy, namespace: str, obj: str, image: str) -> None:
-        self.denials.append((policy.display_name, namespace, obj, image))
+    def record(self, entry: audit.AuditEntry) -> None:
+        self.entries.append(entry)
 
 
 @pytest.mark.parametrize("dry_run", [False, True])
-async def test_denials_are_recorded_except_for_dry_runs(dry_run: bool) -> None:
+async def test_denials_are_recorded_with_the_dry_run_flag(dry_run: bool) -> None:
     recorder = Recorder()
     request = review(deployment("ghcr.io/x/y:1")).model_copy(deep=True)
     request = admission.AdmissionReview.model_validate(
@@ -231,10 +231,50 @@ async def test_denials_are_recorded_except_for_dry_runs(dry_run: bool) -> None:
             "request": {**request.request.model_dump(by_alias=True), "dryRun": dry_run},
         }
     )
-    response = await webhook.Validator(Policies(REWRITE), recorder=recorder)(request, 0)
+    response = await webhook.Validator(Policies(REWRITE), recorders=[recorder])(request, 0)
     assert not response.allowed
-    expected = [] if dry_run else [("hardened", "default", "Deployment/web", "ghcr.io/x/y:1")]
-    assert recorder.denials == expected
+    assert [
+        (e.action, e.policy.display_name, e.namespace, e.obj, e.container, e.image, e.dry_run)
+        for e in recorder.entries
+    ] == [
+        (
+            audit.Action.DENIED,
+            "hardened",
+            "default",
+            "Deployment/web",
+            "app",
+            "ghcr.io/x/y:1",
+            dry_run,
+        )
+    ]
+    assert "not from a source this policy trusts" in recorder.entries[0].detail
+
+
+async def test_rewrites_are_recorded_by_the_mutating_webhook() -> None:
+    recorder = Recorder()
+    mutator = webhook.Mutator(Policies(REWRITE), recorders=[recorder])
+    await mutator(review(deployment("python:3.12")), 0)
+    [entry] = recorder.entries
+    assert (entry.action, entry.image, entry.detail) == (
+        audit.Action.REWRITTEN,
+        "python:3.12",
+        "cgr.dev/chainguard/python:latest",
+    )
+    assert entry.message() == (
+        "rewrote container 'app' image 'python:3.12' of Deployment/web in default to "
+        "cgr.dev/chainguard/python:latest"
+    )
+
+
+async def test_a_failing_recorder_never_costs_the_admission() -> None:
+    class Broken:
+        def record(self, entry: audit.AuditEntry) -> None:
+            raise RuntimeError("boom")
+
+    validator = webhook.Validator(Policies(REWRITE), recorders=[Broken()])
+    response = await validator(review(deployment("ghcr.io/x/y:1")), 0)
+    assert not response.allowed
+    assert "not from a source" in (response.message or "")
 
 
 class Resolver:

@@ -80,6 +80,8 @@ class CompiledPolicy:
     rewrites: tuple[CompiledRewrite, ...] = ()
     #: (namespace as written or None, name) of the policy's registry credential Secrets.
     pull_secrets: tuple[tuple[str | None, str], ...] = ()
+    #: The resource's uid, so Events can point at it ("" when compiled from a file).
+    uid: str = ""
 
     @property
     def display_name(self) -> str:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from imagegate import reference, registry
 from imagegate.policy import engine, model
@@ -33,11 +34,14 @@ class CosignVerifier:
         *,
         secrets: material.ClusterMaterial | None = None,
         own_namespace: str = "imagegate-system",
+        observe_seconds: Callable[[float], None] | None = None,
     ) -> None:
+        """`observe_seconds` is told how long each verification that really ran took."""
         self._client = client
         self._cache = cache
         self._secrets = secrets
         self._own_namespace = own_namespace
+        self._observe = observe_seconds
 
     async def verify(
         self,
@@ -70,19 +74,36 @@ class CosignVerifier:
             public_keys = await self._public_keys(requirement, check.policy_namespace)
         except (material.MaterialError, keys.KeyError_) as error:
             return engine.SignatureVerdict(False, f"keys: {error.user_message}", digest=digest)
-        if self._cache is None:
-            return await self._verify_digest(
-                client, image, digest, requirement, public_keys, check.policy_namespace, deadline
+
+        def verification() -> Awaitable[engine.SignatureVerdict]:
+            return self._timed(
+                self._verify_digest(
+                    client,
+                    image,
+                    digest,
+                    requirement,
+                    public_keys,
+                    check.policy_namespace,
+                    deadline,
+                )
             )
+
+        if self._cache is None:
+            return await verification()
         # Cached per digest (not tag), per whole requirement and per key material: a retag or a
         # rotated key in a Secret is a new question.
         key = (f"{image.name}@{digest}", (requirement, tuple(k.der for k in public_keys)))
-        return await self._cache.get_or_verify(
-            key,
-            lambda: self._verify_digest(
-                client, image, digest, requirement, public_keys, check.policy_namespace, deadline
-            ),
-        )
+        return await self._cache.get_or_verify(key, verification)
+
+    async def _timed(
+        self, verification: Awaitable[engine.SignatureVerdict]
+    ) -> engine.SignatureVerdict:
+        started = time.monotonic()
+        try:
+            return await verification
+        finally:
+            if self._observe is not None:
+                self._observe(time.monotonic() - started)
 
     async def _public_keys(
         self, requirement: model.Signatures, policy_namespace: str | None

@@ -53,6 +53,13 @@ class LocalOperator:
     url: str
     ca_pem: bytes
     process: processes.ManagedProcess
+    #: Plain HTTP: /healthz, /readyz, /metrics.
+    health_url: str = ""
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.health_url + "/metrics", timeout=5) as reply:
+            text: str = reply.read().decode()
+            return text
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cadata=self.ca_pem.decode())
@@ -65,6 +72,7 @@ def operator_process(
     host: str = "127.0.0.1",
     *,
     insecure_registries: Sequence[str] = (),
+    extra_args: Sequence[str] = (),
 ) -> Iterator[LocalOperator]:
     """Run `imagegate run` with a fresh serving certificate for `host`, until the block ends."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +83,7 @@ def operator_process(
     )
     (workdir / "tls.crt").write_bytes(pair.cert_pem)
     (workdir / "tls.key").write_bytes(pair.key_pem)
-    port = processes.free_port()
+    port, health_port = processes.free_port(), processes.free_port()
     process = processes.ManagedProcess(
         "imagegate operator",
         [
@@ -93,17 +101,20 @@ def operator_process(
             "127.0.0.1" if host == "127.0.0.1" else "0.0.0.0",
             "--port",
             str(port),
+            "--health-port",
+            str(health_port),
             *(f"--insecure-registry={address}" for address in insecure_registries),
+            *extra_args,
         ],
         workdir / "operator.log",
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    local = LocalOperator(f"https://{host}:{port}", ca.cert_pem, process)
+    local = LocalOperator(
+        f"https://{host}:{port}", ca.cert_pem, process, f"http://127.0.0.1:{health_port}"
+    )
 
     def healthy() -> bool:
-        with urllib.request.urlopen(
-            local.url + "/healthz", context=local.ssl_context(), timeout=2
-        ) as reply:
+        with urllib.request.urlopen(local.health_url + "/readyz", timeout=2) as reply:
             return int(reply.status) == 200
 
     process.start()
