@@ -1,0 +1,212 @@
+"""The Helm chart against a real API server.
+
+Renders (default, webhook URL, all presets) are accepted by `kubectl apply --dry-run=server`,
+so every object passes the API server's own validation; the chart installs in URL mode, both
+webhook configurations appear with the release namespace excluded, and `helm uninstall` leaves
+none behind; in the default (operator-generated certificate) mode, a caBundle the operator
+patched in survives `helm upgrade`.
+
+Every install uses failurePolicy Ignore and a namespaceSelector that no namespace matches, so it
+cannot affect any other test, and runs in a fresh namespace that is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from imagegate import tls
+from imagegate.testbed import build
+from support import Cluster
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.usefixtures("crds")]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "imagegate"
+CI = CHART / "ci"
+#: Kinds whose CRDs cannot exist on this bare API server: cert-manager's Certificate and Issuer,
+#: the Prometheus Operator's ServiceMonitor. The integration tier checks their rendering.
+UNAVAILABLE_KINDS = {"Certificate", "Issuer", "ServiceMonitor"}
+#: A label no namespace carries: installed webhooks never see any namespace.
+NOBODY = ["--set", "webhook.namespaceSelector.matchLabels.imagegate\\.dev/chart-e2e=nobody"]
+SAFE = ["--set", "webhook.failurePolicy=Ignore", *NOBODY]
+
+
+class Tools:
+    """helm and kubectl pointed at the test cluster, with helm's state in a temporary folder."""
+
+    def __init__(self, helm: Path, kubectl: Path, kubeconfig: Path, home: Path) -> None:
+        self.helm_binary = helm
+        self.kubectl_binary = kubectl
+        self.kubeconfig = kubeconfig
+        self.env = {
+            **os.environ,
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+        }
+
+    def _run(self, command: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command, capture_output=True, text=True, check=False, env=self.env, timeout=180
+        )
+
+    def helm(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self._run([str(self.helm_binary), "--kubeconfig", str(self.kubeconfig), *args])
+
+    def kubectl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self._run([str(self.kubectl_binary), "--kubeconfig", str(self.kubeconfig), *args])
+
+    def template(self, namespace: str, *args: str) -> list[dict[str, Any]]:
+        done = self.helm("template", "ig", str(CHART), "--namespace", namespace, *args)
+        assert done.returncode == 0, done.stderr
+        return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def tools(
+    cluster: Cluster, builder: build.Builder, tmp_path_factory: pytest.TempPathFactory
+) -> Tools:
+    return Tools(
+        builder.ensure(build.HELM),
+        builder.ensure(build.KUBECTL),
+        cluster.kubeconfig,
+        tmp_path_factory.mktemp("helm-home"),
+    )
+
+
+def webhook_configurations(
+    api: client.ApiClient, name: str
+) -> tuple[client.V1MutatingWebhookConfiguration, client.V1ValidatingWebhookConfiguration]:
+    admission = client.AdmissionregistrationV1Api(api)
+    return (
+        admission.read_mutating_webhook_configuration(name),
+        admission.read_validating_webhook_configuration(name),
+    )
+
+
+def assert_gone(api: client.ApiClient, name: str) -> None:
+    admission = client.AdmissionregistrationV1Api(api)
+    for read in (
+        admission.read_mutating_webhook_configuration,
+        admission.read_validating_webhook_configuration,
+    ):
+        with pytest.raises(ApiException) as missing:
+            read(name)
+        assert missing.value.status == 404
+
+
+def ca_bundle() -> str:
+    return base64.b64encode(tls.CertificateAuthority.create("chart-e2e-ca").cert_pem).decode()
+
+
+@pytest.mark.parametrize(
+    "values",
+    ["default-values.yaml", "webhook-url-values.yaml", "presets-all-values.yaml"],
+)
+def test_rendered_chart_passes_server_side_validation(
+    tools: Tools, namespace: str, values: str, tmp_path: Path
+) -> None:
+    manifests = tools.template(namespace, "-f", str(CI / values))
+    applicable = [m for m in manifests if m["kind"] not in UNAVAILABLE_KINDS]
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(applicable))
+    # The PolicyReport CRD (installCRD) is part of the render and applied with it: a dry run of
+    # a CRD needs no CRD installed first, and leaves nothing behind.
+    applied = tools.kubectl(
+        "apply", "--dry-run=server", "--namespace", namespace, "-f", str(rendered)
+    )
+    assert applied.returncode == 0, applied.stderr
+    created = [line for line in applied.stdout.splitlines() if "(server dry run)" in line]
+    assert len(created) == len(applicable), applied.stdout
+    if values == "presets-all-values.yaml":
+        assert applied.stdout.count("clusterimagepolicy.imagegate.dev/") == 4
+
+
+def test_url_mode_install_and_uninstall(
+    tools: Tools, api: client.ApiClient, namespace: str
+) -> None:
+    release = f"imagegate-{namespace}"  # contains the chart name: the full name is the release
+    installed = tools.helm(
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--skip-crds",  # the crds fixture installed them; the chart must not own them here
+        "--set",
+        "webhook.url=https://127.0.0.1:9",
+        "--set",
+        f"webhook.caBundle={ca_bundle()}",
+        *SAFE,
+    )
+    try:
+        assert installed.returncode == 0, installed.stderr
+        assert "WARNING: webhook.failurePolicy is Ignore" in installed.stdout
+        mutating, validating = webhook_configurations(api, release)
+        for configuration, path in ((mutating, "mutate"), (validating, "validate")):
+            (webhook,) = configuration.webhooks
+            assert webhook.name == f"{path}.imagegate.dev"
+            assert webhook.client_config.url == f"https://127.0.0.1:9/{path}"
+            assert webhook.failure_policy == "Ignore"
+            expressions = webhook.namespace_selector.match_expressions
+            excluded = next(e for e in expressions if e.key == "kubernetes.io/metadata.name")
+            assert excluded.operator == "NotIn"
+            assert {"kube-system", namespace} <= set(excluded.values)
+            assert webhook.namespace_selector.match_labels == {"imagegate.dev/chart-e2e": "nobody"}
+            assert configuration.metadata.labels["app.kubernetes.io/instance"] == release
+        assert not client.AppsV1Api(api).list_namespaced_deployment(namespace).items
+    finally:
+        uninstalled = tools.helm("uninstall", release, "--namespace", namespace, "--wait")
+    assert uninstalled.returncode == 0, uninstalled.stderr
+    assert_gone(api, release)
+
+
+def test_operator_patched_ca_bundle_survives_upgrade(
+    tools: Tools, api: client.ApiClient, namespace: str
+) -> None:
+    """Default mode: the chart reads the caBundle back with `lookup` instead of blanking it.
+
+    Only the API server runs here (no controllers, no kubelet), so the Deployment never starts
+    a pod; the test plays the operator's part by patching the CA in itself.
+    """
+    release = f"imagegate-{namespace}"
+    common = ["--namespace", namespace, "--skip-crds", *SAFE]
+    installed = tools.helm("install", release, str(CHART), *common)
+    try:
+        assert installed.returncode == 0, installed.stderr
+        mutating, validating = webhook_configurations(api, release)
+        assert mutating.webhooks[0].client_config.service.name == release
+        assert not mutating.webhooks[0].client_config.ca_bundle
+        bundle = ca_bundle()
+        admission = client.AdmissionregistrationV1Api(api)
+        for patch, name in (
+            (admission.patch_mutating_webhook_configuration, "mutate.imagegate.dev"),
+            (admission.patch_validating_webhook_configuration, "validate.imagegate.dev"),
+        ):
+            patch(release, {"webhooks": [{"name": name, "clientConfig": {"caBundle": bundle}}]})
+        upgraded = tools.helm(
+            "upgrade", release, str(CHART), *common, "--set", "webhook.timeoutSeconds=12"
+        )
+        assert upgraded.returncode == 0, upgraded.stderr
+        mutating, validating = webhook_configurations(api, release)
+        for configuration in (mutating, validating):
+            (webhook,) = configuration.webhooks
+            assert webhook.timeout_seconds == 12
+            assert webhook.client_config.ca_bundle == bundle
+        manifest = tools.helm("get", "manifest", release, "--namespace", namespace)
+        assert manifest.returncode == 0, manifest.stderr
+        # Rendered into the release by `lookup`, not merely left alone by the upgrade's patch.
+        assert manifest.stdout.count(f'caBundle: "{bundle}"') == 2
+    finally:
+        uninstalled = tools.helm("uninstall", release, "--namespace", namespace, "--wait")
+    assert uninstalled.returncode == 0, uninstalled.stderr
+    assert_gone(api, release)
