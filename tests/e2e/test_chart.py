@@ -6,15 +6,19 @@ webhook configurations appear with the release namespace excluded, and `helm uni
 none behind; in the default (operator-generated certificate) mode, a caBundle the operator
 patched in survives `helm upgrade`.
 
-Every install uses failurePolicy Ignore and a namespaceSelector that no namespace matches, so it
-cannot affect any other test, and runs in a fresh namespace that is deleted afterwards.
+Every install runs in a fresh namespace that is deleted afterwards, with a namespaceSelector that
+only that test's namespace (or none) matches, so it cannot affect any other test. The last test
+installs in url mode against the session's operator and follows a denial through the audit trail.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from imagegate import tls
-from imagegate.testbed import build
+from imagegate import tls, trail
+from imagegate.policy import resources
+from imagegate.testbed import build, local
 from support import Cluster
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.usefixtures("crds")]
@@ -210,3 +215,120 @@ def test_operator_patched_ca_bundle_survives_upgrade(
         uninstalled = tools.helm("uninstall", release, "--namespace", namespace, "--wait")
     assert uninstalled.returncode == 0, uninstalled.stderr
     assert_gone(api, release)
+
+
+def test_chart_installed_preset_denies_and_the_trail_records_it(
+    tools: Tools,
+    api: client.ApiClient,
+    cluster: Cluster,
+    operator: local.LocalOperator,
+    namespace: str,
+) -> None:
+    """The whole story an admin lives: install with a preset, a Pod is denied, and the denial
+    is an Event, a metric, a status count and a line of `imagegate audit`; uninstall leaves
+    no webhook configuration behind.
+
+    The webhook runs outside the cluster (url mode, the session's operator process), and only
+    a namespace with this test's label is sent to it.
+    """
+    release = f"imagegate-{namespace}"
+    policies = resources.PolicyResources(api)
+    installed = tools.helm(
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--skip-crds",
+        "--set",
+        f"webhook.url={operator.url}",
+        "--set",
+        f"webhook.caBundle={base64.b64encode(operator.ca_pem).decode()}",
+        "--set",
+        "webhook.namespaceSelector.matchLabels.imagegate\\.dev/chart-e2e=story",
+        "--set",
+        "presets.chainguardOnly=true",
+    )
+    team = f"team-{namespace}"
+    core = client.CoreV1Api(api)
+    try:
+        assert installed.returncode == 0, installed.stderr
+        wait_until(lambda: _ready(policies.get(None, "chainguard-only")), "preset Ready")
+        before = policies.get(None, "chainguard-only").get("status", {}).get("denials", 0)
+        core.create_namespace(
+            client.V1Namespace(
+                metadata=client.V1ObjectMeta(name=team, labels={"imagegate.dev/chart-e2e": "story"})
+            )
+        )
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "web", "image": "nginx:1.25"}]},
+        }
+        with pytest.raises(ApiException) as denied:
+            core.create_namespaced_pod(team, pod)
+        assert "denied by policy chainguard-only" in denied.value.body
+
+        # The Event, on the ClusterImagePolicy (cluster-scoped objects' Events live in default).
+        def event() -> Any:
+            return next(
+                (
+                    e
+                    for e in core.list_namespaced_event("default").items
+                    if e.reason == "ImageDenied"
+                    and (e.metadata.annotations or {}).get("imagegate.dev/namespace") == team
+                ),
+                None,
+            )
+
+        wait_until(lambda: event() is not None, "ImageDenied Event")
+        assert event().involved_object.kind == "ClusterImagePolicy"
+        # The metric, the status count, the audit line.
+        exposition = operator.metrics()
+        assert (
+            'imagegate_policy_decisions_total{action="denied",policy="chainguard-only"}'
+            in exposition
+        )
+        wait_until(
+            lambda: (
+                policies.get(None, "chainguard-only").get("status", {}).get("denials", 0) > before
+            ),
+            "status.denials",
+        )
+        out = io.StringIO()
+        trail.run(
+            kubeconfig=cluster.kubeconfig,
+            since="10m",
+            namespace=team,
+            policy="chainguard-only",
+            output="table",
+            reports=False,
+            out=out,
+        )
+        assert "DENIED" in out.getvalue()
+        assert "Pod/web[web]" in out.getvalue()
+    finally:
+        uninstalled = tools.helm("uninstall", release, "--namespace", namespace, "--wait")
+        core.delete_namespace(team)
+    assert uninstalled.returncode == 0, uninstalled.stderr
+    assert_gone(api, release)
+    with pytest.raises(ApiException):
+        policies.get(None, "chainguard-only")  # the preset went with the release
+
+
+def _ready(policy: dict[str, Any]) -> bool:
+    conditions = (policy.get("status") or {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except ApiException:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{what}: not within {timeout:.0f}s")
