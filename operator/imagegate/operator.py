@@ -287,9 +287,24 @@ async def _load_everything(state: _State) -> None:
             state.cache.set_namespace(namespace.metadata.name, namespace.metadata.labels or {})
     objects = client.CustomObjectsApi(state.api)
     for kind, plural in PLURALS.items():
-        listed = await asyncio.to_thread(
-            objects.list_cluster_custom_object, model.GROUP, model.VERSION, plural
-        )
+        try:
+            listed = await asyncio.to_thread(
+                objects.list_cluster_custom_object, model.GROUP, model.VERSION, plural
+            )
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+            # No CRD, so no policy of this kind can exist: admitting is the right answer, and
+            # refusing to start would deny every Pod in every namespace the webhook sees.
+            logger.error(
+                "the %s CRD is not installed (%s.%s): no %s can be enforced until it is; "
+                "install it from charts/imagegate/crds/",
+                kind,
+                plural,
+                model.GROUP,
+                kind,
+            )
+            continue
         if not isinstance(listed, dict):
             raise ImagegateError(f"listing {plural} returned {type(listed).__name__}")
         for body in listed.get("items", []):

@@ -92,3 +92,21 @@ def test_selftest_passes_against_the_running_operator(
     other = tmp_path / "other.crt"
     other.write_bytes(certs.tls.CertificateAuthority.create("other").cert_pem)
     assert selftest.run(operator.url + "/validate", ca_file=other) == 1
+
+
+def test_a_deleted_or_broken_secret_is_made_again(
+    api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    tls = managed(api, namespace, tmp_path)
+    first = tls.ensure()
+    core = client.CoreV1Api(api)
+    core.delete_namespaced_secret("imagegate-tls", namespace)
+    second = tls.ensure()
+    assert second != first
+    assert (tmp_path / "ca.crt").read_bytes() == second
+    core.patch_namespaced_secret(
+        "imagegate-tls", namespace, {"data": {"tls.crt": base64.b64encode(b"junk").decode()}}
+    )
+    third = tls.ensure()
+    assert third not in (first, second)
+    x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes())
