@@ -1,9 +1,16 @@
-"""/validate round trip over HTTPS on loopback: p50/p99, sequential and 8 concurrent clients."""
+"""/validate round trip over HTTPS on loopback: p50/p99, sequential and 8 concurrent clients.
+
+Two servers in one run: the bare reviewers, and the reviewers as `imagegate run` wires them
+(metrics recorder and answer observer, one JSON decision line per request written to
+/dev/null), so the audit trail's cost is a ratio measured in the same run.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import ssl
 import statistics
 import sys
@@ -13,14 +20,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import NAMESPACE_LABELS, POD, machine, twenty_policies
 
-from imagegate import tls, webhook
+from imagegate import logs, tls, webhook
+from imagegate.metrics import Metrics
 from imagegate.policy import engine
-from imagegate.server import TLSFiles, WebhookServer, build_app
+from imagegate.server import TLSFiles, WebhookServer, build_app, outcome
 
 REQUESTS = 2000
 
@@ -83,15 +92,39 @@ def summary(name: str, latencies: list[float], elapsed: float) -> str:
     )
 
 
+def bare_app() -> web.Application:
+    source = StaticPolicies()
+    return build_app(validate=webhook.Validator(source), mutate=webhook.Mutator(source))
+
+
+def audited_app() -> web.Application:
+    source = StaticPolicies()
+    metrics = Metrics()
+    handler = logging.FileHandler(os.devnull)
+    handler.setFormatter(logs.JsonFormatter())
+    logging.getLogger("imagegate.webhook").addHandler(handler)
+    logging.getLogger("imagegate.webhook").setLevel(logging.INFO)
+    return build_app(
+        validate=webhook.Validator(source, recorders=[metrics]),
+        mutate=webhook.Mutator(source, recorders=[metrics]),
+        observe=lambda name, response: metrics.admission(name, outcome(response)),
+    )
+
+
 async def main() -> None:
+    for name, make in (("bare", bare_app), ("with audit trail", audited_app)):
+        print(f"-- {name}")
+        await measure(make())
+    print(f"client and server in one process on loopback, TLS 1.3 keep-alive; {machine()}")
+
+
+async def measure(app: web.Application) -> None:
     ca = tls.CertificateAuthority.create("bench-ca")
     pair = ca.issue("imagegate", ip_addresses=["127.0.0.1"])
     with tempfile.TemporaryDirectory() as directory:
         files = TLSFiles(Path(directory) / "tls.crt", Path(directory) / "tls.key")
         files.cert.write_bytes(pair.cert_pem)
         files.key.write_bytes(pair.key_pem)
-        source = StaticPolicies()
-        app = build_app(validate=webhook.Validator(source), mutate=webhook.Mutator(source))
         server = WebhookServer(app, files, host="127.0.0.1", port=0)
         await server.start()
         url = f"https://127.0.0.1:{server.port}/validate"
@@ -115,7 +148,6 @@ async def main() -> None:
                 print(summary("8 concurrent", latencies, time.perf_counter() - started))
         finally:
             await server.stop()
-    print(f"client and server in one process on loopback, TLS 1.3 keep-alive; {machine()}")
 
 
 if __name__ == "__main__":
