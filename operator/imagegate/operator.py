@@ -33,6 +33,7 @@ from imagegate import (
     kube,
     metrics,
     pinning,
+    scan,
     server,
     status,
     webhook,
@@ -227,18 +228,26 @@ async def _start(state: _State) -> None:
         event_recorder = events.EventRecorder(state.api)
         recorders.append(event_recorder)
         _background(state, event_recorder.run())
+    signatures = verifier.CosignVerifier(
+        registry_client,
+        verdicts,
+        secrets=material,
+        own_namespace=config.namespace,
+        observe_seconds=state.metrics.verified,
+    )
+    if config.policy_reports:
+        scanner = scan.PolicyReportScanner(
+            state.api,
+            state.cache,
+            signatures,
+            keychains=keychains,
+            own_namespace=config.namespace,
+        )
+        state.policy_listeners.append(scanner.trigger)
+        _background(state, scanner.run(config.scan_interval))
     app = server.build_app(
         validate=webhook.Validator(
-            state.cache,
-            verifier.CosignVerifier(
-                registry_client,
-                verdicts,
-                secrets=material,
-                own_namespace=config.namespace,
-                observe_seconds=state.metrics.verified,
-            ),
-            recorders=recorders,
-            keychains=keychains,
+            state.cache, signatures, recorders=recorders, keychains=keychains
         ),
         mutate=webhook.Mutator(
             state.cache, pinning.CachingResolver(registry_client), keychains, recorders

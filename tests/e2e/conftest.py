@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from imagegate import kube
@@ -25,9 +27,19 @@ def api(cluster: Cluster) -> client.ApiClient:
     return kube.api_client(cluster.kubeconfig)
 
 
+#: The optional PolicyReport CRD the chart ships (the background scan writes reports).
+POLICY_REPORT_CRD = (
+    Path(__file__).resolve().parents[2]
+    / "charts"
+    / "imagegate"
+    / "extra-crds"
+    / "wgpolicyk8s.io_policyreports.yaml"
+)
+
+
 @pytest.fixture(scope="session")
 def crds(api: client.ApiClient) -> None:
-    local.install_crds(api)
+    local.install_crds(api, extra=[yaml.safe_load(POLICY_REPORT_CRD.read_text())])
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +57,7 @@ def operator(
         workdir,
         cluster.webhook_host,
         insecure_registries=[registry.address, private_registry.address],
-        extra_args=["--log-format=json"],
+        extra_args=["--log-format=json", "--policy-reports"],
     ) as running:
         try:
             yield running
@@ -118,4 +130,8 @@ def image_policy(api: client.ApiClient) -> Iterator[PolicyFactory]:
 
     yield make
     for namespace, name in created:
-        policies.delete(namespace, name)
+        try:
+            policies.delete(namespace, name)
+        except client.ApiException as error:
+            if error.status != 404:  # a test may have deleted it itself
+                raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -31,7 +32,9 @@ def bare_cluster(builder: build.Builder, tmp_path: Path) -> Iterator[ControlPlan
 def test_without_the_crds_the_operator_starts_says_so_and_admits(
     bare_cluster: ControlPlane, tmp_path: Path
 ) -> None:
-    with local.operator_process(bare_cluster.kubeconfig, tmp_path / "operator") as running:
+    with local.operator_process(
+        bare_cluster.kubeconfig, tmp_path / "operator", extra_args=["--policy-reports"]
+    ) as running:
         review = {
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
@@ -61,3 +64,9 @@ def test_without_the_crds_the_operator_starts_says_so_and_admits(
         log = processes.tail(running.process.log_path, 200)
         assert "the ClusterImagePolicy CRD is not installed" in log
         assert "the ImagePolicy CRD is not installed" in log
+        # The background scan runs at start-up; it needs a moment to find no PolicyReport CRD.
+        deadline = time.monotonic() + 30
+        while "PolicyReport CRD not installed" not in log and time.monotonic() < deadline:
+            time.sleep(0.2)
+            log = processes.tail(running.process.log_path, 200)
+        assert "PolicyReport CRD not installed" in log

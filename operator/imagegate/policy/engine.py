@@ -269,7 +269,7 @@ class Decision:
 
     def denial_message(self) -> str:
         lines = [
-            _describe(image, violation)
+            describe(image, violation)
             for image in self.images
             for violation in image.violations
             if violation.policy.mode is Mode.ENFORCE
@@ -279,7 +279,7 @@ class Decision:
     def warnings(self) -> list[str]:
         """kubectl-visible warnings: warn-mode violations and previews of warn-mode rewrites."""
         found = [
-            _describe(image, violation)
+            describe(image, violation)
             for image in self.images
             for violation in image.violations
             if violation.policy.mode is Mode.WARN
@@ -361,7 +361,8 @@ def _where(container: ContainerImage) -> str:
     return f"{kind.get(container.kind, 'container')} {container.container_name!r}"
 
 
-def _describe(image: ImageDecision, violation: Violation) -> str:
+def describe(image: ImageDecision, violation: Violation) -> str:
+    """The sentence a denial, warning or report says about one violation."""
     verb = "denied" if violation.policy.mode is Mode.ENFORCE else "would be denied"
     planned = image.planned
     rewritten = f" (rewritten to {planned.final})" if planned.rewritten_by else ""

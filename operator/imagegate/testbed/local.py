@@ -25,16 +25,22 @@ from imagegate.testbed import processes
 START_TIMEOUT = 60.0
 
 
-def install_crds(api: client.ApiClient, *, timeout: float = 30.0) -> None:
-    """Create (or keep) the CRDs and wait until the API server serves them."""
+def install_crds(
+    api: client.ApiClient,
+    *,
+    extra: Sequence[dict[str, object]] = (),
+    timeout: float = 30.0,
+) -> None:
+    """Create (or keep) imagegate's CRDs and `extra` ones, and wait until they are served."""
     extensions = client.ApiextensionsV1Api(api)
-    for document in crd.crds():
+    documents = [*crd.crds(), *extra]
+    for document in documents:
         try:
             extensions.create_custom_resource_definition(document)  # type: ignore[arg-type]
         except client.ApiException as error:
             if error.status != 409:
                 raise
-    names = [document["metadata"]["name"] for document in crd.crds()]
+    names = [str(document["metadata"]["name"]) for document in documents]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = [extensions.read_custom_resource_definition(name) for name in names]

@@ -1,0 +1,408 @@
+"""Background scan: what runs today that the policies would deny, as PolicyReports.
+
+Admission only sees what is created or changed after a policy exists. The scan judges every
+workload already in the cluster with the same engine calls as `/validate` (so it reaches the
+same verdict for an object as stored) and writes one `wgpolicyk8s.io/v1alpha2` PolicyReport named
+`imagegate` per namespace, which `kubectl get polr -A`, Policy Reporter and `imagegate audit
+--reports` read. It runs every `interval` and soon after a policy changes.
+
+Each image shows up once, on the object an admin edits: objects controlled by another scanned
+kind (a Deployment's ReplicaSets and Pods, a CronJob's Jobs) are skipped. Namespaces the webhook
+never sees (kube-system, imagegate's own, the opt-out label) are not scanned. Nothing here is on
+the admission path: a missing CRD or an RBAC refusal is logged, and scanning goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+
+from imagegate import webhook, webhookconfig, workloads
+from imagegate.policy import engine
+
+logger = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "wgpolicyk8s.io", "v1alpha2", "policyreports"
+REPORT_NAME = "imagegate"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "imagegate"}
+CATEGORY = "Image provenance"
+#: etcd objects are capped at ~1.5 MiB; a report this long is already past reading.
+MAX_RESULTS = 1000
+DEBOUNCE = 2.0
+OBJECT_DEADLINE = 10.0
+
+#: (API group, kind) → (apiVersion, plural) of every kind with a pod spec that is scanned.
+SCANNED: Mapping[tuple[str, str], tuple[str, str]] = {
+    ("", "Pod"): ("v1", "pods"),
+    ("", "ReplicationController"): ("v1", "replicationcontrollers"),
+    ("apps", "Deployment"): ("apps/v1", "deployments"),
+    ("apps", "StatefulSet"): ("apps/v1", "statefulsets"),
+    ("apps", "DaemonSet"): ("apps/v1", "daemonsets"),
+    ("apps", "ReplicaSet"): ("apps/v1", "replicasets"),
+    ("batch", "Job"): ("batch/v1", "jobs"),
+    ("batch", "CronJob"): ("batch/v1", "cronjobs"),
+}
+_SCANNED_KINDS = {kind for _, kind in SCANNED}
+
+
+@dataclass(frozen=True)
+class Result:
+    policy: str
+    rule: str
+    result: str  # pass | fail | warn | error
+    message: str
+    resource: Mapping[str, str]
+    image: str
+    container: str
+    path: str
+
+    def to_json(self, timestamp: int) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "rule": self.rule,
+            "result": self.result,
+            "message": self.message,
+            "severity": {"fail": "high", "error": "high", "warn": "medium"}.get(
+                self.result, "info"
+            ),
+            "category": CATEGORY,
+            "source": "imagegate",
+            "scored": True,
+            "timestamp": {"seconds": timestamp, "nanos": 0},
+            "resources": [dict(self.resource)],
+            "properties": {"image": self.image, "container": self.container, "path": self.path},
+        }
+
+
+# -- pure -----------------------------------------------------------------------------------------
+
+
+def controlled_by_scanned_kind(obj: Mapping[str, Any]) -> bool:
+    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(
+        isinstance(owner, Mapping)
+        and owner.get("controller")
+        and owner.get("kind") in _SCANNED_KINDS
+        for owner in owners
+    )
+
+
+def object_reference(obj: Mapping[str, Any]) -> dict[str, str]:
+    metadata = obj.get("metadata") or {}
+    return {
+        "apiVersion": str(obj.get("apiVersion", "")),
+        "kind": str(obj.get("kind", "")),
+        "name": str(metadata.get("name", "")),
+        "namespace": str(metadata.get("namespace", "")),
+        "uid": str(metadata.get("uid", "")),
+    }
+
+
+def results_for(obj: Mapping[str, Any], decision: engine.Decision) -> list[Result]:
+    """The report rows of one object's decision: a row per (image, policy) judged."""
+    resource = object_reference(obj)
+    rows = []
+    for image in decision.images:
+        container = image.planned.container
+
+        def row(
+            policy: str,
+            result: str,
+            message: str,
+            container: workloads.ContainerImage = container,
+        ) -> Result:
+            return Result(
+                policy=policy,
+                rule=container.container_name or container.pointer,
+                result=result,
+                message=message,
+                resource=resource,
+                image=container.image,
+                container=container.container_name,
+                path=container.pointer,
+            )
+
+        for violation in image.violations:
+            if "registry error" in violation.reason or "timed out" in violation.reason:
+                outcome = "error"  # not a verdict on the image: nobody could look
+            elif violation.policy.mode is engine.Mode.ENFORCE:
+                outcome = "fail"
+            else:
+                outcome = "warn"
+            rows.append(
+                row(violation.policy.display_name, outcome, engine.describe(image, violation))
+            )
+        for policy, source in image.trusted_by:
+            rows.append(row(policy, "pass", f"{container.image!r} is from source {source}"))
+    return rows
+
+
+def malformed_result(obj: Mapping[str, Any], error: workloads.MalformedWorkloadError) -> Result:
+    return Result(
+        policy="imagegate",
+        rule="pod-spec",
+        result="error",
+        message=f"cannot read the pod spec: {error.user_message}",
+        resource=object_reference(obj),
+        image="",
+        container="",
+        path="",
+    )
+
+
+def report(namespace: str, results: Sequence[Result], now: datetime.datetime) -> dict[str, Any]:
+    """The PolicyReport body for one namespace; the summary counts every result, listed or not."""
+    ordered = sorted(
+        results,
+        key=lambda r: (
+            ("error", "fail", "warn", "pass").index(r.result),
+            r.resource["kind"],
+            r.resource["name"],
+            r.path,
+            r.policy,
+        ),
+    )
+    summary = {key: 0 for key in ("pass", "fail", "warn", "error", "skip")}
+    for result in results:
+        summary[result.result] += 1
+    timestamp = int(now.timestamp())
+    annotations = {}
+    if len(ordered) > MAX_RESULTS:
+        annotations["imagegate.dev/truncated"] = f"{len(ordered) - MAX_RESULTS} results not listed"
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PolicyReport",
+        "metadata": {
+            "name": REPORT_NAME,
+            "namespace": namespace,
+            "labels": dict(MANAGED_BY),
+            "annotations": annotations,
+        },
+        "summary": summary,
+        "results": [r.to_json(timestamp) for r in ordered[:MAX_RESULTS]],
+    }
+
+
+def scanned_namespace(name: str, labels: Mapping[str, str], own_namespace: str) -> bool:
+    """Only namespaces the webhooks would be sent (webhookconfig's selector, in Python)."""
+    return (
+        name not in webhookconfig.ALWAYS_EXCLUDED
+        and name != own_namespace
+        and webhookconfig.OPT_OUT_LABEL not in labels
+    )
+
+
+# -- I/O ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScanSummary:
+    objects: int = 0
+    written: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class PolicyReportScanner:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        policies: webhook.PolicySource,
+        verifier: webhook.SignatureVerifier | None = None,
+        *,
+        keychains: webhook.KeychainSource | None = None,
+        own_namespace: str = "imagegate-system",
+        clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+    ) -> None:
+        self._api = api
+        self._policies = policies
+        self._verifier = verifier
+        self._keychains = keychains
+        self._own_namespace = own_namespace
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._crd_missing = False
+
+    def trigger(self) -> None:
+        """A policy changed: scan again soon."""
+        self._wake.set()
+
+    async def run(self, interval: float) -> None:
+        while True:
+            try:
+                await self.scan_once()
+            except Exception:  # never let the scan die: the next cycle may succeed
+                logger.exception("background scan failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=interval)
+            if self._wake.is_set():
+                await asyncio.sleep(DEBOUNCE)  # `kubectl apply -f dir/`: one scan, not ten
+            self._wake.clear()
+
+    async def scan_once(self) -> ScanSummary:
+        summary = ScanSummary()
+        by_namespace: dict[str, list[Result]] = {}
+        for obj in await self._list_objects():
+            namespace = obj["metadata"].get("namespace", "")
+            labels = await self._policies.namespace_labels(namespace)
+            if not scanned_namespace(namespace, labels, self._own_namespace):
+                continue
+            if controlled_by_scanned_kind(obj):
+                continue
+            policies = engine.applicable(self._policies.policies(), namespace, labels)
+            if not policies:
+                continue
+            summary.objects += 1
+            by_namespace.setdefault(namespace, []).extend(
+                await self._judge(obj, namespace, policies)
+            )
+        await self._write(by_namespace, summary)
+        for results in by_namespace.values():
+            for result in results:
+                summary.counts[result.result] = summary.counts.get(result.result, 0) + 1
+        logger.info(
+            "background scan: %d objects, %s",
+            summary.objects,
+            ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items())) or "no results",
+        )
+        return summary
+
+    async def _judge(
+        self, obj: Mapping[str, Any], namespace: str, policies: Sequence[engine.CompiledPolicy]
+    ) -> list[Result]:
+        group_kind = (str(obj.get("apiVersion", "")).rpartition("/")[0], str(obj.get("kind")))
+        try:
+            images = workloads.find_images(obj, group_kind)
+        except workloads.MalformedWorkloadError as error:
+            return [malformed_result(obj, error)]
+        planned = engine.plan_rewrites(images, policies, apply=False)
+        checks = engine.signature_checks(planned, policies)
+        verdicts: Mapping[engine.SignatureCheck, engine.SignatureVerdict] = {}
+        if checks and self._verifier is not None:
+            keychain = None
+            if self._keychains is not None:
+                pull = workloads.pull_context(obj, group_kind)
+                keychain = await self._keychains.keychain(namespace, pull, policies)
+            deadline = time.monotonic() + OBJECT_DEADLINE
+            verdicts = await self._verifier.verify(checks, deadline, keychain)
+        return results_for(obj, engine.evaluate(planned, policies, verdicts))
+
+    async def _list_objects(self) -> list[dict[str, Any]]:
+        """Every scanned object as JSON, with apiVersion and kind set (lists omit them)."""
+        found: list[dict[str, Any]] = []
+        for (group, kind), (api_version, plural) in SCANNED.items():
+            try:
+                listed = await asyncio.to_thread(self._list, group, plural)
+            except client.ApiException as error:
+                logger.warning(
+                    "background scan cannot list %s: %s (%s)", plural, error.reason, error.status
+                )
+                continue
+            for item in listed:
+                found.append({**item, "apiVersion": api_version, "kind": kind})
+        return found
+
+    def _list(self, group: str, plural: str) -> list[dict[str, Any]]:
+        core, apps, batch = (
+            client.CoreV1Api(self._api),
+            client.AppsV1Api(self._api),
+            client.BatchV1Api(self._api),
+        )
+        lister: Callable[[], Any] = {
+            "pods": core.list_pod_for_all_namespaces,
+            "replicationcontrollers": core.list_replication_controller_for_all_namespaces,
+            "deployments": apps.list_deployment_for_all_namespaces,
+            "statefulsets": apps.list_stateful_set_for_all_namespaces,
+            "daemonsets": apps.list_daemon_set_for_all_namespaces,
+            "replicasets": apps.list_replica_set_for_all_namespaces,
+            "jobs": batch.list_job_for_all_namespaces,
+            "cronjobs": batch.list_cron_job_for_all_namespaces,
+        }[plural]
+        items: list[dict[str, Any]] = self._api.sanitize_for_serialization(  # type: ignore[no-untyped-call]
+            lister().items
+        )
+        return items
+
+    async def _write(self, by_namespace: Mapping[str, list[Result]], summary: ScanSummary) -> None:
+        objects = client.CustomObjectsApi(self._api)
+        selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+        existing: Any
+        try:
+            existing = await asyncio.to_thread(
+                objects.list_cluster_custom_object, GROUP, VERSION, PLURAL, label_selector=selector
+            )
+        except client.ApiException as error:
+            if error.status == 404:
+                if not self._crd_missing:
+                    logger.warning(
+                        "PolicyReport CRD not installed: install it with the chart's "
+                        "policyReports.installCRD=true; background scan results are not written"
+                    )
+                self._crd_missing = True
+                return
+            logger.warning("cannot list PolicyReports: %s (%s)", error.reason, error.status)
+            return
+        self._crd_missing = False
+        versions = {
+            item["metadata"]["namespace"]: item["metadata"].get("resourceVersion")
+            for item in existing.get("items", [])
+            if item["metadata"].get("name") == REPORT_NAME
+        }
+        now = self._clock()
+        for namespace, results in sorted(by_namespace.items()):
+            body = report(namespace, results, now)
+            try:
+                if namespace in versions:
+                    body["metadata"]["resourceVersion"] = versions[namespace]
+                    await asyncio.to_thread(
+                        objects.replace_namespaced_custom_object,
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        PLURAL,
+                        REPORT_NAME,
+                        body,
+                    )
+                else:
+                    await asyncio.to_thread(
+                        objects.create_namespaced_custom_object,
+                        GROUP,
+                        VERSION,
+                        namespace,
+                        PLURAL,
+                        body,
+                    )
+                summary.written.append(namespace)
+            except client.ApiException as error:
+                # A conflict (another replica wrote it) is fine: the next cycle writes again.
+                logger.warning(
+                    "cannot write PolicyReport %s/%s: %s (%s)",
+                    namespace,
+                    REPORT_NAME,
+                    error.reason,
+                    error.status,
+                )
+        for namespace in sorted(set(versions) - set(by_namespace)):
+            try:
+                await asyncio.to_thread(
+                    objects.delete_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    PLURAL,
+                    REPORT_NAME,
+                )
+                summary.deleted.append(namespace)
+            except client.ApiException as error:
+                if error.status != 404:
+                    logger.warning(
+                        "cannot delete PolicyReport %s/%s: %s", namespace, REPORT_NAME, error.reason
+                    )

@@ -1,0 +1,121 @@
+"""Background scan through the running operator: workloads that existed before a policy show up
+as violations in a PolicyReport once the policy is applied, follow its edits, and go with it."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from imagegate import scan, trail
+from imagegate.policy import resources
+from imagegate.testbed import local
+from support import Cluster
+
+from .conftest import PolicyFactory
+from .test_admission import CHAINGUARD, pod_body, workload
+
+pytestmark = pytest.mark.controlplane
+
+
+def report(api: client.ApiClient, namespace: str) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            scan.GROUP, scan.VERSION, namespace, scan.PLURAL, scan.REPORT_NAME
+        )
+    except client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return found
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.3)
+    pytest.fail(f"{what}: not within {timeout:.0f}s")
+
+
+def test_existing_workloads_are_reported_after_a_policy_is_applied(
+    api: client.ApiClient,
+    cluster: Cluster,
+    operator: local.LocalOperator,
+    namespace: str,
+    image_policy: PolicyFactory,
+) -> None:
+    """`namespace` is not sent to the webhooks: these objects were admitted by nobody."""
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    _, deployment = workload("Deployment", "nginx:1.25")
+    deployment["metadata"] = {"name": "web"}
+    apps.create_namespaced_deployment(namespace, deployment)
+    core.create_namespaced_pod(namespace, pod_body("cache", "redis:7"))
+    core.create_namespaced_pod(namespace, pod_body("tools", "cgr.dev/chainguard/busybox:latest"))
+    # A Pod a ReplicaSet controls is reported on its owner, not again on its own.
+    owned = pod_body("web-abc", "nginx:1.25")
+    owned["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "name": "web-1",
+            "uid": "00000000-0000-0000-0000-000000000001",
+            "controller": True,
+        }
+    ]
+    core.create_namespaced_pod(namespace, owned)
+    assert report(api, namespace) is None
+
+    image_policy(namespace, "hardened", {"sources": [CHAINGUARD]})
+    found = wait_for(lambda: report(api, namespace), "PolicyReport after the policy")
+    rows = {
+        (r["resources"][0]["kind"], r["resources"][0]["name"]): (r["result"], r["policy"])
+        for r in found["results"]
+    }
+    policy_name = f"{namespace}/hardened"
+    assert rows == {
+        ("Deployment", "web"): ("fail", policy_name),
+        ("Pod", "cache"): ("fail", policy_name),
+        ("Pod", "tools"): ("pass", policy_name),
+    }
+    assert found["summary"]["fail"] == 2
+    assert "nginx:1.25" in next(
+        r["message"] for r in found["results"] if r["resources"][0]["name"] == "web"
+    )
+
+    out = io.StringIO()
+    trail.run(
+        kubeconfig=cluster.kubeconfig,
+        since="1h",
+        namespace=namespace,
+        policy=None,
+        output="json",
+        reports=True,
+        out=out,
+    )
+    violations = json.loads(out.getvalue())["violations"]
+    assert sorted((v["object"], v["result"], v["image"]) for v in violations) == [
+        ("Deployment/web", "fail", "nginx:1.25"),
+        ("Pod/cache", "fail", "redis:7"),
+    ]
+
+    policies = resources.PolicyResources(api)
+    current = policies.get(namespace, "hardened")
+    current["spec"]["mode"] = "warn"
+    client.CustomObjectsApi(api).replace_namespaced_custom_object(
+        "imagegate.dev", "v1alpha1", namespace, "imagepolicies", "hardened", current
+    )
+    wait_for(
+        lambda: (report(api, namespace) or {}).get("summary", {}).get("warn") == 2,
+        "warn results after the policy moved to warn",
+    )
+
+    policies.delete(namespace, "hardened")
+    wait_for(lambda: report(api, namespace) is None, "report deleted with the policy")

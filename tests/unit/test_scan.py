@@ -1,0 +1,133 @@
+"""The background scan, pure part: decisions → PolicyReport rows; which objects and namespaces."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+
+from imagegate import scan, webhook, workloads
+from imagegate.policy import engine
+
+from .test_webhook import REWRITE, Policies, deployment, policy, review
+
+NOW = datetime.datetime(2026, 11, 23, 12, 0, tzinfo=datetime.UTC)
+WARN = policy("preview", mode="warn", sources=[{"name": "cg", "images": ["cgr.dev/**"]}])
+
+
+def decide(obj: dict[str, Any], *policies: engine.CompiledPolicy) -> engine.Decision:
+    planned = engine.plan_rewrites(workloads.find_images(obj), policies, apply=False)
+    return engine.evaluate(planned, policies, {})
+
+
+def with_namespace(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["metadata"] = {**obj["metadata"], "namespace": "shop", "uid": "u-1"}
+    return obj
+
+
+def test_enforce_violations_fail_warn_and_audit_ones_warn_trusted_images_pass() -> None:
+    obj = with_namespace(deployment("ghcr.io/acme/billing:2"))
+    rows = scan.results_for(obj, decide(obj, REWRITE, WARN))
+    assert sorted((r.policy, r.result) for r in rows) == [("hardened", "fail"), ("preview", "warn")]
+    fail = next(r for r in rows if r.result == "fail")
+    assert fail.message.startswith("container 'app' image 'ghcr.io/acme/billing:2' denied by")
+    assert fail.resource == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "web",
+        "namespace": "shop",
+        "uid": "u-1",
+    }
+    assert (fail.path, fail.container) == ("/spec/template/spec/containers/0/image", "app")
+
+    trusted = with_namespace(deployment("cgr.dev/chainguard/nginx:latest"))
+    assert [(r.policy, r.result) for r in scan.results_for(trusted, decide(trusted, REWRITE))] == [
+        ("hardened", "pass")
+    ]
+
+
+async def test_the_scan_reaches_the_webhooks_verdict() -> None:
+    """Same engine calls as /validate: the report fails exactly what admission would deny."""
+    for image in ("python:3.12", "ghcr.io/x/y:1", "cgr.dev/chainguard/python:latest"):
+        obj = deployment(image)
+        response = await webhook.Validator(Policies(REWRITE))(review(obj), 0)
+        failed = any(r.result == "fail" for r in scan.results_for(obj, decide(obj, REWRITE)))
+        assert failed is (not response.allowed), image
+
+
+def test_a_missing_verdict_or_registry_error_is_an_error_row_not_a_pass() -> None:
+    signed = policy(
+        "signed",
+        sources=[
+            {
+                "name": "team",
+                "images": ["ghcr.io/acme/**"],
+                "signatures": {"keyless": [{"issuer": "https://i", "subject": "s"}]},
+            }
+        ],
+    )
+    obj = with_namespace(deployment("ghcr.io/acme/api:1"))
+    planned = engine.plan_rewrites(workloads.find_images(obj), [signed], apply=False)
+    checks = engine.signature_checks(planned, [signed])
+    verdicts = {check: engine.SignatureVerdict(False, "registry error: 503") for check in checks}
+    [row] = scan.results_for(obj, engine.evaluate(planned, [signed], verdicts))
+    assert row.result == "error"
+
+
+def test_objects_controlled_by_a_scanned_kind_are_skipped() -> None:
+    owned = {"metadata": {"ownerReferences": [{"kind": "ReplicaSet", "controller": True}]}}
+    assert scan.controlled_by_scanned_kind(owned)
+    by_operator = {"metadata": {"ownerReferences": [{"kind": "MyApp", "controller": True}]}}
+    assert not scan.controlled_by_scanned_kind(by_operator)
+    not_controller = {"metadata": {"ownerReferences": [{"kind": "Deployment"}]}}
+    assert not scan.controlled_by_scanned_kind(not_controller)
+
+
+@pytest.mark.parametrize(
+    ("name", "labels", "scanned"),
+    [
+        ("shop", {}, True),
+        ("kube-system", {}, False),
+        ("imagegate-system", {}, False),
+        ("shop", {"imagegate.dev/ignore": "true"}, False),
+    ],
+)
+def test_namespaces_the_webhook_never_sees_are_not_scanned(
+    name: str, labels: dict[str, str], scanned: bool
+) -> None:
+    assert scan.scanned_namespace(name, labels, "imagegate-system") is scanned
+
+
+def test_the_report_is_ordered_counted_and_capped() -> None:
+    rows = []
+    for index in range(scan.MAX_RESULTS + 5):
+        obj = with_namespace(deployment(f"ghcr.io/acme/app{index}:1"))
+        obj["metadata"]["name"] = f"web-{index:05d}"
+        rows += scan.results_for(obj, decide(obj, REWRITE))
+    trusted = with_namespace(deployment("cgr.dev/chainguard/nginx:latest"))
+    rows += scan.results_for(trusted, decide(trusted, REWRITE))
+    body = scan.report("shop", rows, NOW)
+    assert body["summary"] == {
+        "pass": 1,
+        "fail": scan.MAX_RESULTS + 5,
+        "warn": 0,
+        "error": 0,
+        "skip": 0,
+    }
+    assert len(body["results"]) == scan.MAX_RESULTS
+    assert body["metadata"]["annotations"] == {"imagegate.dev/truncated": "6 results not listed"}
+    names = [r["resources"][0]["name"] for r in body["results"]]
+    assert names == sorted(names)
+    assert body["results"][0]["timestamp"] == {"seconds": int(NOW.timestamp()), "nanos": 0}
+    assert body["results"][0]["severity"] == "high"
+
+
+def test_a_malformed_object_is_an_error_row() -> None:
+    obj = with_namespace(deployment("x"))
+    obj["spec"]["template"]["spec"]["containers"] = "junk"
+    with pytest.raises(workloads.MalformedWorkloadError) as caught:
+        workloads.find_images(obj)
+    row = scan.malformed_result(obj, caught.value)
+    assert row.result == "error"
+    assert "not a list" in row.message
