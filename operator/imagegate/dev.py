@@ -146,7 +146,8 @@ def run(*, once: bool = False) -> int:
                     + "\n\nTry it from another shell:\n"
                     + "".join(f"  export {k}={shlex.quote(v)}\n" for k, v in bed.env().items())
                     + f"  kubectl get clusterimagepolicies\n"
-                    f"  kubectl -n {DEMO_NAMESPACE} run test --image=node:22\n",
+                    f"  kubectl -n {DEMO_NAMESPACE} run test --image=node:22\n"
+                    f"  {sys.executable} -m imagegate audit --since 10m   # the audit trail\n",
                     flush=True,
                 )
                 if once:
