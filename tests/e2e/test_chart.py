@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import ssl
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,7 @@ from kubernetes.client.rest import ApiException
 
 from imagegate import tls, trail
 from imagegate.policy import resources
-from imagegate.testbed import build, local
+from imagegate.testbed import build, local, processes
 from support import Cluster
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.usefixtures("crds")]
@@ -332,3 +336,158 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> N
             pass
         time.sleep(0.2)
     pytest.fail(f"{what}: not within {timeout:.0f}s")
+
+
+def test_the_operator_runs_with_nothing_but_the_charts_rbac(
+    tools: Tools,
+    api: client.ApiClient,
+    cluster: Cluster,
+    namespace: str,
+    image_policy: Any,
+    tmp_path: Path,
+) -> None:
+    """Least privilege, proven: the operator runs as the chart's ServiceAccount (a token, no
+    admin) in the default certificate mode, and every write it makes succeeds.
+
+    No kubelet runs here, so the chart's Deployment never starts; the test runs the same
+    `imagegate run` as a local process with that account's token.
+    """
+    release = f"imagegate-{namespace}"
+    installed = tools.helm(
+        "install", release, str(CHART), "--namespace", namespace, "--skip-crds", *SAFE
+    )
+    assert installed.returncode == 0, installed.stderr
+    team = f"team-{namespace}"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=team)))
+    try:
+        token = core.create_namespaced_service_account_token(
+            release, namespace, client.AuthenticationV1TokenRequest(spec={"audiences": []})
+        ).status.token
+        kubeconfig = tmp_path / "sa.kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "c",
+                            "cluster": {
+                                "server": api.configuration.host,
+                                "certificate-authority": api.configuration.ssl_ca_cert,
+                            },
+                        }
+                    ],
+                    "users": [{"name": "sa", "user": {"token": token}}],
+                    "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
+                    "current-context": "sa",
+                }
+            )
+        )
+        core.create_namespaced_pod(team, _pod("old", "redis:7"))  # before any policy
+        port, health = processes.free_port(), processes.free_port()
+        process = processes.ManagedProcess(
+            "imagegate as the chart's account",
+            [
+                sys.executable,
+                "-m",
+                "imagegate",
+                "run",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--tls-secret",
+                f"{release}-tls",
+                "--service-name",
+                release,
+                "--webhook-configuration",
+                release,
+                "--tls-dir",
+                str(tmp_path / "tls"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--health-port",
+                str(health),
+                "--policy-reports",
+                "--log-format",
+                "json",
+            ],
+            tmp_path / "operator.log",
+            env={**os.environ, "POD_NAMESPACE": namespace, "PYTHONUNBUFFERED": "1"},
+        )
+        process.start()
+        try:
+            ready = f"http://127.0.0.1:{health}/readyz"
+            process.wait_until(lambda: _ok(ready), timeout=60, what="ready")
+            # Certificates: the Secret made, the CA patched into both configurations.
+            secret = core.read_namespaced_secret(f"{release}-tls", namespace)
+            ca = secret.data["ca.crt"]
+            for configuration in webhook_configurations(api, release):
+                assert configuration.webhooks[0].client_config.ca_bundle == ca
+            # Policy status, Events, PolicyReports: all written with the account's rights.
+            image_policy(team, "hardened", {"sources": [{"name": "cg", "images": ["cgr.dev/**"]}]})
+            review = {
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {
+                    "uid": "u-1",
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "namespace": team,
+                    "name": "new",
+                    "operation": "CREATE",
+                    "object": _pod("new", "redis:8"),
+                },
+            }
+            context = ssl.create_default_context(cadata=base64.b64decode(ca).decode())
+            # The certificate names the Service; reach it on loopback by that name's rules.
+            context.check_hostname = False
+            request = urllib.request.Request(
+                f"https://127.0.0.1:{port}/validate",
+                data=json.dumps(review).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+
+            def denied() -> bool:
+                with urllib.request.urlopen(request, context=context, timeout=10) as reply:
+                    return json.loads(reply.read())["response"]["allowed"] is False
+
+            # Ready may have been written by the session's operator first: wait for this one.
+            wait_until(denied, "the new policy enforced by the chart's account")
+            wait_until(
+                lambda: any(
+                    e.reason == "ImageDenied" for e in core.list_namespaced_event(team).items
+                ),
+                "Event written by the chart's account",
+            )
+            wait_until(
+                lambda: bool(
+                    client.CustomObjectsApi(api).get_namespaced_custom_object(
+                        "wgpolicyk8s.io", "v1alpha2", team, "policyreports", "imagegate"
+                    )["summary"]["fail"]
+                ),
+                "PolicyReport written by the chart's account",
+            )
+            log = process.log_path.read_text()
+            assert "forbidden" not in log.lower(), log
+        finally:
+            process.stop()
+    finally:
+        tools.helm("uninstall", release, "--namespace", namespace, "--wait")
+        core.delete_namespace(team)
+
+
+def _pod(name: str, image: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "app", "image": image}]},
+    }
+
+
+def _ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as reply:
+        return int(reply.status) == 200
