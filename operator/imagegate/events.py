@@ -101,9 +101,11 @@ class EventRecorder:
         if not self._take_token(now):
             self.dropped += 1
             return
-        digest = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+        # Per replica too: two replicas never write (and overwrite the count of) one Event.
+        digest = hashlib.sha256(repr((key, self._instance)).encode()).hexdigest()[:16]
         tracked = _Tracked(
-            name=f"{entry.policy.name}.{digest}.{int(self._wall_clock().timestamp())}",
+            # Unique per window; policy names may be 253 characters long.
+            name=f"{entry.policy.name[:200]}.{digest}.{int(self._wall_clock().timestamp())}",
             namespace=entry.policy.namespace or CLUSTER_EVENTS_NAMESPACE,
             first=now,
             count=0,
