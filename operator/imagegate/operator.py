@@ -140,6 +140,8 @@ class _State:
     health_server: server.HealthServer | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: Written once more on shutdown, so a rolling update loses no counts or Events.
+    flushers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     #: Told when a policy changes (the background scan), once it runs.
     policy_listeners: list[Callable[[], None]] = field(default_factory=list)
 
@@ -170,6 +172,11 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     async def cleanup(**_: Any) -> None:
         for task in state.tasks:
             task.cancel()
+        for flush in state.flushers:
+            try:
+                await asyncio.wait_for(flush(), timeout=5)
+            except Exception as error:  # shutting down: say so, and go on stopping
+                logger.warning("final flush failed: %s", error)
         if state.webhook_server is not None:
             await state.webhook_server.stop()
         if state.health_server is not None:
@@ -224,10 +231,12 @@ async def _start(state: _State) -> None:
     counter = status.DenialCounter(state.api)
     recorders: list[audit.AuditRecorder] = [counter, state.metrics]
     _background(state, counter.run())
+    state.flushers.append(counter.flush)
     if config.events:
         event_recorder = events.EventRecorder(state.api)
         recorders.append(event_recorder)
         _background(state, event_recorder.run())
+        state.flushers.append(event_recorder.flush)
     signatures = verifier.CosignVerifier(
         registry_client,
         verdicts,
