@@ -18,6 +18,8 @@ from imagegate.signatures.cache import VerdictCache
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Verification runs from ~2 ms (a key, warm connection) to the deadline (8 s by default).
+#: Distinct registry label values kept; the rest are counted as "other".
+MAX_REGISTRY_LABELS = 50
 VERIFICATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -26,6 +28,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._registries: set[str] = set()
         self.admissions = Counter(
             "imagegate_admissions",
             "Admission reviews answered, by webhook and decision.",
@@ -62,6 +65,12 @@ class Metrics:
         self.verification_seconds.observe(seconds)
 
     def registry_error(self, registry: str, error: str) -> None:
+        # Registry names come from whoever writes a Pod: bound the label's values.
+        if registry not in self._registries:
+            if len(self._registries) >= MAX_REGISTRY_LABELS:
+                registry = "other"
+            else:
+                self._registries.add(registry)
         self.registry_errors.labels(registry, error).inc()
 
     def watch_cache(self, cache: VerdictCache) -> None:

@@ -19,6 +19,7 @@ from imagegate.errors import ImagegateError
 
 TTL = 60.0
 NEGATIVE_TTL = 10.0
+MAX_ENTRIES = 10_000
 
 
 class MaterialError(ImagegateError):
@@ -86,10 +87,19 @@ class KubernetesMaterial:
             failure = MaterialError(
                 f"cannot read {kind} {namespace}/{name}: {error.reason} ({error.status})"
             )
-            self._cache[cache_key] = (self._clock() + NEGATIVE_TTL, failure)
+            self._remember(cache_key, (self._clock() + NEGATIVE_TTL, failure))
             raise failure from error
-        self._cache[cache_key] = (self._clock() + TTL, data)
+        self._remember(cache_key, (self._clock() + TTL, data))
         return data
+
+    def _remember(
+        self, key: tuple[str, str, str], value: tuple[float, dict[str, str] | MaterialError]
+    ) -> None:
+        # Bounded: Pods name pull secrets, and whoever writes a Pod can name a million.
+        self._cache.pop(key, None)
+        self._cache[key] = value
+        while len(self._cache) > MAX_ENTRIES:
+            del self._cache[next(iter(self._cache))]
 
     def _read(self, kind: str, namespace: str, name: str) -> dict[str, str]:
         found: Any  # V1Secret.data is typed loosely by the client
