@@ -131,7 +131,7 @@ def results_for(obj: Mapping[str, Any], decision: engine.Decision) -> list[Resul
             )
 
         for violation in image.violations:
-            if "registry error" in violation.reason or "timed out" in violation.reason:
+            if "registry error" in violation.reason:
                 outcome = "error"  # not a verdict on the image: nobody could look
             elif violation.policy.mode is engine.Mode.ENFORCE:
                 outcome = "fail"
@@ -146,11 +146,16 @@ def results_for(obj: Mapping[str, Any], decision: engine.Decision) -> list[Resul
 
 
 def malformed_result(obj: Mapping[str, Any], error: workloads.MalformedWorkloadError) -> Result:
+    return error_result(obj, f"cannot read the pod spec: {error.user_message}", rule="pod-spec")
+
+
+def error_result(obj: Mapping[str, Any], message: str, *, rule: str = "scan") -> Result:
+    """One object that could not be judged: a row that says so, never a missing row or a pass."""
     return Result(
         policy="imagegate",
-        rule="pod-spec",
+        rule=rule,
         result="error",
-        message=f"cannot read the pod spec: {error.user_message}",
+        message=message,
         resource=object_reference(obj),
         image="",
         container="",
@@ -209,6 +214,8 @@ class ScanSummary:
     written: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    #: False when some kind could not be listed: reports are then written but none deleted.
+    complete: bool = True
 
 
 class PolicyReportScanner:
@@ -250,9 +257,17 @@ class PolicyReportScanner:
     async def scan_once(self) -> ScanSummary:
         summary = ScanSummary()
         by_namespace: dict[str, list[Result]] = {}
-        for obj in await self._list_objects():
+        #: Namespaces whose objects could not all be judged: their reports are kept, not deleted.
+        keep: set[str] = set()
+        objects, summary.complete = await self._list_objects()
+        for obj in objects:
             namespace = obj["metadata"].get("namespace", "")
-            labels = await self._policies.namespace_labels(namespace)
+            try:
+                labels = await self._policies.namespace_labels(namespace)
+            except Exception as error:  # e.g. deleted since the list: judge it next cycle
+                logger.warning("background scan skips namespace %s: %s", namespace, error)
+                keep.add(namespace)
+                continue
             if not scanned_namespace(namespace, labels, self._own_namespace):
                 continue
             if controlled_by_scanned_kind(obj):
@@ -261,10 +276,18 @@ class PolicyReportScanner:
             if not policies:
                 continue
             summary.objects += 1
-            by_namespace.setdefault(namespace, []).extend(
-                await self._judge(obj, namespace, policies)
-            )
-        await self._write(by_namespace, summary)
+            try:
+                rows = await self._judge(obj, namespace, policies)
+            except Exception as error:  # one object must not cost every namespace its report
+                logger.warning(
+                    "background scan cannot judge %s/%s: %r",
+                    namespace,
+                    obj["metadata"].get("name", ""),
+                    error,
+                )
+                rows = [error_result(obj, f"could not be judged: {error!r}")]
+            by_namespace.setdefault(namespace, []).extend(rows)
+        await self._write(by_namespace, summary, keep)
         for results in by_namespace.values():
             for result in results:
                 summary.counts[result.result] = summary.counts.get(result.result, 0) + 1
@@ -292,12 +315,18 @@ class PolicyReportScanner:
                 pull = workloads.pull_context(obj, group_kind)
                 keychain = await self._keychains.keychain(namespace, pull, policies)
             deadline = time.monotonic() + OBJECT_DEADLINE
-            verdicts = await self._verifier.verify(checks, deadline, keychain)
+            # The verifier keeps to the deadline; the timeout is for one that does not, so a
+            # hung registry call cannot stall every later object (the webhook has server.py's).
+            verdicts = await asyncio.wait_for(
+                self._verifier.verify(checks, deadline, keychain), OBJECT_DEADLINE + 1
+            )
         return results_for(obj, engine.evaluate(planned, policies, verdicts))
 
-    async def _list_objects(self) -> list[dict[str, Any]]:
-        """Every scanned object as JSON, with apiVersion and kind set (lists omit them)."""
+    async def _list_objects(self) -> tuple[list[dict[str, Any]], bool]:
+        """Every scanned object as JSON, with apiVersion and kind set (lists omit them), and
+        whether every kind could be listed."""
         found: list[dict[str, Any]] = []
+        complete = True
         for (group, kind), (api_version, plural) in SCANNED.items():
             try:
                 listed = await asyncio.to_thread(self._list, group, plural)
@@ -305,10 +334,11 @@ class PolicyReportScanner:
                 logger.warning(
                     "background scan cannot list %s: %s (%s)", plural, error.reason, error.status
                 )
+                complete = False
                 continue
             for item in listed:
                 found.append({**item, "apiVersion": api_version, "kind": kind})
-        return found
+        return found, complete
 
     def _list(self, group: str, plural: str) -> list[dict[str, Any]]:
         core, apps, batch = (
@@ -331,7 +361,9 @@ class PolicyReportScanner:
         )
         return items
 
-    async def _write(self, by_namespace: Mapping[str, list[Result]], summary: ScanSummary) -> None:
+    async def _write(
+        self, by_namespace: Mapping[str, list[Result]], summary: ScanSummary, keep: set[str]
+    ) -> None:
         objects = client.CustomObjectsApi(self._api)
         selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
         existing: Any
@@ -390,7 +422,12 @@ class PolicyReportScanner:
                     error.reason,
                     error.status,
                 )
-        for namespace in sorted(set(versions) - set(by_namespace)):
+        if not summary.complete:
+            # A kind that could not be listed (a 403, a 500) is not a kind with no violations:
+            # deleting on a partial view would make reports flap with every transient error.
+            logger.warning("background scan incomplete: no PolicyReport is deleted this cycle")
+            return
+        for namespace in sorted(set(versions) - set(by_namespace) - keep):
             try:
                 await asyncio.to_thread(
                     objects.delete_namespaced_custom_object,

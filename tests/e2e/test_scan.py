@@ -6,14 +6,16 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from imagegate import scan, trail
-from imagegate.policy import resources
+from imagegate.policy import engine, model, resources
+from imagegate.policy.compile import compile_policy
 from imagegate.testbed import local
 from support import Cluster
 
@@ -119,3 +121,74 @@ def test_existing_workloads_are_reported_after_a_policy_is_applied(
 
     policies.delete(namespace, "hardened")
     wait_for(lambda: report(api, namespace) is None, "report deleted with the policy")
+
+
+class _Policies:
+    def __init__(self, *policies: engine.CompiledPolicy) -> None:
+        self._policies = policies
+
+    def policies(self) -> Sequence[engine.CompiledPolicy]:
+        return self._policies
+
+    async def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        return {}
+
+
+class _BrokenVerifier:
+    """Fault injection: a verifier with a bug (the real one never raises)."""
+
+    async def verify(
+        self, checks: Sequence[engine.SignatureCheck], deadline: float, keychain: Any = None
+    ) -> Mapping[engine.SignatureCheck, engine.SignatureVerdict]:
+        raise RuntimeError("verifier broke")
+
+
+def _policy(namespace: str, spec: dict[str, Any]) -> engine.CompiledPolicy:
+    return compile_policy(
+        model.parse_policy_document(
+            {
+                "apiVersion": "imagegate.dev/v1alpha1",
+                "kind": "ImagePolicy",
+                "metadata": {"name": "p", "namespace": namespace},
+                "spec": spec,
+            }
+        )
+    )
+
+
+async def test_one_object_that_cannot_be_judged_costs_no_other_report(
+    api: client.ApiClient, crds: None
+) -> None:
+    """The scanner on its own, against the real API server: a verifier failure on one object
+    is an `error` row in that namespace's report, and every other report is still written."""
+    core = client.CoreV1Api(api)
+    signed, plain = (f"scan-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    for name in (signed, plain):
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        core.create_namespaced_pod(name, pod_body("app", "ghcr.io/acme/api:1"))
+    try:
+        keyless = {"keyless": [{"issuer": "https://issuer.example", "subject": "someone"}]}
+        scanner = scan.PolicyReportScanner(
+            api,
+            _Policies(
+                _policy(
+                    signed,
+                    {
+                        "sources": [
+                            {"name": "team", "images": ["ghcr.io/**"], "signatures": keyless}
+                        ]
+                    },
+                ),
+                _policy(plain, {"sources": [{"name": "cg", "images": ["cgr.dev/**"]}]}),
+            ),
+            _BrokenVerifier(),
+        )
+        summary = await scanner.scan_once()
+        assert {signed, plain} <= set(summary.written)
+        [error_row] = (report(api, signed) or {})["results"]
+        assert error_row["result"] == "error"
+        assert "verifier broke" in error_row["message"]
+        assert [r["result"] for r in (report(api, plain) or {})["results"]] == ["fail"]
+    finally:
+        for name in (signed, plain):
+            core.delete_namespace(name)
