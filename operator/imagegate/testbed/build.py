@@ -57,6 +57,8 @@ class Tool:
     version_args: tuple[str, ...]
     #: Extra input to the cache key (e.g. a hash of our own Go source).
     fingerprint: str = ""
+    #: Environment overrides for the version check (e.g. no cluster to connect to).
+    version_env: tuple[tuple[str, str], ...] = ()
 
     def stamp(self) -> str:
         return json.dumps(
@@ -224,6 +226,7 @@ class Builder:
                 text=True,
                 timeout=30,
                 check=False,
+                env={**os.environ, **dict(tool.version_env)},
             )
         except (OSError, subprocess.TimeoutExpired):
             return False
@@ -332,6 +335,49 @@ def _build_etcd(builder: Builder, tool: Tool, output: Path) -> None:
     )
 
 
+def _build_policy_controller(builder: Builder, tool: Tool, output: Path) -> None:
+    """sigstore's policy-controller webhook, the peer the benchmarks compare against.
+
+    Its go.mod replaces two k8s.io modules and glog, so `go install` refuses it: a wrapper
+    module carries the same `replace` lines, read from upstream's go.mod at build time.
+    """
+    work = builder.work_dir(f"policy-controller-{tool.version}")
+    if not (work / ".ready").is_file():
+        for leftover in ("go.mod", "go.sum"):
+            (work / leftover).unlink(missing_ok=True)
+        builder.go("mod", "init", "imagegate.dev/peer/policycontroller", cwd=work)
+        builder.go("mod", "edit", "-go=1.26.0", cwd=work)
+        info = json.loads(
+            builder.go(
+                "mod", "download", "-json", f"{POLICY_CONTROLLER_MODULE}@{tool.version}", cwd=work
+            )
+        )
+        upstream = Path(info["GoMod"]).read_text()
+        replaces = re.findall(
+            r"^\s*(?:replace\s+)?(\S+)\s+=>\s+(\S+)\s+(v\S+)\s*$", upstream, flags=re.M
+        )
+        builder.go(
+            "mod",
+            "edit",
+            *(f"-replace={old}={new}@{version}" for old, new, version in replaces),
+            cwd=work,
+        )
+        builder.go(
+            "get", "-tool", f"{POLICY_CONTROLLER_MODULE}/cmd/webhook@{tool.version}", cwd=work
+        )
+        (work / ".ready").write_text(tool.version)
+    builder.go(
+        "build",
+        "-trimpath",
+        "-ldflags",
+        _ldflags(("sigs.k8s.io/release-utils/version.gitVersion", tool.version)),
+        "-o",
+        str(output),
+        f"{POLICY_CONTROLLER_MODULE}/cmd/webhook",
+        cwd=work,
+    )
+
+
 def _go_install(package: str, *stamp: tuple[str, str]) -> Callable[[Builder, Tool, Path], None]:
     """Recipe for modules without replace directives: plain `go install pkg@version`."""
 
@@ -436,6 +482,17 @@ REGISTRY = Tool(
     _build_registry,
     ("-version",),
     fingerprint=_registry_fingerprint(),
+)
+
+POLICY_CONTROLLER_MODULE = "github.com/sigstore/policy-controller"
+#: The peer for `bench/peer.py`, built on demand only: not part of the test bed (nor of CI).
+POLICY_CONTROLLER = Tool(
+    "policy-controller-webhook",
+    versions.POLICY_CONTROLLER,
+    _build_policy_controller,
+    # It prints its version (JSON) before connecting; with no cluster to reach it then exits.
+    ("--disable-tuf",),
+    version_env=(("KUBECONFIG", "/nonexistent"),),
 )
 
 #: Build order: cheapest first, so a broken toolchain shows up in seconds, not after kube-apiserver.

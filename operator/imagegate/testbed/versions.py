@@ -19,3 +19,7 @@ MINIMUM_GO = (1, 26)
 def staging_version(kubernetes: str = KUBERNETES) -> str:
     """Kubernetes v1.X.Y publishes its staging modules (k8s.io/api, ...) as v0.X.Y."""
     return "v0." + kubernetes.removeprefix("v1.")
+
+
+#: The peer webhook `bench/peer.py` measures against (not part of the test bed).
+POLICY_CONTROLLER = "v0.13.1"
