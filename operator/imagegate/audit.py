@@ -14,6 +14,10 @@ from typing import Protocol
 from imagegate.policy import engine
 
 MAX_MESSAGE = 1024
+#: The label on everything imagegate writes (Events, PolicyReports, its certificate Secret),
+#: and the selector that lists those objects back.
+MANAGED_BY = {"app.kubernetes.io/managed-by": "imagegate"}
+MANAGED_BY_SELECTOR = ",".join(f"{key}={value}" for key, value in MANAGED_BY.items())
 
 
 class Action(enum.StrEnum):

@@ -23,7 +23,7 @@ from typing import Any
 from cryptography import x509
 from kubernetes import client
 
-from imagegate import server, tls
+from imagegate import audit, server, tls
 from imagegate.errors import ImagegateError
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class SelfManagedTLS:
         body = client.V1Secret(
             metadata=client.V1ObjectMeta(
                 name=self.secret_name,
-                labels={"app.kubernetes.io/managed-by": "imagegate"},
+                labels=dict(audit.MANAGED_BY),
                 # Replace only what we read: two replicas renewing at once cannot both win.
                 resource_version=version,
             ),

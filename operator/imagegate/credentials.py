@@ -130,9 +130,6 @@ class EntryKeychain:
     def __init__(self, entries: Iterable[CredentialEntry]) -> None:
         self._entries = tuple(entries)
 
-    def __bool__(self) -> bool:
-        return bool(self._entries)
-
     def credentials(self, registry: str, repository: str) -> Credentials | None:
         best: CredentialEntry | None = None
         for entry in self._entries:
@@ -142,20 +139,6 @@ class EntryKeychain:
             ):
                 best = entry
         return best.credentials if best is not None else None
-
-
-class ChainedKeychain:
-    """The first keychain that has credentials for the registry wins."""
-
-    def __init__(self, keychains: Sequence[Keychain]) -> None:
-        self._keychains = tuple(keychains)
-
-    def credentials(self, registry: str, repository: str) -> Credentials | None:
-        for keychain in self._keychains:
-            found = keychain.credentials(registry, repository)
-            if found is not None:
-                return found
-        return None
 
 
 @dataclass(frozen=True)

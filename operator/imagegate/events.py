@@ -24,13 +24,12 @@ from typing import Any
 
 from kubernetes import client
 
-from imagegate.audit import MAX_MESSAGE, Action, AuditEntry
+from imagegate.audit import MANAGED_BY, MAX_MESSAGE, Action, AuditEntry
 from imagegate.policy import model
 
 logger = logging.getLogger(__name__)
 
-#: Labels and annotations on imagegate's Events: `imagegate audit` reads them back.
-MANAGED_BY = {"app.kubernetes.io/managed-by": "imagegate"}
+#: Annotations on imagegate's Events: `imagegate audit` reads them back.
 ANNOTATION_PREFIX = "imagegate.dev/"
 COMPONENT = "imagegate"
 #: Events for ClusterImagePolicies go where Kubernetes puts cluster-scoped objects' Events.
@@ -179,7 +178,7 @@ class EventRecorder:
             metadata=client.V1ObjectMeta(
                 name=tracked.name,
                 namespace=tracked.namespace,
-                labels=MANAGED_BY,
+                labels=dict(MANAGED_BY),
                 annotations=_annotations(entry),
             ),
             involved_object=client.V1ObjectReference(

@@ -25,14 +25,13 @@ from typing import Any
 
 from kubernetes import client
 
-from imagegate import webhook, webhookconfig, workloads
+from imagegate import audit, webhook, webhookconfig, workloads
 from imagegate.policy import engine
 
 logger = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "wgpolicyk8s.io", "v1alpha2", "policyreports"
 REPORT_NAME = "imagegate"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "imagegate"}
 CATEGORY = "Image provenance"
 #: etcd objects are capped at ~1.5 MiB; a report this long is already past reading.
 MAX_RESULTS = 1000
@@ -188,7 +187,7 @@ def report(namespace: str, results: Sequence[Result], now: datetime.datetime) ->
         "metadata": {
             "name": REPORT_NAME,
             "namespace": namespace,
-            "labels": dict(MANAGED_BY),
+            "labels": dict(audit.MANAGED_BY),
             "annotations": annotations,
         },
         "summary": summary,
@@ -365,11 +364,14 @@ class PolicyReportScanner:
         self, by_namespace: Mapping[str, list[Result]], summary: ScanSummary, keep: set[str]
     ) -> None:
         objects = client.CustomObjectsApi(self._api)
-        selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
         existing: Any
         try:
             existing = await asyncio.to_thread(
-                objects.list_cluster_custom_object, GROUP, VERSION, PLURAL, label_selector=selector
+                objects.list_cluster_custom_object,
+                GROUP,
+                VERSION,
+                PLURAL,
+                label_selector=audit.MANAGED_BY_SELECTOR,
             )
         except client.ApiException as error:
             if error.status == 404:

@@ -22,12 +22,11 @@ from typing import Any, TextIO
 import pydantic
 from kubernetes import client
 
-from imagegate import events, kube
+from imagegate import audit, events, kube, scan
 from imagegate.errors import UsageError
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-REPORT_GROUP, REPORT_VERSION, REPORT_PLURAL = "wgpolicyk8s.io", "v1alpha2", "policyreports"
 
 
 class TrailRow(pydantic.BaseModel):
@@ -140,15 +139,16 @@ def run(
 ) -> int:
     window_start = datetime.datetime.now(datetime.UTC) - parse_duration(since)
     api = kube.admin_client(kubeconfig)
-    selector = ",".join(f"{k}={v}" for k, v in events.MANAGED_BY.items())
-    listed = client.CoreV1Api(api).list_event_for_all_namespaces(label_selector=selector)
+    listed = client.CoreV1Api(api).list_event_for_all_namespaces(
+        label_selector=audit.MANAGED_BY_SELECTOR
+    )
     rows = rows_from_events(listed.items, since=window_start, namespace=namespace, policy=policy)
     violations: list[Violation] = []
     if reports:
         found: Any
         try:
             found = client.CustomObjectsApi(api).list_cluster_custom_object(
-                REPORT_GROUP, REPORT_VERSION, REPORT_PLURAL, label_selector=selector
+                scan.GROUP, scan.VERSION, scan.PLURAL, label_selector=audit.MANAGED_BY_SELECTOR
             )
         except client.ApiException as error:
             if error.status != 404:

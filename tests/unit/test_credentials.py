@@ -63,12 +63,15 @@ def test_a_wildcard_matches_one_dns_label_and_loses_to_an_exact_host() -> None:
     assert found.credentials("a.b.azurecr.io", "app") is None
 
 
-def test_the_first_keychain_with_an_answer_wins() -> None:
-    policy = keychain(config({"ghcr.io": auth("policy", "1")}))
-    pod = keychain(config({"ghcr.io": auth("pod", "2"), "quay.io": auth("pod", "3")}))
-    chained = credentials.ChainedKeychain([policy, pod])
-    assert chained.credentials("ghcr.io", "x") == Credentials("policy", "1")
-    assert chained.credentials("quay.io", "x") == Credentials("pod", "3")
+def test_among_equally_specific_keys_the_earlier_source_wins() -> None:
+    """keychain_for lists the policy's entries before the Pod's: the policy's win ties."""
+    policy = credentials.parse_docker_config(config({"ghcr.io": auth("policy", "1")}))
+    pod = credentials.parse_docker_config(
+        config({"ghcr.io": auth("pod", "2"), "quay.io": auth("pod", "3")})
+    )
+    ordered = credentials.EntryKeychain([*policy, *pod])
+    assert ordered.credentials("ghcr.io", "x") == Credentials("policy", "1")
+    assert ordered.credentials("quay.io", "x") == Credentials("pod", "3")
 
 
 @pytest.mark.parametrize(
