@@ -305,21 +305,22 @@ class PolicyReportScanner:
             images = workloads.find_images(obj, group_kind)
         except workloads.MalformedWorkloadError as error:
             return [malformed_result(obj, error)]
-        planned = engine.plan_rewrites(images, policies, apply=False)
-        checks = engine.signature_checks(planned, policies)
-        verdicts: Mapping[engine.SignatureCheck, engine.SignatureVerdict] = {}
-        if checks and self._verifier is not None:
-            keychain = None
-            if self._keychains is not None:
-                pull = workloads.pull_context(obj, group_kind)
-                keychain = await self._keychains.keychain(namespace, pull, policies)
-            deadline = time.monotonic() + OBJECT_DEADLINE
-            # The verifier keeps to the deadline; the timeout is for one that does not, so a
-            # hung registry call cannot stall every later object (the webhook has server.py's).
-            verdicts = await asyncio.wait_for(
-                self._verifier.verify(checks, deadline, keychain), OBJECT_DEADLINE + 1
-            )
-        return results_for(obj, engine.evaluate(planned, policies, verdicts))
+        # The verifier keeps to the deadline; the timeout is for one that does not, so a hung
+        # registry call cannot stall every later object (the webhook has server.py's).
+        decision = await asyncio.wait_for(
+            webhook.judge(
+                images,
+                policies,
+                obj=obj,
+                namespace=namespace,
+                group_kind=group_kind,
+                verifier=self._verifier,
+                keychains=self._keychains,
+                deadline=time.monotonic() + OBJECT_DEADLINE,
+            ),
+            OBJECT_DEADLINE + 1,
+        )
+        return results_for(obj, decision)
 
     async def _list_objects(self) -> tuple[list[dict[str, Any]], bool]:
         """Every scanned object as JSON, with apiVersion and kind set (lists omit them), and

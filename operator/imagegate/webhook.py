@@ -61,15 +61,41 @@ class DigestResolver(Protocol):
 
 async def _keychain(
     source: KeychainSource | None,
-    request: admission.AdmissionRequest,
+    obj: Mapping[str, Any] | None,
+    namespace: str,
+    group_kind: tuple[str, str],
     policies: Sequence[engine.CompiledPolicy],
 ) -> Keychain | None:
     """Read only when a registry will be asked: most admissions never touch a Secret."""
-    if source is None or request.object is None:
+    if source is None or obj is None:
         return None
-    group_kind = (request.kind.group, request.kind.kind)
-    pull = workloads.pull_context(request.object, group_kind)
-    return await source.keychain(request.namespace, pull, policies)
+    pull = workloads.pull_context(obj, group_kind)
+    return await source.keychain(namespace, pull, policies)
+
+
+async def judge(
+    images: Sequence[workloads.ContainerImage],
+    policies: Sequence[engine.CompiledPolicy],
+    *,
+    obj: Mapping[str, Any] | None,
+    namespace: str,
+    group_kind: tuple[str, str],
+    verifier: SignatureVerifier | None,
+    keychains: KeychainSource | None,
+    deadline: float,
+) -> engine.Decision:
+    """The decision on images as stored: what `/validate` and the background scan both say.
+
+    Signature verdicts are gathered (with the object's pull credentials) only when a policy
+    asks for signatures.
+    """
+    planned = engine.plan_rewrites(images, policies, apply=False)
+    checks = engine.signature_checks(planned, policies)
+    verdicts: Mapping[engine.SignatureCheck, engine.SignatureVerdict] = {}
+    if checks and verifier is not None:
+        keychain = await _keychain(keychains, obj, namespace, group_kind, policies)
+        verdicts = await verifier.verify(checks, deadline, keychain)
+    return engine.evaluate(planned, policies, verdicts)
 
 
 def _images(request: admission.AdmissionRequest) -> list[workloads.ContainerImage] | None:
@@ -126,13 +152,16 @@ class Validator:
         if scope is None:
             return admission.AdmissionResponse(uid=request.uid, allowed=True)
         images, policies = scope
-        planned = engine.plan_rewrites(images, policies, apply=False)
-        checks = engine.signature_checks(planned, policies)
-        verdicts: Mapping[engine.SignatureCheck, engine.SignatureVerdict] = {}
-        if checks and self._verifier is not None:
-            keychain = await _keychain(self._keychains, request, policies)
-            verdicts = await self._verifier.verify(checks, deadline, keychain)
-        decision = engine.evaluate(planned, policies, verdicts)
+        decision = await judge(
+            images,
+            policies,
+            obj=request.object,
+            namespace=request.namespace,
+            group_kind=(request.kind.group, request.kind.kind),
+            verifier=self._verifier,
+            keychains=self._keychains,
+            deadline=deadline,
+        )
         described = _describe_object(request)
         _record(
             self._recorders,
@@ -206,7 +235,13 @@ class Mutator:
                     continue  # validation denies it: no registry call for nothing
                 try:
                     if keychain is None:
-                        keychain = await _keychain(self._keychains, request, policies)
+                        keychain = await _keychain(
+                            self._keychains,
+                            request.object,
+                            request.namespace,
+                            (request.kind.group, request.kind.kind),
+                            policies,
+                        )
                     digest = await self._resolver.resolve(image.final, deadline, keychain)
                 except Exception as error:  # validation will decide; pinning is best effort
                     logger.warning("could not resolve %s for pinning: %s", image.final, error)
