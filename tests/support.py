@@ -11,6 +11,42 @@ from typing import Any
 from imagegate.testbed.controlplane import ControlPlane
 
 
+def pod_review(namespace: str, image: str, *, name: str = "p") -> dict[str, Any]:
+    """An AdmissionReview of a one-container Pod CREATE, as the API server would send it."""
+    import uuid
+
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "name": name,
+            "operation": "CREATE",
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name},
+                "spec": {"containers": [{"name": "app", "image": image}]},
+            },
+        },
+    }
+
+
+def post_review(url: str, review: dict[str, Any], context: Any) -> dict[str, Any]:
+    """POST `review` to a webhook over HTTPS (`context`: an ssl.SSLContext); its response."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        url, data=json.dumps(review).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, context=context, timeout=10) as reply:
+        answer: dict[str, Any] = json.loads(reply.read())["response"]
+        return answer
+
+
 @dataclass(frozen=True)
 class Cluster:
     """A Kubernetes API server the e2e tier may use, and how its webhooks can reach us."""

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import ssl
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,8 +30,10 @@ from kubernetes.client.rest import ApiException
 
 from imagegate import tls, trail
 from imagegate.policy import resources
-from imagegate.testbed import build, local, processes
-from support import Cluster
+from imagegate.testbed import build, local
+from support import Cluster, pod_review, post_review
+
+from .test_admission import pod_body
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.usefixtures("crds")]
 
@@ -385,42 +384,24 @@ def test_the_operator_runs_with_nothing_but_the_charts_rbac(
                 }
             )
         )
-        core.create_namespaced_pod(team, _pod("old", "redis:7"))  # before any policy
-        port, health = processes.free_port(), processes.free_port()
-        process = processes.ManagedProcess(
-            "imagegate as the chart's account",
-            [
-                sys.executable,
-                "-m",
-                "imagegate",
-                "run",
-                "--kubeconfig",
-                str(kubeconfig),
-                "--tls-secret",
-                f"{release}-tls",
-                "--service-name",
-                release,
-                "--webhook-configuration",
-                release,
-                "--tls-dir",
-                str(tmp_path / "tls"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--health-port",
-                str(health),
-                "--policy-reports",
-                "--log-format",
-                "json",
-            ],
-            tmp_path / "operator.log",
-            env={**os.environ, "POD_NAMESPACE": namespace, "PYTHONUNBUFFERED": "1"},
-        )
-        process.start()
-        try:
-            ready = f"http://127.0.0.1:{health}/readyz"
-            process.wait_until(lambda: _ok(ready), timeout=60, what="ready")
+        core.create_namespaced_pod(team, pod_body("old", "redis:7"))  # before any policy
+        certificate_args = [
+            "--tls-secret",
+            f"{release}-tls",
+            "--service-name",
+            release,
+            "--webhook-configuration",
+            release,
+            "--tls-dir",
+            str(tmp_path / "tls"),
+        ]
+        with local.operator_process(
+            kubeconfig,
+            tmp_path / "operator",
+            extra_args=["--policy-reports", "--log-format", "json"],
+            certificate_args=certificate_args,
+            env={"POD_NAMESPACE": namespace},
+        ) as running:
             # Certificates: the Secret made, the CA patched into both configurations.
             secret = core.read_namespaced_secret(f"{release}-tls", namespace)
             ca = secret.data["ca.crt"]
@@ -428,31 +409,13 @@ def test_the_operator_runs_with_nothing_but_the_charts_rbac(
                 assert configuration.webhooks[0].client_config.ca_bundle == ca
             # Policy status, Events, PolicyReports: all written with the account's rights.
             image_policy(team, "hardened", {"sources": [{"name": "cg", "images": ["cgr.dev/**"]}]})
-            review = {
-                "apiVersion": "admission.k8s.io/v1",
-                "kind": "AdmissionReview",
-                "request": {
-                    "uid": "u-1",
-                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                    "resource": {"group": "", "version": "v1", "resource": "pods"},
-                    "namespace": team,
-                    "name": "new",
-                    "operation": "CREATE",
-                    "object": _pod("new", "redis:8"),
-                },
-            }
+            review = pod_review(team, "redis:8", name="new")
             context = ssl.create_default_context(cadata=base64.b64decode(ca).decode())
             # The certificate names the Service; reach it on loopback by that name's rules.
             context.check_hostname = False
-            request = urllib.request.Request(
-                f"https://127.0.0.1:{port}/validate",
-                data=json.dumps(review).encode(),
-                headers={"Content-Type": "application/json"},
-            )
 
             def denied() -> bool:
-                with urllib.request.urlopen(request, context=context, timeout=10) as reply:
-                    return json.loads(reply.read())["response"]["allowed"] is False
+                return post_review(running.url + "/validate", review, context)["allowed"] is False
 
             # Ready may have been written by the session's operator first: wait for this one.
             wait_until(denied, "the new policy enforced by the chart's account")
@@ -470,24 +433,8 @@ def test_the_operator_runs_with_nothing_but_the_charts_rbac(
                 ),
                 "PolicyReport written by the chart's account",
             )
-            log = process.log_path.read_text()
+            log = running.process.log_path.read_text()
             assert "forbidden" not in log.lower(), log
-        finally:
-            process.stop()
     finally:
         tools.helm("uninstall", release, "--namespace", namespace, "--wait")
         core.delete_namespace(team)
-
-
-def _pod(name: str, image: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {"containers": [{"name": "app", "image": image}]},
-    }
-
-
-def _ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as reply:
-        return int(reply.status) == 200

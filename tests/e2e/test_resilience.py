@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import ssl
 import time
-import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
@@ -17,7 +13,7 @@ from kubernetes import client
 from imagegate.policy import resources
 from imagegate.testbed import build, local, processes
 from imagegate.testbed.controlplane import ControlPlane, ControlPlaneBinaries
-from support import Cluster
+from support import Cluster, pod_review, post_review
 
 from .conftest import PolicyFactory
 
@@ -42,7 +38,7 @@ def test_without_the_crds_the_operator_starts_says_so_and_admits(
         bare_cluster.kubeconfig, tmp_path / "operator", extra_args=["--policy-reports"]
     ) as running:
         context = ssl.create_default_context(cadata=running.ca_pem.decode())
-        answer = _post(running.url + "/validate", _review("default", "redis:7"), context)
+        answer = post_review(running.url + "/validate", pod_review("default", "redis:7"), context)
         assert answer["allowed"] is True
         log = processes.tail(running.process.log_path, 200)
         assert "the ClusterImagePolicy CRD is not installed" in log
@@ -53,36 +49,6 @@ def test_without_the_crds_the_operator_starts_says_so_and_admits(
             time.sleep(0.2)
             log = processes.tail(running.process.log_path, 200)
         assert "PolicyReport CRD not installed" in log
-
-
-def _review(namespace: str, image: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "name": "p",
-            "operation": "CREATE",
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "p"},
-                "spec": {"containers": [{"name": "c", "image": image}]},
-            },
-        },
-    }
-
-
-def _post(url: str, review: dict[str, Any], context: ssl.SSLContext) -> dict[str, Any]:
-    request = urllib.request.Request(
-        url, data=json.dumps(review).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, context=context, timeout=10) as reply:
-        answer: dict[str, Any] = json.loads(reply.read())["response"]
-        return answer
 
 
 def test_a_stopping_operator_writes_its_pending_counts_first(
@@ -96,11 +62,11 @@ def test_a_stopping_operator_writes_its_pending_counts_first(
     """A rolling update must not lose the denials counted since the last batch write."""
     with local.operator_process(cluster.kubeconfig, tmp_path / "operator") as running:
         image_policy(namespace, "counted", {"sources": [{"name": "cg", "images": ["cgr.dev/**"]}]})
-        review = _review(namespace, "redis:7")
+        review = pod_review(namespace, "redis:7")
         context = ssl.create_default_context(cadata=running.ca_pem.decode())
 
         def denied() -> bool:
-            return _post(running.url + "/validate", review, context)["allowed"] is False
+            return post_review(running.url + "/validate", review, context)["allowed"] is False
 
         deadline = time.monotonic() + 30
         while not denied() and time.monotonic() < deadline:

@@ -11,7 +11,7 @@ import ssl
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,16 +79,31 @@ def operator_process(
     *,
     insecure_registries: Sequence[str] = (),
     extra_args: Sequence[str] = (),
+    certificate_args: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[LocalOperator]:
-    """Run `imagegate run` with a fresh serving certificate for `host`, until the block ends."""
+    """Run `imagegate run` until the block ends (ready: /readyz answers 200).
+
+    By default with a fresh serving certificate for `host`; `certificate_args` (e.g.
+    `--tls-secret ...`) replace that, and `ca_pem` is then empty: the operator makes its own.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
-    ca = tls.CertificateAuthority.create("imagegate-local-ca")
-    is_ip = host.replace(".", "").isdigit() or ":" in host
-    pair = ca.issue(
-        "imagegate", ip_addresses=[host] if is_ip else [], dns_names=[] if is_ip else [host]
-    )
-    (workdir / "tls.crt").write_bytes(pair.cert_pem)
-    (workdir / "tls.key").write_bytes(pair.key_pem)
+    ca_pem = b""
+    if certificate_args is None:
+        ca = tls.CertificateAuthority.create("imagegate-local-ca")
+        is_ip = host.replace(".", "").isdigit() or ":" in host
+        pair = ca.issue(
+            "imagegate", ip_addresses=[host] if is_ip else [], dns_names=[] if is_ip else [host]
+        )
+        (workdir / "tls.crt").write_bytes(pair.cert_pem)
+        (workdir / "tls.key").write_bytes(pair.key_pem)
+        ca_pem = ca.cert_pem
+        certificate_args = [
+            "--tls-cert",
+            str(workdir / "tls.crt"),
+            "--tls-key",
+            str(workdir / "tls.key"),
+        ]
     port, health_port = processes.free_port(), processes.free_port()
     process = processes.ManagedProcess(
         "imagegate operator",
@@ -99,10 +114,7 @@ def operator_process(
             "run",
             "--kubeconfig",
             str(kubeconfig),
-            "--tls-cert",
-            str(workdir / "tls.crt"),
-            "--tls-key",
-            str(workdir / "tls.key"),
+            *certificate_args,
             "--host",
             "127.0.0.1" if host == "127.0.0.1" else "0.0.0.0",
             "--port",
@@ -113,10 +125,10 @@ def operator_process(
             *extra_args,
         ],
         workdir / "operator.log",
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     local = LocalOperator(
-        f"https://{host}:{port}", ca.cert_pem, process, f"http://127.0.0.1:{health_port}"
+        f"https://{host}:{port}", ca_pem, process, f"http://127.0.0.1:{health_port}"
     )
 
     def healthy() -> bool:
