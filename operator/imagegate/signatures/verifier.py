@@ -72,7 +72,7 @@ class CosignVerifier:
             return engine.SignatureVerdict(False, f"registry error: {error.user_message}")
         try:
             public_keys = await self._public_keys(requirement, check.policy_namespace)
-        except (material.MaterialError, keys.KeyError_) as error:
+        except (material.MaterialError, keys.UnusableKeyError) as error:
             return engine.SignatureVerdict(False, f"keys: {error.user_message}", digest=digest)
 
         def verification() -> Awaitable[engine.SignatureVerdict]:
