@@ -27,13 +27,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from sigstore._internal import sct as sigstore_sct
-from sigstore._internal.trust import KeyringPurpose
-from sigstore.errors import Error as SigstoreError
 from sigstore.models import TrustedRoot
 
 from imagegate.policy import model
-from imagegate.signatures import cosign, keyless, rekor
+from imagegate.signatures import cosign, keyless, rekor, sigstore_internals
 
 MAX_CHAIN = 4
 
@@ -90,8 +87,8 @@ def verify_legacy(
         if root is None:
             return "untrusted certificate: the trust root's CT logs could not be read"
         try:
-            sigstore_sct.verify_sct(leaf, path[1:], root.ct_keyring(KeyringPurpose.VERIFY))
-        except SigstoreError as error:
+            sigstore_internals.verify_sct(leaf, path[1:], root)
+        except sigstore_internals.SCTError as error:
             return f"untrusted certificate: no valid SCT ({error})"
     try:
         keyless.IdentityPolicy(authority).verify(leaf)

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import functools
 import json
-from importlib import resources
 from importlib.abc import Traversable
 from typing import Any
 
 from sigstore.models import TrustedRoot
 from sigstore_models.trustroot import v1 as trustroot_v1
 
-PUBLIC_GOOD_ROOT = "https%3A%2F%2Ftuf-repo-cdn.sigstore.dev/trusted_root.json"
+from imagegate.signatures import sigstore_internals
 
 
 def _public_good_file() -> Traversable:
-    return resources.files("sigstore") / "_store" / PUBLIC_GOOD_ROOT
+    return sigstore_internals.public_good_root_file()
 
 
 @functools.cache
