@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from imagegate import workloads
 from imagegate.policy import engine
 
 MAX_MESSAGE = 1024
@@ -47,15 +48,18 @@ class AuditEntry:
     namespace: str
     #: "Kind/name" of the object admitted (a Deployment, not its future Pods).
     obj: str
+    #: The container's name (or the image volume's: see `kind`).
     container: str
     image: str
     #: Why (a violation's reason) or what instead (the rewrite target).
     detail: str
     dry_run: bool = False
+    #: Which pod spec list the image is in (`workloads.ContainerImage.kind`).
+    kind: str = "containers"
 
     def message(self) -> str:
         where = f"{self.obj} in {self.namespace}" if self.namespace else self.obj
-        what = f"container {self.container!r} image {self.image!r}"
+        what = f"{workloads.describe(self.kind, self.container)} image {self.image!r}"
         if self.action is Action.REWRITTEN:
             text = f"rewrote {what} of {where} to {self.detail}"
         else:
@@ -85,6 +89,7 @@ def violation_entries(
             image.planned.container.image,
             violation.reason,
             dry_run,
+            image.planned.container.kind,
         )
         for image in decision.images
         for violation in image.violations
@@ -110,6 +115,7 @@ def rewrite_entries(
             image.container.image,
             image.final_text,
             dry_run,
+            image.container.kind,
         )
         for image in planned
         if image.rewritten_by is not None and image.rewritten_by in by_name

@@ -86,6 +86,7 @@ class EventRecorder:
             entry.action,
             entry.namespace,
             entry.obj,
+            entry.kind,
             entry.container,
             entry.image,
             entry.detail,

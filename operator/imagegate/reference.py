@@ -12,7 +12,9 @@ The grammar is distribution/reference's (regexp.go, normalize.go):
 Normalisation (ParseNormalizedNamed): the first path component is a registry only when it
 contains "." or ":", is "localhost", or has an uppercase letter; otherwise the registry is
 docker.io. `index.docker.io` is docker.io, and a single-component Docker Hub name gets `library/`.
-With neither tag nor digest the tag is `latest`. Everything else is rejected with the reason.
+With neither tag nor digest the tag is `latest`. Everything else is rejected with the reason,
+and so are image IDs (`sha256:<hex>`, long bare hex), which Docker's grammar would read as
+Docker Official Image names but runtimes resolve to images already on the node.
 """
 
 from __future__ import annotations
@@ -44,6 +46,16 @@ _DIGEST_SYNTAX = re.compile(
     r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}", re.ASCII
 )
 _HEX64 = re.compile(r"[a-f0-9]{64}", re.ASCII)
+#: Texts a container runtime takes for the ID of an image already on the node, not a name to
+#: pull. Docker's grammar reads `sha256:<hex>` as `docker.io/library/sha256:<hex>`, so a policy
+#: trusting `docker.io/library/*` would admit whatever image the node holds under that ID.
+#: Runtimes look an unresolvable reference up as an image ID (containerd's CRI falls back to its
+#: image store, CRI-O and Docker also match ID prefixes), so both shapes are refused:
+#: `<algorithm>:<hex>` (any length: a prefix is enough for a lookup) and bare hex of 12 or more
+#: characters (12 is Docker's short ID; the 64-character form is also refused by distribution's
+#: grammar). Only the bare text is an ID: with a registry, path or tag (`docker.io/library/sha256
+#: :<hex>`, `sha256:<hex>@sha256:...`, `abc123def456:1`) it is a name the runtime pulls.
+_IMAGE_ID = re.compile(r"(?:sha256|sha384|sha512|blake3):[0-9a-fA-F]+|[0-9a-fA-F]{12,}", re.ASCII)
 
 
 class InvalidReferenceError(ImagegateError):
@@ -78,7 +90,11 @@ class ImageReference:
             # reads back as registry `a.b`: the short form must name the same image.
             if _split_registry(short)[0] == DOCKER_HUB:
                 name = short
-        return name + self._suffix()
+        familiar = name + self._suffix()
+        if _IMAGE_ID.fullmatch(familiar):
+            # `docker.io/library/sha256:<hex>` shortened is an image ID: keep the name.
+            return str(self)
+        return familiar
 
     def with_digest(self, digest: str) -> ImageReference:
         """The same image pinned to `digest`, keeping the tag for readers (`repo:tag@digest`)."""
@@ -102,6 +118,11 @@ def parse(text: str) -> ImageReference:
         raise InvalidReferenceError(f"image reference {text!r} has non-ASCII characters")
     if any(char.isspace() for char in text):
         raise InvalidReferenceError(f"image reference {text!r} contains whitespace")
+    if _IMAGE_ID.fullmatch(text):
+        raise InvalidReferenceError(
+            f"image {text!r} is an image ID, not a reference: name the image by repository "
+            "(and digest) instead"
+        )
 
     remainder, _, digest = text.partition("@")
     if digest or text.endswith("@"):

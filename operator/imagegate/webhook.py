@@ -407,6 +407,7 @@ def _resolve(obj: Mapping[str, Any], pointer: str) -> Any:
 def _audit_detail(decision: engine.Decision) -> list[dict[str, Any]]:
     return [
         {
+            "kind": image.planned.container.kind,
             "container": image.planned.container.container_name,
             "image": image.planned.container.image,
             "outcome": image.outcome.value,

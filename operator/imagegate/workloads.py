@@ -1,10 +1,14 @@
-"""Every container image in a Kubernetes object, with the JSON Pointer that holds it.
+"""Every image in a Kubernetes object the kubelet would pull, with the JSON Pointer that holds it.
+
+That is each container's `image` and each image volume's `image.reference` (`volumes[].image`:
+an OCI image mounted as a volume, pulled like a container image, so it is judged like one).
 
 Pods and every built-in kind that carries a pod template: Deployment, StatefulSet, DaemonSet,
 ReplicaSet (apps), Job, CronJob (batch), ReplicationController and PodTemplate (core). Other
 kinds have no images here and give an empty list. A pod spec that is not shaped like one (no spec,
-containers not a list, a container without an image string) is a `MalformedWorkloadError`: an
-admission controller must deny what it cannot read, never admit it unread.
+containers not a list, a container without an image string, an image volume without a reference
+string) is a `MalformedWorkloadError`: an admission controller must deny what it cannot read,
+never admit it unread. A volume without `image` is another volume type and holds no image.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from typing import Any, Literal
 
 from imagegate.errors import ImagegateError
 
-ContainerList = Literal["containers", "initContainers", "ephemeralContainers"]
+#: The pod spec list an image comes from: a container list, or `volumes` for an image volume.
+ContainerList = Literal["containers", "initContainers", "ephemeralContainers", "volumes"]
 CONTAINER_LISTS: tuple[ContainerList, ...] = ("initContainers", "containers", "ephemeralContainers")
+IMAGE_VOLUMES: ContainerList = "volumes"
 
 #: (API group, kind) → JSON Pointer of the pod spec.
 POD_SPEC_POINTERS: Mapping[tuple[str, str], str] = {
@@ -38,12 +44,37 @@ class MalformedWorkloadError(ImagegateError):
 
 @dataclass(frozen=True)
 class ContainerImage:
+    """One image of a pod spec: a container's, or an image volume's (`kind` "volumes")."""
+
     kind: ContainerList
     index: int
+    #: The container's name, or the image volume's.
     container_name: str
     image: str
-    #: RFC 6901 pointer to the image field, e.g. /spec/template/spec/containers/0/image.
+    #: RFC 6901 pointer to the image field, e.g. /spec/template/spec/containers/0/image or
+    #: /spec/volumes/0/image/reference.
     pointer: str
+
+    @property
+    def is_volume(self) -> bool:
+        return self.kind == IMAGE_VOLUMES
+
+    @property
+    def where(self) -> str:
+        """How messages name it: "container 'web'", "init container 'x'", "image volume 'v'"."""
+        return describe(self.kind, self.container_name)
+
+
+def describe(kind: str, name: str) -> str:
+    """A `ContainerImage`'s kind and name in words: "container 'web'", "image volume 'v'"."""
+    return f"{_KIND_WORDS.get(kind, 'container')} {name!r}"
+
+
+_KIND_WORDS: Mapping[str, str] = {
+    "initContainers": "init container",
+    "ephemeralContainers": "ephemeral container",
+    IMAGE_VOLUMES: "image volume",
+}
 
 
 @dataclass(frozen=True)
@@ -92,7 +123,8 @@ def pod_spec_pointer(api_version: str, kind: str) -> str | None:
 def find_images(
     obj: Mapping[str, Any], group_kind: tuple[str, str] | None = None
 ) -> list[ContainerImage]:
-    """All images of `obj` (init containers first, in the order the kubelet starts them).
+    """All images of `obj`: containers (init containers first, in the order the kubelet starts
+    them), then image volumes.
 
     `group_kind` is the (API group, kind) the API server says the object is (an AdmissionRequest's
     `kind`); without it, the object's own apiVersion and kind are used.
@@ -128,6 +160,42 @@ def find_images(
                     f"{where}/{index}/image",
                 )
             )
+    found += _image_volumes(spec, pointer)
+    return found
+
+
+def _image_volumes(spec: Mapping[str, Any], pointer: str) -> list[ContainerImage]:
+    """The image volumes of a pod spec; other volume types are skipped."""
+    volumes = spec.get("volumes")
+    if volumes is None:
+        return []
+    where = f"{pointer}/volumes"
+    if not isinstance(volumes, list):
+        raise MalformedWorkloadError(f"{where} is not a list")
+    found: list[ContainerImage] = []
+    for index, volume in enumerate(volumes):
+        if not isinstance(volume, Mapping):
+            raise MalformedWorkloadError(f"{where}/{index} is not an object")
+        source = volume.get("image")
+        if source is None:
+            continue  # emptyDir, configMap, ...: no image to pull
+        if not isinstance(source, Mapping):
+            raise MalformedWorkloadError(f"{where}/{index}/image is not an object")
+        image = source.get("reference")
+        if not isinstance(image, str):
+            raise MalformedWorkloadError(
+                f"{where}/{index}/image/reference is missing or not a string"
+            )
+        name = volume.get("name")
+        found.append(
+            ContainerImage(
+                IMAGE_VOLUMES,
+                index,
+                name if isinstance(name, str) else "",
+                image,
+                f"{where}/{index}/image/reference",
+            )
+        )
     return found
 
 
@@ -136,7 +204,8 @@ def new_images(
     old_obj: Mapping[str, Any],
     group_kind: tuple[str, str] | None = None,
 ) -> list[ContainerImage]:
-    """Images of `obj` that `old_obj` did not already run under the same container name.
+    """Images of `obj` that `old_obj` did not already run under the same container (or image
+    volume) name.
 
     For UPDATEs such as `kubectl debug` (pods/ephemeralcontainers): what was admitted before
     needs no new decision, and an unchanged image costs no verification.

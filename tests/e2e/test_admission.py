@@ -396,3 +396,57 @@ def test_keys_can_come_from_a_secret_in_the_policys_namespace(
     core = client.CoreV1Api(api)
     core.create_namespaced_pod(gated_namespace, pod_body("s", f"{registry.address}/e2e/secret:v1"))
     assert core.read_namespaced_pod("s", gated_namespace).spec.containers[0].image.endswith(digest)
+
+
+def with_image_volume(body: dict[str, Any], reference: str) -> dict[str, Any]:
+    body["spec"]["volumes"] = [
+        {"name": "payload", "image": {"reference": reference, "pullPolicy": "IfNotPresent"}}
+    ]
+    return body
+
+
+def test_image_volumes_are_judged_and_rewritten_like_containers(
+    api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory
+) -> None:
+    image_policy(
+        gated_namespace,
+        "hardened",
+        {"sources": [CHAINGUARD], "rewrites": [PYTHON], "pinDigests": False},
+    )
+    core = client.CoreV1Api(api)
+    trusted = "cgr.dev/chainguard/nginx:latest"
+    with pytest.raises(ApiException) as denied:
+        core.create_namespaced_pod(
+            gated_namespace, with_image_volume(pod_body("bad", trusted), "evil.example/payload:1")
+        )
+    assert json.loads(denied.value.body)["message"] == (
+        "admission webhook \"validate.imagegate.dev\" denied the request: image volume 'payload' "
+        f"image 'evil.example/payload:1' denied by policy {gated_namespace}/hardened: "
+        "evil.example/payload is not from a source this policy trusts"
+    )
+    core.create_namespaced_pod(
+        gated_namespace, with_image_volume(pod_body("good", trusted), "python:3.12")
+    )
+    # Raw JSON: the API server kept the image volume (its feature is on) and the rewrite.
+    response = core.read_namespaced_pod("good", gated_namespace, _preload_content=False)
+    stored = json.loads(response.data)
+    assert stored["spec"]["volumes"][0]["image"]["reference"] == "cgr.dev/chainguard/python:latest"
+    originals = stored["metadata"]["annotations"]["imagegate.dev/original-images"]
+    assert json.loads(originals) == {"volumes/payload": "python:3.12"}
+
+
+def test_an_image_id_is_not_admitted_as_a_docker_official_image(
+    api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory
+) -> None:
+    official = {"name": "official", "images": ["docker.io/library/*"]}
+    image_policy(gated_namespace, "official", {"sources": [official], "pinDigests": False})
+    image_id = "sha256:" + "0123456789abcdef" * 4
+    body = pod_body("by-id", image_id)
+    body["spec"]["containers"][0]["imagePullPolicy"] = "Never"
+    with pytest.raises(ApiException) as denied:
+        client.CoreV1Api(api).create_namespaced_pod(gated_namespace, body)
+    message = json.loads(denied.value.body)["message"]
+    assert f"container 'app' image '{image_id}' denied by policy {gated_namespace}/official" in (
+        message
+    )
+    assert "is an image ID, not a reference: name the image by repository" in message

@@ -188,3 +188,50 @@ def test_the_presets_judge_a_sample_as_documented(capsys: pytest.CaptureFixture[
         "would rewrite python:3.12 to cgr.dev/chainguard/python:latest" in w for w in warnings
     )
     assert any("ghcr.io/acme/api:1.4 would be denied" in w.replace("'", "") for w in warnings)
+
+
+OFFICIAL = """
+apiVersion: imagegate.dev/v1alpha1
+kind: ClusterImagePolicy
+metadata: {name: official}
+spec:
+  sources:
+    - {name: official, images: ["docker.io/library/*"]}
+"""
+
+
+def test_an_untrusted_image_volume_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy, pod = tmp_path / "policy.yaml", tmp_path / "pod.yaml"
+    policy.write_text(OFFICIAL)
+    pod.write_text(
+        POD
+        + "  volumes:\n"
+        + "    - {name: scratch, emptyDir: {}}\n"
+        + "    - {name: payload, image: {reference: 'evil.example/payload:1'}}\n"
+    )
+    code, out, _ = run(["check", "-p", str(policy), "-o", "json", str(pod)], capsys)
+    assert code == 1
+    [obj] = json.loads(out)["objects"]
+    assert [(i["path"], i["container"], i["allowed"]) for i in obj["images"]] == [
+        ("/spec/containers/0/image", "web", True),
+        ("/spec/volumes/1/image/reference", "payload", False),
+    ]
+    assert obj["images"][1]["reason"] == (
+        "evil.example/payload is not from a source this policy trusts"
+    )
+
+
+def test_an_image_id_is_not_a_docker_official_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy, pod = tmp_path / "policy.yaml", tmp_path / "pod.yaml"
+    policy.write_text(OFFICIAL)
+    image_id = "sha256:" + "ab" * 32
+    pod.write_text(POD.replace("nginx:1.25", image_id))
+    code, out, _ = run(["check", "-p", str(policy), "-o", "json", str(pod)], capsys)
+    assert code == 1
+    [image] = json.loads(out)["objects"][0]["images"]
+    assert (image["image"], image["allowed"]) == (image_id, False)
+    assert "is an image ID, not a reference" in image["reason"]

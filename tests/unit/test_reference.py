@@ -83,7 +83,7 @@ def test_with_digest_keeps_the_tag_and_checks_the_digest() -> None:
         ("nginx@md5:" + "a" * 32, "unsupported digest algorithm"),
         ("nginx@sha256:" + "A" * 64, "lowercase hex"),
         ("nginx@sha256:" + "a" * 63 + "0a", "expected 64"),
-        ("0123456789abcdef" * 4, "64-character hexadecimal"),
+        ("0123456789abcdef" * 4 + ":1", "64-character hexadecimal"),
         ("-bad.host/app", "invalid registry"),
         ("host:port/app", "invalid registry"),
         ("a.io/" + "b" * 260, "longer than 255"),
@@ -157,6 +157,48 @@ def test_whitespace_or_uppercase_in_a_repository_is_refused(
     at = position % (len(path) + 1)
     with pytest.raises(InvalidReferenceError):
         parse("cgr.dev/" + path[:at] + bad + path[at:])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        SHA,
+        "sha384:" + "ab" * 48,
+        "sha512:" + "ab" * 64,
+        "sha256:0123456789ab",  # a prefix is enough for a runtime's ID lookup
+        "sha256:ABCDEF",
+        "0123456789abcdef" * 4,
+        "0123456789ab",  # Docker's short ID
+        "0123456789AB",
+    ],
+)
+def test_image_ids_are_refused_with_a_reason(text: str) -> None:
+    """Docker's grammar reads `sha256:<hex>` as `docker.io/library/sha256:<hex>`; a runtime
+    reads it as the ID of an image already on the node."""
+    with pytest.raises(InvalidReferenceError) as caught:
+        parse(text)
+    assert caught.value.user_message == (
+        f"image {text!r} is an image ID, not a reference: name the image by repository "
+        "(and digest) instead"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Names a runtime pulls, not IDs: a registry, a path, a tag or a digest makes them so.
+        ("docker.io/library/sha256:" + "a" * 64, "docker.io/library/sha256:" + "a" * 64),
+        (f"sha256:0123456789ab@{SHA}", f"docker.io/library/sha256:0123456789ab@{SHA}"),
+        ("0123456789ab:1", "docker.io/library/0123456789ab:1"),
+        ("ghcr.io/0123456789ab", "ghcr.io/0123456789ab:latest"),
+        ("0123456789a", "docker.io/library/0123456789a:latest"),  # shorter than a short ID
+        ("sha256", "docker.io/library/sha256:latest"),
+    ],
+)
+def test_names_that_only_look_like_ids_parse(text: str, expected: str) -> None:
+    parsed = parse(text)
+    assert str(parsed) == expected
+    assert parse(parsed.familiar) == parsed  # never shortened to an ID
 
 
 def test_constants_match_docker() -> None:

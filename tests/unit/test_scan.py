@@ -131,3 +131,26 @@ def test_a_malformed_object_is_an_error_row() -> None:
     row = scan.malformed_result(obj, caught.value)
     assert row.result == "error"
     assert "not a list" in row.message
+
+
+def test_an_untrusted_image_volume_fails_the_report() -> None:
+    official = policy("official", sources=[{"name": "o", "images": ["docker.io/library/*"]}])
+    obj = with_namespace(deployment("nginx:1.25"))
+    obj["spec"]["template"]["spec"]["volumes"] = [
+        {"name": "payload", "image": {"reference": "evil.example/payload:1"}}
+    ]
+    rows = scan.results_for(obj, decide(obj, official))
+    assert sorted((r.container, r.result) for r in rows) == [("app", "pass"), ("payload", "fail")]
+    fail = next(r for r in rows if r.result == "fail")
+    assert fail.path == "/spec/template/spec/volumes/0/image/reference"
+    assert fail.message.startswith(
+        "image volume 'payload' image 'evil.example/payload:1' denied by policy official"
+    )
+
+
+def test_an_image_id_fails_the_report_where_official_images_are_trusted() -> None:
+    official = policy("official", sources=[{"name": "o", "images": ["docker.io/library/*"]}])
+    obj = with_namespace(deployment("sha256:" + "ab" * 32))
+    [row] = scan.results_for(obj, decide(obj, official))
+    assert row.result == "fail"
+    assert "is an image ID, not a reference" in row.message

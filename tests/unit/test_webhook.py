@@ -334,3 +334,153 @@ async def test_pin_digests_false_leaves_tags_alone() -> None:
     resolver = Resolver()
     response = await webhook.Mutator(Policies(unpinned), resolver)(review(deployment("nginx")), 0)
     assert (response.patch, resolver.asked) == ((), [])
+
+
+# -- image volumes: pulled by the kubelet like container images, so judged like them ----------
+
+TRUSTS_OFFICIAL = policy("official", sources=[{"name": "o", "images": ["docker.io/library/*"]}])
+VOLUME_POINTERS = {
+    ("", "Pod"): "/spec",
+    ("apps", "Deployment"): "/spec/template/spec",
+    ("batch", "CronJob"): "/spec/jobTemplate/spec/template/spec",
+}
+
+
+def with_image_volume(group_kind: tuple[str, str], reference: str) -> dict[str, Any]:
+    """A workload whose one container is trusted and whose image volume is `reference`."""
+    pod_spec = {
+        "containers": [{"name": "app", "image": "nginx:1.25"}],
+        "volumes": [
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "payload", "image": {"reference": reference, "pullPolicy": "IfNotPresent"}},
+        ],
+    }
+    template = {"template": {"spec": pod_spec}}
+    if group_kind == ("", "Pod"):
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": pod_spec}
+    if group_kind == ("batch", "CronJob"):
+        spec: dict[str, Any] = {"schedule": "* * * * *", "jobTemplate": {"spec": template}}
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {"name": "c"},
+            "spec": spec,
+        }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": template,
+    }
+
+
+@pytest.mark.parametrize("group_kind", list(VOLUME_POINTERS))
+async def test_an_untrusted_image_volume_is_denied(group_kind: tuple[str, str]) -> None:
+    obj = with_image_volume(group_kind, "evil.example/payload:1")
+    recorder = Recorder()
+    validator = webhook.Validator(Policies(TRUSTS_OFFICIAL), recorders=[recorder])
+    response = await validator(review(obj, kind=group_kind), 0)
+    assert not response.allowed
+    assert response.message == (
+        "image volume 'payload' image 'evil.example/payload:1' denied by policy official: "
+        "evil.example/payload is not from a source this policy trusts"
+    )
+    detail = json.loads(response.audit_annotations["detail"])
+    assert [(d["kind"], d["container"], d["outcome"]) for d in detail] == [
+        ("containers", "app", "allowed"),
+        ("volumes", "payload", "denied"),
+    ]
+    [entry] = recorder.entries
+    assert (entry.kind, entry.container, entry.image) == (
+        "volumes",
+        "payload",
+        "evil.example/payload:1",
+    )
+    assert entry.message().startswith(
+        "denied image volume 'payload' image 'evil.example/payload:1'"
+    )
+
+
+@pytest.mark.parametrize("group_kind", list(VOLUME_POINTERS))
+async def test_a_trusted_image_volume_is_admitted(group_kind: tuple[str, str]) -> None:
+    obj = with_image_volume(group_kind, "busybox:1.36")
+    response = await webhook.Validator(Policies(TRUSTS_OFFICIAL))(review(obj, kind=group_kind), 0)
+    assert response.allowed
+
+
+async def test_a_malformed_image_volume_is_denied() -> None:
+    obj = with_image_volume(("", "Pod"), "x")
+    obj["spec"]["volumes"][1]["image"] = "evil.example/payload:1"
+    response = await webhook.Validator(Policies(TRUSTS_OFFICIAL))(review(obj, kind=("", "Pod")), 0)
+    assert (response.allowed, response.code) == (False, 400)
+    assert "/spec/volumes/1/image is not an object" in (response.message or "")
+
+
+@pytest.mark.parametrize("group_kind", list(VOLUME_POINTERS))
+async def test_image_volumes_are_rewritten_and_pinned_like_containers(
+    group_kind: tuple[str, str],
+) -> None:
+    obj = with_image_volume(group_kind, "python:3.12")
+    response = await webhook.Mutator(Policies(REWRITE), Resolver())(review(obj, kind=group_kind), 0)
+    prefix = VOLUME_POINTERS[group_kind]
+    paths = [
+        op["path"] for op in json.loads(base64.b64decode(response.to_review()["response"]["patch"]))
+    ]
+    assert f"{prefix}/volumes/1/image/reference" in paths
+    mutated = apply_patch(obj, response)
+    pod_spec = mutated
+    for part in prefix.strip("/").split("/"):
+        pod_spec = pod_spec[part]
+    assert pod_spec["volumes"][1]["image"] == {
+        "reference": "cgr.dev/chainguard/python:latest@sha256:" + "c" * 64,
+        "pullPolicy": "IfNotPresent",
+    }
+    metadata = (
+        mutated["metadata"] if group_kind == ("", "Pod") else pod_spec_parent(mutated, prefix)
+    )
+    assert json.loads(metadata["annotations"][webhook.ORIGINAL_IMAGES_ANNOTATION]) == {
+        "volumes/payload": "python:3.12"
+    }
+
+
+def pod_spec_parent(obj: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The pod template's metadata (the object holding the pod spec at `prefix`)."""
+    node: Any = obj
+    for part in prefix.strip("/").split("/")[:-1]:
+        node = node[part]
+    metadata: dict[str, Any] = node["metadata"]
+    return metadata
+
+
+async def test_a_trusted_image_volume_is_pinned_as_written() -> None:
+    resolver = Resolver()
+    obj = with_image_volume(("", "Pod"), "busybox:1.36")
+    response = await webhook.Mutator(Policies(TRUSTS_OFFICIAL), resolver)(
+        review(obj, kind=("", "Pod")), 0
+    )
+    mutated = apply_patch(obj, response)
+    assert mutated["spec"]["volumes"][1]["image"]["reference"] == "busybox:1.36@sha256:" + "c" * 64
+    assert resolver.asked == ["docker.io/library/nginx:1.25", "docker.io/library/busybox:1.36"]
+
+
+# -- image IDs: a runtime resolves them to whatever image the node already has ----------------
+
+
+@pytest.mark.parametrize("image", ["sha256:" + "a" * 64, "a" * 64, "0123456789ab"])
+async def test_an_image_id_is_denied_even_where_official_images_are_trusted(image: str) -> None:
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "app", "image": image, "imagePullPolicy": "Never"}]},
+    }
+    resolver = Resolver()
+    mutated = await webhook.Mutator(Policies(TRUSTS_OFFICIAL), resolver)(
+        review(obj, kind=("", "Pod")), 0
+    )
+    assert (mutated.patch, resolver.asked) == ((), [])
+    response = await webhook.Validator(Policies(TRUSTS_OFFICIAL))(review(obj, kind=("", "Pod")), 0)
+    assert not response.allowed
+    assert "is an image ID, not a reference: name the image by repository" in (
+        response.message or ""
+    )

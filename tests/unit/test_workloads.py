@@ -60,6 +60,31 @@ def test_every_kind_yields_its_images_with_pointers(
     ]
 
 
+IMAGE_VOLUME = {"name": "payload", "image": {"reference": "evil.example/payload:1"}}
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind", "prefix"),
+    [
+        ("v1", "Pod", "/spec"),
+        ("apps/v1", "Deployment", "/spec/template/spec"),
+        ("batch/v1", "CronJob", "/spec/jobTemplate/spec/template/spec"),
+    ],
+)
+def test_image_volumes_are_images_and_other_volumes_are_not(
+    api_version: str, kind: str, prefix: str
+) -> None:
+    """The kubelet pulls an image volume's reference like a container image."""
+    volumes = [{"name": "scratch", "emptyDir": {}}, IMAGE_VOLUME]
+    obj = _wrap(api_version, kind, _spec([{"name": "app", "image": "nginx"}], volumes=volumes))
+    images = find_images(obj)
+    assert [(i.kind, i.container_name, i.image, i.pointer) for i in images] == [
+        ("containers", "app", "nginx", f"{prefix}/containers/0/image"),
+        ("volumes", "payload", "evil.example/payload:1", f"{prefix}/volumes/1/image/reference"),
+    ]
+    assert [i.where for i in images] == ["container 'app'", "image volume 'payload'"]
+
+
 @pytest.mark.parametrize(
     ("api_version", "kind"),
     [("rbac.authorization.k8s.io/v1", "Role"), ("v1", "ConfigMap"), ("example.com/v1", "Pod")],
@@ -90,6 +115,38 @@ def test_kinds_without_pod_specs_yield_nothing(api_version: str, kind: str) -> N
             {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"image": 7}]}},
             "/spec/containers/0/image is missing or not a string",
         ),
+        (
+            {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [], "volumes": {}}},
+            "/spec/volumes is not a list",
+        ),
+        (
+            {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [], "volumes": ["v"]}},
+            "/spec/volumes/0 is not an object",
+        ),
+        (
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "spec": {"containers": [], "volumes": [{"name": "v", "image": "nginx"}]},
+            },
+            "/spec/volumes/0/image is not an object",
+        ),
+        (
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "spec": {"containers": [], "volumes": [{"name": "v", "image": {}}]},
+            },
+            "/spec/volumes/0/image/reference is missing or not a string",
+        ),
+        (
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "spec": {"containers": [], "volumes": [{"name": "v", "image": {"reference": 1}}]},
+            },
+            "/spec/volumes/0/image/reference is missing or not a string",
+        ),
     ],
 )
 def test_malformed_pod_specs_name_the_field(obj: dict[str, Any], where: str) -> None:
@@ -111,6 +168,16 @@ def test_new_images_are_only_the_added_or_changed_ones() -> None:
     assert [(i.kind, i.image) for i in new_images(new, old)] == [("ephemeralContainers", "busybox")]
     changed = _wrap("v1", "Pod", _spec([{"name": "app", "image": "nginx:2"}]))
     assert [i.image for i in new_images(changed, old)] == ["nginx:2"]
+
+
+def test_new_images_include_a_changed_image_volume() -> None:
+    old = _wrap("v1", "Pod", _spec([{"name": "app", "image": "nginx"}], volumes=[IMAGE_VOLUME]))
+    assert new_images(old, old) == []
+    changed_volume = {"name": "payload", "image": {"reference": "evil.example/payload:2"}}
+    new = _wrap("v1", "Pod", _spec([{"name": "app", "image": "nginx"}], volumes=[changed_volume]))
+    assert [(i.kind, i.image) for i in new_images(new, old)] == [
+        ("volumes", "evil.example/payload:2")
+    ]
 
 
 def test_pod_spec_pointer_uses_the_api_group() -> None:

@@ -357,8 +357,7 @@ def _suggest(image: PlannedImage, policies: Sequence[CompiledPolicy]) -> str | N
 
 
 def _where(container: ContainerImage) -> str:
-    kind = {"initContainers": "init container", "ephemeralContainers": "ephemeral container"}
-    return f"{kind.get(container.kind, 'container')} {container.container_name!r}"
+    return container.where
 
 
 def describe(image: ImageDecision, violation: Violation) -> str:
