@@ -40,7 +40,13 @@ from imagegate.server import TLSFiles, WebhookServer, build_app
 from imagegate.signatures.verifier import CosignVerifier
 from imagegate.testbed.registry import LocalRegistry
 from netproxy import Shaping, TcpProxy
-from support import cosign_key_pair, cosign_sign, pod_review, push_random_image
+from support import (
+    cosign_key_pair,
+    cosign_sign,
+    pad_signature_manifest,
+    pod_review,
+    push_random_image,
+)
 
 TRUSTED = "registry.example/trusted"
 KB, MB = 1024, 1024 * 1024
@@ -341,26 +347,6 @@ async def test_resolve_without_the_digest_header_hashes_the_whole_manifest(
 # -- signatures -----------------------------------------------------------------------------------
 
 
-def _pad_signature_manifest(registry: LocalRegistry, repository: str, digest: str) -> int:
-    """Make cosign's `.sig` manifest ~20 KB (manifest annotations; the signed layer is kept)."""
-    import urllib.request
-
-    url = f"{registry.url}/v2/{repository}/manifests/{digest.replace(':', '-')}.sig"
-    request = urllib.request.Request(url, headers={"Accept": oci.OCI_MANIFEST})
-    with urllib.request.urlopen(request, timeout=10) as reply:
-        manifest = json.loads(reply.read())
-    manifest.setdefault("annotations", {}).update(
-        {f"pad.example/{n}": "z" * 1000 for n in range(20)}
-    )
-    body = json.dumps(manifest).encode()
-    put = urllib.request.Request(
-        url, data=body, method="PUT", headers={"Content-Type": oci.OCI_MANIFEST}
-    )
-    with urllib.request.urlopen(put, timeout=10) as reply:
-        assert reply.status == 201
-    return len(body)
-
-
 async def test_a_signature_with_a_20kb_manifest_verifies_100_times_in_100(
     session: aiohttp.ClientSession,
     registry: LocalRegistry,
@@ -383,7 +369,7 @@ async def test_a_signature_with_a_20kb_manifest_verifies_100_times_in_100(
         )
     except subprocess.CalledProcessError as error:
         pytest.fail(f"cosign sign failed: {error.stderr[-2000:]!r}")
-    assert _pad_signature_manifest(registry, repository, digest) > 20 * KB
+    assert pad_signature_manifest(registry.url, repository, digest) > 20 * KB
     needs = model.Signatures.model_validate(
         {"keys": [{"publicKey": Path(f"{key}.pub").read_text()}], "requireTransparencyLog": False}
     )
