@@ -85,10 +85,21 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._open: set[int] = set()
+        self._doomed: set[int] = set()
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def doom_open_connections(self) -> None:
+        """Reset each open connection the next time its client sends on it.
+
+        What a client sees when it reuses a keep-alive connection the server (or a middlebox)
+        closed while it sat idle in the pool: the request goes out, and a reset comes back.
+        Connections opened afterwards are not touched.
+        """
+        self._doomed |= self._open
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -122,6 +133,8 @@ class TcpProxy:
         assert task is not None
         self._tasks.add(task)
         self.connections += 1
+        number = self.connections
+        self._open.add(number)
         self._writers.add(client_w)
         try:
             try:
@@ -133,23 +146,25 @@ class TcpProxy:
             for writer in (client_w, upstream_w):
                 sock = writer.get_extra_info("socket")
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one write, one segment
-            await self._relay(client_r, client_w, upstream_r, upstream_w)
+            await self._relay(number, client_r, client_w, upstream_r, upstream_w)
         except (OSError, asyncio.CancelledError):
             pass  # a peer went away, or stop(): the connection is over either way
         finally:
+            self._open.discard(number)
             self._tasks.discard(task)
             self._writers.discard(client_w)
             client_w.transport.abort()
 
     async def _relay(
         self,
+        number: int,
         client_r: asyncio.StreamReader,
         client_w: asyncio.StreamWriter,
         upstream_r: asyncio.StreamReader,
         upstream_w: asyncio.StreamWriter,
     ) -> None:
         pumps = [
-            asyncio.create_task(self._pump(client_r, upstream_w, lambda: self.up)),
+            asyncio.create_task(self._pump(client_r, upstream_w, lambda: self.up, number)),
             asyncio.create_task(self._pump(upstream_r, client_w, lambda: self.down)),
         ]
         try:
@@ -173,7 +188,9 @@ class TcpProxy:
         source: asyncio.StreamReader,
         sink: asyncio.StreamWriter,
         shaping: Callable[[], Shaping],
+        doomed_as: int | None = None,
     ) -> None:
+        """`doomed_as`: the connection number, where it may be doomed (client → upstream)."""
         sent, first, stalled = 0, True, False
         while True:
             data = await source.read(_READ)
@@ -181,6 +198,8 @@ class TcpProxy:
                 if sink.can_write_eof():
                     sink.write_eof()  # a half-close goes on as a half-close
                 return
+            if doomed_as in self._doomed:
+                raise _Reset()
             shape = shaping()
             if first and shape.first_byte_delay:
                 await asyncio.sleep(shape.first_byte_delay)
