@@ -22,6 +22,7 @@ What else loopback hides, and what is checked here:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -102,16 +103,25 @@ class Webhook:
             return reply.status, await reply.json(content_type=None)
 
 
+async def _dawdle(
+    review: admission.AdmissionReview, deadline: float
+) -> admission.AdmissionResponse:
+    await asyncio.sleep(60)
+    raise AssertionError("the deadline should have ended this")
+
+
 @pytest.fixture
-async def hook(tmp_path: Path) -> AsyncIterator[Webhook]:
+async def hook(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Webhook]:
+    """The real Validator, or (indirect parameter "dawdle") a reviewer that never answers."""
     ca = tls.CertificateAuthority.create("test-ca")
     pair = ca.issue("imagegate", ip_addresses=["127.0.0.1"])
     files = TLSFiles(tmp_path / "tls.crt", tmp_path / "tls.key")
     files.cert.write_bytes(pair.cert_pem)
     files.key.write_bytes(pair.key_pem)
     validator = webhook.Validator(_Policies())
+    validate = _dawdle if getattr(request, "param", None) == "dawdle" else validator
     server = WebhookServer(
-        build_app(validate=validator, mutate=validator, deadline=DEADLINE),
+        build_app(validate=validate, mutate=validator, deadline=DEADLINE),
         files,
         host="127.0.0.1",
         port=0,
@@ -190,6 +200,15 @@ async def test_a_body_that_stops_coming_is_a_408_within_the_deadline(hook: Webho
     assert status == 408
     assert "did not arrive within 3s" in answer["error"]
     assert time.monotonic() - started < DEADLINE + 1.5
+
+
+@pytest.mark.parametrize("hook", ["dawdle"], indirect=True)
+async def test_time_spent_reading_the_body_counts_against_the_deadline(hook: Webhook) -> None:
+    hook.proxy.up = Shaping(chunk=1400, stall_after=100 * KB, stall_for=DEADLINE - 1)
+    started = time.monotonic()
+    status, answer = await hook.post(padded_review(200 * KB))
+    assert (status, answer["response"]["status"]["code"]) == (200, 504)
+    assert time.monotonic() - started < DEADLINE + 0.5  # not the stall plus a whole deadline
 
 
 async def test_a_reset_mid_body_leaves_the_server_answering(hook: Webhook) -> None:
