@@ -208,7 +208,7 @@ async def test_time_spent_reading_the_body_counts_against_the_deadline(hook: Web
     started = time.monotonic()
     status, answer = await hook.post(padded_review(200 * KB))
     assert (status, answer["response"]["status"]["code"]) == (200, 504)
-    assert time.monotonic() - started < DEADLINE + 0.5  # not the stall plus a whole deadline
+    assert time.monotonic() - started < DEADLINE + 1  # not the stall (2 s) plus a whole deadline
 
 
 async def test_a_reset_mid_body_leaves_the_server_answering(hook: Webhook) -> None:
