@@ -235,3 +235,28 @@ def cosign_sign(
         capture_output=True,
         timeout=120,
     )
+
+
+def pad_signature_manifest(registry_url: str, repository: str, digest: str) -> int:
+    """Make cosign's legacy `.sig` manifest of `digest` ~20 KB; return its new size.
+
+    The padding is manifest annotations: the signed layer (payload and signature) is kept, so
+    the signature still verifies; only the manifest a verifier must read whole grows.
+    """
+    import urllib.request
+
+    oci_manifest = "application/vnd.oci.image.manifest.v1+json"
+    url = f"{registry_url}/v2/{repository}/manifests/{digest.replace(':', '-')}.sig"
+    request = urllib.request.Request(url, headers={"Accept": oci_manifest})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        manifest = json.loads(reply.read())
+    manifest.setdefault("annotations", {}).update(
+        {f"pad.example/{n}": "z" * 1000 for n in range(20)}
+    )
+    body = json.dumps(manifest).encode()
+    put = urllib.request.Request(
+        url, data=body, method="PUT", headers={"Content-Type": oci_manifest}
+    )
+    with urllib.request.urlopen(put, timeout=10) as reply:
+        assert reply.status == 201
+    return len(body)

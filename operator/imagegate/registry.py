@@ -414,9 +414,7 @@ class RegistryClient:
         ) as reply:
             body = b""
             if method != "HEAD" and reply.status < 300:
-                body = await reply.content.read(max_size + 1)
-                if len(body) > max_size:
-                    raise RegistryError(f"{url}: answer larger than {max_size} bytes")
+                body = await _read_capped(reply, url, max_size)
             return _Response(reply.status, dict(reply.headers), body)
 
     async def _backoff(
@@ -508,6 +506,27 @@ class RegistryClient:
         lifetime = float(lifetime) if isinstance(lifetime, int | float) and lifetime > 0 else 60.0
         # Refresh a little early so a token never expires in flight.
         self._keep_token(key, _Token(f"Bearer {value}", self._clock() + lifetime * 0.9))
+
+
+#: How much of a body is taken from aiohttp's buffer at a time.
+_CHUNK = 64 * 1024
+
+
+async def _read_capped(reply: aiohttp.ClientResponse, url: str, max_size: int) -> bytes:
+    """The whole body, or `RegistryError` as soon as it passes `max_size`.
+
+    Not `reply.content.read(n)`: that returns what has arrived so far, not n bytes, so a body
+    that arrives in pieces would be cut short (and fail its digest check).
+    """
+    too_large = RegistryError(f"{url}: answer larger than {max_size} bytes")
+    if reply.content_length is not None and reply.content_length > max_size:
+        raise too_large  # declared too large: do not read any of it
+    body = bytearray()
+    async for chunk in reply.content.iter_chunked(_CHUNK):
+        body += chunk
+        if len(body) > max_size:
+            raise too_large
+    return bytes(body)
 
 
 @dataclass(frozen=True)

@@ -65,12 +65,40 @@ def outcome(response: admission.AdmissionResponse) -> str:
     return {400: "malformed", 500: "error", 504: "timeout"}.get(response.code, "denied")
 
 
+#: The body bound: aiohttp's `client_max_size` on the app, and the declared length checked first.
+MAX_BODY = admission.MAX_REVIEW_BYTES
+TOO_LARGE = f"imagegate: the AdmissionReview is larger than {MAX_BODY} bytes"
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The whole body, or `HTTPRequestEntityTooLarge` past `MAX_BODY`.
+
+    Not `request.content.read(n)`: that returns what has arrived so far (one TCP segment, one
+    TLS record), not n bytes, so a body that arrives in pieces would be cut short.
+    `request.read()` reads to the end and stops once past the app's `client_max_size`.
+    """
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(MAX_BODY, request.content_length)  # answer at once
+    return await request.read()
+
+
 def _handler(
     name: str, reviewer: Reviewer, deadline: float, observe: AnswerObserver | None = None
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         started = time.monotonic()
-        body = await request.content.read(admission.MAX_REVIEW_BYTES + 1)
+        try:
+            # Reading to the end now waits for the end: a body that stops coming must not hold
+            # the handler for ever.
+            async with asyncio.timeout(deadline):
+                body = await _read_body(request)
+        except web.HTTPRequestEntityTooLarge:
+            logger.warning("AdmissionReview on /%s larger than %d bytes", name, MAX_BODY)
+            return web.json_response({"error": TOO_LARGE}, status=413)
+        except TimeoutError:
+            logger.warning("/%s: the AdmissionReview did not arrive within %.1fs", name, deadline)
+            late = f"imagegate: the AdmissionReview did not arrive within {deadline:.0f}s"
+            return web.json_response({"error": late}, status=408)
         try:
             review = admission.parse_review(body)
         except admission.MalformedReviewError as error:
@@ -82,7 +110,8 @@ def _handler(
             return web.json_response(denial.to_review())
         uid = review.request.uid
         try:
-            async with asyncio.timeout(deadline):
+            # What reading the body left of the deadline: the answer still comes within it.
+            async with asyncio.timeout(started + deadline - time.monotonic()):
                 response = await reviewer(review, started + deadline)
         except TimeoutError:
             logger.error("/%s %s: no decision within %.1fs", name, uid, deadline)
@@ -120,7 +149,7 @@ def build_app(
     deadline: float = DEFAULT_DEADLINE,
     observe: AnswerObserver | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=admission.MAX_REVIEW_BYTES + 1)
+    app = web.Application(client_max_size=MAX_BODY)
     app.router.add_post("/validate", _handler("validate", validate, deadline, observe))
     app.router.add_post("/mutate", _handler("mutate", mutate, deadline, observe))
     app.router.add_get("/healthz", _healthy)

@@ -16,6 +16,7 @@ from imagegate import kube
 from imagegate.policy import resources
 from imagegate.testbed import local, processes
 from imagegate.testbed.registry import LocalRegistry
+from netproxy import Shaping, TcpProxy, ThreadedProxy
 from support import Cluster
 
 #: Only namespaces with this label are sent to the webhooks: the tests never lock out anything else.
@@ -43,11 +44,24 @@ def crds(api: client.ApiClient) -> None:
 
 
 @pytest.fixture(scope="session")
+def registry_proxy(registry: LocalRegistry) -> Iterator[TcpProxy]:
+    """The local registry behind a proxy that sends its answers in small, paced writes.
+
+    Session-wide because the operator must be told at start that its address is plain HTTP;
+    only images named `<proxy address>/...` go through it (test_wire.py).
+    """
+    host, port = registry.address.rsplit(":", 1)
+    with ThreadedProxy(host, int(port), down=Shaping(chunk=(1, 1400), pause=0.001)) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
 def operator(
     cluster: Cluster,
     crds: None,
     registry: LocalRegistry,
     private_registry: LocalRegistry,
+    registry_proxy: TcpProxy,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[local.LocalOperator]:
     """`imagegate run` against the cluster, as a process (the test registries are plain HTTP)."""
@@ -56,7 +70,7 @@ def operator(
         cluster.kubeconfig,
         workdir,
         cluster.webhook_host,
-        insecure_registries=[registry.address, private_registry.address],
+        insecure_registries=[registry.address, private_registry.address, registry_proxy.address],
         extra_args=["--log-format=json", "--policy-reports"],
     ) as running:
         try:
