@@ -396,3 +396,69 @@ def test_keys_can_come_from_a_secret_in_the_policys_namespace(
     core = client.CoreV1Api(api)
     core.create_namespaced_pod(gated_namespace, pod_body("s", f"{registry.address}/e2e/secret:v1"))
     assert core.read_namespaced_pod("s", gated_namespace).spec.containers[0].image.endswith(digest)
+
+
+def test_a_label_on_a_pod_the_tightened_policy_would_deny_is_admitted_unchanged(
+    api: client.ApiClient,
+    cluster: Cluster,
+    gated_namespace: str,
+    image_policy: PolicyFactory,
+    registry: LocalRegistry,
+    crane: Path,
+    tmp_path: Path,
+) -> None:
+    digest = push_random_image(crane, registry.address, "update/app", "v1", tmp_path)
+    image = f"{registry.address}/update/app:v1"
+    image_policy(
+        gated_namespace,
+        "local",
+        {"sources": [{"name": "l", "images": [f"{registry.address}/update/**"]}]},
+    )
+    core = client.CoreV1Api(api)
+    core.create_namespaced_pod(gated_namespace, pod_body("old", image))
+    pinned = f"{image}@{digest}"
+    assert core.read_namespaced_pod("old", gated_namespace).spec.containers[0].image == pinned
+    # Policies AND: with this one too, the image is no longer admitted.
+    image_policy(gated_namespace, "tightened", {"sources": [CHAINGUARD]})
+    with pytest.raises(ApiException) as denied:
+        core.create_namespaced_pod(gated_namespace, pod_body("new", pinned))
+    assert "denied by policy" in denied.value.body
+
+    labelled = kubectl(cluster, "-n", gated_namespace, "label", "pod", "old", "team=a")
+    assert labelled.returncode == 0, labelled.stderr
+    stored = core.read_namespaced_pod("old", gated_namespace)
+    assert stored.metadata.labels == {"team": "a"}
+    assert stored.spec.containers[0].image == pinned
+
+
+def test_an_annotation_on_a_deployment_leaves_its_template_alone(
+    api: client.ApiClient,
+    gated_namespace: str,
+    image_policy: PolicyFactory,
+    registry: LocalRegistry,
+    crane: Path,
+    tmp_path: Path,
+) -> None:
+    image = f"{registry.address}/update/deploy:v1"
+    image_policy(
+        gated_namespace,
+        "local",
+        {"sources": [{"name": "l", "images": [f"{registry.address}/update/**"]}]},
+    )
+    _, body = workload("Deployment", image)
+    create(api, gated_namespace, body)  # the tag is not in the registry yet: left unpinned
+    push_random_image(crane, registry.address, "update/deploy", "v1", tmp_path)
+    apps = client.AppsV1Api(api)
+    before = apps.read_namespaced_deployment("w", gated_namespace)
+    assert before.spec.template.spec.containers[0].image == image
+
+    apps.patch_namespaced_deployment(
+        "w", gated_namespace, {"metadata": {"annotations": {"owner": "team-a"}}}
+    )
+    after = apps.read_namespaced_deployment("w", gated_namespace)
+    assert after.metadata.annotations["owner"] == "team-a"
+    # A pinned (changed) template would bump the generation and roll the Deployment out.
+    assert after.metadata.generation == before.metadata.generation
+    assert api.sanitize_for_serialization(after.spec.template) == (
+        api.sanitize_for_serialization(before.spec.template)
+    )
