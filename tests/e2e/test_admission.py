@@ -454,10 +454,16 @@ def test_an_annotation_on_a_deployment_leaves_its_template_alone(
     apps.patch_namespaced_deployment(
         "w", gated_namespace, {"metadata": {"annotations": {"owner": "team-a"}}}
     )
-    after = apps.read_namespaced_deployment("w", gated_namespace)
-    assert after.metadata.annotations["owner"] == "team-a"
-    # A pinned (changed) template would bump the generation and roll the Deployment out.
-    assert after.metadata.generation == before.metadata.generation
-    assert api.sanitize_for_serialization(after.spec.template) == (
+    annotated = apps.read_namespaced_deployment("w", gated_namespace)
+    assert annotated.metadata.annotations["owner"] == "team-a"
+    # The template is what a rollout follows (its hash names the ReplicaSet): a pin would change it.
+    assert api.sanitize_for_serialization(annotated.spec.template) == (
         api.sanitize_for_serialization(before.spec.template)
     )
+    # The API server bumps a Deployment's generation for an annotation (they are copied to its
+    # ReplicaSets), but for a label only when the spec changed.
+    apps.patch_namespaced_deployment("w", gated_namespace, {"metadata": {"labels": {"team": "a"}}})
+    labelled = apps.read_namespaced_deployment("w", gated_namespace)
+    assert labelled.metadata.labels == {"team": "a"}
+    assert labelled.metadata.generation == annotated.metadata.generation
+    assert labelled.spec.template.spec.containers[0].image == image
