@@ -105,9 +105,14 @@ def _images(request: admission.AdmissionRequest) -> list[workloads.ContainerImag
     if request.sub_resource not in ("", "ephemeralcontainers"):
         return None  # status, scale, binding, ...: no new images
     group_kind = (request.kind.group, request.kind.kind)
-    if request.sub_resource == "ephemeralcontainers" and request.old_object is not None:
-        # `kubectl debug` adds one container; only what is new needs a decision.
+    if request.operation == "UPDATE" and request.old_object is not None:
+        # Only new or changed images need a decision: unchanged ones were judged when they were
+        # admitted (and the background scan reports them against today's policies). Judging them
+        # again would deny a label or finalizer change after a policy is tightened, and pinning
+        # them again would restart a Pod's container or roll out a Deployment. oldObject comes
+        # from storage, not from the client, so it cannot be used to pass an image off as old.
         return workloads.new_images(request.object, request.old_object, group_kind)
+    # CREATE, or an UPDATE without oldObject (the API server always sends one): judge all.
     return workloads.find_images(request.object, group_kind)
 
 

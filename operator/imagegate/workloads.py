@@ -204,19 +204,29 @@ def new_images(
     old_obj: Mapping[str, Any],
     group_kind: tuple[str, str] | None = None,
 ) -> list[ContainerImage]:
-    """Images of `obj` that `old_obj` did not already run under the same container (or image
-    volume) name.
+    """Images of `obj` that `old_obj` did not already run in the same list (containers or image
+    volumes) under the same name.
 
-    For UPDATEs such as `kubectl debug` (pods/ephemeralcontainers): what was admitted before
-    needs no new decision, and an unchanged image costs no verification.
+    For every UPDATE (a label, `kubectl set image`, `kubectl debug`): what was admitted before
+    needs no new decision, and an unchanged image costs no verification and no re-pinning.
+
+    The key is (list, container name, exact image string), not the index: reordering containers
+    changes nothing that runs. Anything else re-judges, which is conservative where it is cheap:
+    a renamed container (Pods cannot rename; a template rename rolls out anyway), an image moved
+    between lists (an init container's image now running as the app), and any change to the
+    string at all, even one that means the same image (`nginx` for `docker.io/library/nginx`, or
+    the tag without the digest imagegate pinned). A malformed old object counts as empty, so
+    everything is judged.
     """
     try:
-        before = {(c.kind, c.container_name, c.image) for c in find_images(old_obj, group_kind)}
+        before = {_unchanged_key(c) for c in find_images(old_obj, group_kind)}
     except MalformedWorkloadError:
         before = set()
-    return [
-        c for c in find_images(obj, group_kind) if (c.kind, c.container_name, c.image) not in before
-    ]
+    return [c for c in find_images(obj, group_kind) if _unchanged_key(c) not in before]
+
+
+def _unchanged_key(image: ContainerImage) -> tuple[str, str, str]:
+    return (image.kind, image.container_name, image.image)
 
 
 def _at(obj: Mapping[str, Any], pointer: str) -> Mapping[str, Any]:

@@ -450,3 +450,74 @@ def test_an_image_id_is_not_admitted_as_a_docker_official_image(
         message
     )
     assert "is an image ID, not a reference: name the image by repository" in message
+
+
+def test_a_label_on_a_pod_the_tightened_policy_would_deny_is_admitted_unchanged(
+    api: client.ApiClient,
+    gated_namespace: str,
+    image_policy: PolicyFactory,
+    registry: LocalRegistry,
+    crane: Path,
+    tmp_path: Path,
+) -> None:
+    digest = push_random_image(crane, registry.address, "update/app", "v1", tmp_path)
+    image = f"{registry.address}/update/app:v1"
+    image_policy(
+        gated_namespace,
+        "local",
+        {"sources": [{"name": "l", "images": [f"{registry.address}/update/**"]}]},
+    )
+    core = client.CoreV1Api(api)
+    core.create_namespaced_pod(gated_namespace, pod_body("old", image))
+    pinned = f"{image}@{digest}"
+    assert core.read_namespaced_pod("old", gated_namespace).spec.containers[0].image == pinned
+    # Policies AND: with this one too, the image is no longer admitted.
+    image_policy(gated_namespace, "tightened", {"sources": [CHAINGUARD]})
+    with pytest.raises(ApiException) as denied:
+        core.create_namespaced_pod(gated_namespace, pod_body("new", pinned))
+    assert "denied by policy" in denied.value.body
+
+    # What `kubectl label` sends; the Python client needs no kubectl, so this never skips.
+    core.patch_namespaced_pod("old", gated_namespace, {"metadata": {"labels": {"team": "a"}}})
+    stored = core.read_namespaced_pod("old", gated_namespace)
+    assert stored.metadata.labels == {"team": "a"}
+    assert stored.spec.containers[0].image == pinned
+
+
+def test_an_annotation_on_a_deployment_leaves_its_template_alone(
+    api: client.ApiClient,
+    gated_namespace: str,
+    image_policy: PolicyFactory,
+    registry: LocalRegistry,
+    crane: Path,
+    tmp_path: Path,
+) -> None:
+    image = f"{registry.address}/update/deploy:v1"
+    image_policy(
+        gated_namespace,
+        "local",
+        {"sources": [{"name": "l", "images": [f"{registry.address}/update/**"]}]},
+    )
+    _, body = workload("Deployment", image)
+    create(api, gated_namespace, body)  # the tag is not in the registry yet: left unpinned
+    push_random_image(crane, registry.address, "update/deploy", "v1", tmp_path)
+    apps = client.AppsV1Api(api)
+    before = apps.read_namespaced_deployment("w", gated_namespace)
+    assert before.spec.template.spec.containers[0].image == image
+
+    apps.patch_namespaced_deployment(
+        "w", gated_namespace, {"metadata": {"annotations": {"owner": "team-a"}}}
+    )
+    annotated = apps.read_namespaced_deployment("w", gated_namespace)
+    assert annotated.metadata.annotations["owner"] == "team-a"
+    # The template is what a rollout follows (its hash names the ReplicaSet): a pin would change it.
+    assert api.sanitize_for_serialization(annotated.spec.template) == (
+        api.sanitize_for_serialization(before.spec.template)
+    )
+    # The API server bumps a Deployment's generation for an annotation (they are copied to its
+    # ReplicaSets), but for a label only when the spec changed.
+    apps.patch_namespaced_deployment("w", gated_namespace, {"metadata": {"labels": {"team": "a"}}})
+    labelled = apps.read_namespaced_deployment("w", gated_namespace)
+    assert labelled.metadata.labels == {"team": "a"}
+    assert labelled.metadata.generation == annotated.metadata.generation
+    assert labelled.spec.template.spec.containers[0].image == image

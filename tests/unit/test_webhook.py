@@ -484,3 +484,116 @@ async def test_an_image_id_is_denied_even_where_official_images_are_trusted(imag
     assert "is an image ID, not a reference: name the image by repository" in (
         response.message or ""
     )
+
+
+# UPDATEs: only images that differ from oldObject are judged, rewritten or pinned.
+
+TRUST_LIBRARY = policy("pin", sources=[{"name": "o", "images": ["docker.io/library/*"]}])
+
+
+def pod(*containers: tuple[str, str], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "labels": labels or {}},
+        "spec": {"containers": [{"name": name, "image": image} for name, image in containers]},
+    }
+
+
+def pod_update(new: dict[str, Any], old: dict[str, Any]) -> admission.AdmissionReview:
+    return review(new, operation="UPDATE", kind=("", "Pod"), old=old)
+
+
+async def test_a_label_on_a_pod_the_policy_would_now_deny_changes_and_judges_nothing() -> None:
+    # Admitted before the rewrite policy existed; today's policies would rewrite or deny it.
+    old = pod(("app", "python:3.12"))
+    labelled = pod(("app", "python:3.12"), labels={"team": "a"})
+    resolver = Resolver()
+    mutated = await webhook.Mutator(Policies(REWRITE), resolver)(pod_update(labelled, old), 0)
+    assert (mutated.allowed, mutated.patch, resolver.asked) == (True, (), [])
+    validated = await webhook.Validator(Policies(REWRITE))(pod_update(labelled, old), 0)
+    assert (validated.allowed, validated.message, validated.warnings) == (True, "", ())
+
+
+async def test_an_annotation_on_a_deployment_emits_no_patch() -> None:
+    old = deployment("nginx:1.25")  # pinning failed when it was created: a tag, no digest
+    annotated = copy.deepcopy(old)
+    annotated["metadata"]["annotations"] = {"owner": "team-a"}
+    resolver = Resolver()
+    response = await webhook.Mutator(Policies(TRUST_LIBRARY), resolver)(
+        review(annotated, operation="UPDATE", old=old), 0
+    )
+    assert (response.patch, resolver.asked) == ((), [])
+    assert webhook.ORIGINAL_IMAGES_ANNOTATION not in json.dumps(response.to_review())
+
+
+async def test_changing_one_of_two_images_judges_and_pins_only_that_one() -> None:
+    old = pod(("app", "nginx:1.25"), ("sidecar", "busybox:1.36"))
+    new = pod(("app", "nginx:1.25"), ("sidecar", "busybox:1.37"))
+    resolver = Resolver()
+    mutated = await webhook.Mutator(Policies(TRUST_LIBRARY), resolver)(pod_update(new, old), 0)
+    assert resolver.asked == ["docker.io/library/busybox:1.37"]
+    stored = apply_patch(new, mutated)
+    assert [c["image"] for c in stored["spec"]["containers"]] == [
+        "nginx:1.25",
+        "busybox:1.37@sha256:" + "c" * 64,
+    ]
+    validated = await webhook.Validator(Policies(TRUST_LIBRARY))(pod_update(stored, old), 0)
+    assert validated.allowed
+    assert [d["container"] for d in json.loads(validated.audit_annotations["detail"])] == [
+        "sidecar"
+    ]
+
+
+async def test_a_changed_image_is_still_rewritten_on_update() -> None:
+    old = deployment("cgr.dev/chainguard/python:latest")
+    new = deployment("python:3.13")
+    response = await webhook.Mutator(Policies(REWRITE))(review(new, operation="UPDATE", old=old), 0)
+    template = apply_patch(new, response)["spec"]["template"]
+    assert template["spec"]["containers"][0]["image"] == "cgr.dev/chainguard/python:latest"
+    assert json.loads(template["metadata"]["annotations"][webhook.ORIGINAL_IMAGES_ANNOTATION]) == {
+        "containers/app": "python:3.13"
+    }
+
+
+async def test_an_untrusted_new_image_on_update_is_denied_naming_only_it() -> None:
+    old = pod(("app", "ghcr.io/legacy/app:1"), ("sidecar", "cgr.dev/chainguard/busybox:latest"))
+    new = pod(("app", "ghcr.io/legacy/app:1"), ("sidecar", "ghcr.io/x/new:1"))
+    response = await webhook.Validator(Policies(REWRITE))(pod_update(new, old), 0)
+    assert not response.allowed
+    assert response.message == (
+        "container 'sidecar' image 'ghcr.io/x/new:1' denied by policy hardened: ghcr.io/x/new "
+        "is not from a source this policy trusts"
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # An image moved from the init containers to the app containers runs differently.
+        (
+            {"initContainers": [{"name": "app", "image": "ghcr.io/x/y:1"}], "containers": []},
+            {"containers": [{"name": "app", "image": "ghcr.io/x/y:1"}]},
+        ),
+        # A renamed container (a template can rename; a Pod cannot).
+        (
+            {"containers": [{"name": "old", "image": "ghcr.io/x/y:1"}]},
+            {"containers": [{"name": "new", "image": "ghcr.io/x/y:1"}]},
+        ),
+    ],
+)
+async def test_an_image_in_another_place_is_judged_again(
+    old: dict[str, Any], new: dict[str, Any]
+) -> None:
+    def wrap(spec: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec}
+
+    response = await webhook.Validator(Policies(REWRITE))(pod_update(wrap(new), wrap(old)), 0)
+    assert not response.allowed
+
+
+async def test_an_update_without_old_object_judges_every_image() -> None:
+    response = await webhook.Validator(Policies(REWRITE))(
+        review(pod(("app", "ghcr.io/legacy/app:1")), operation="UPDATE", kind=("", "Pod")), 0
+    )
+    assert not response.allowed
