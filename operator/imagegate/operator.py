@@ -367,7 +367,10 @@ async def _keep_or_deny(state: _State, key: PolicyKey, body: Mapping[str, Any], 
     name = body["metadata"]["name"]
     if state.cache.has_good_policy(key):
         logger.error("policy %s is invalid (previous version kept): %s", name, error)
-        await _write_status(state, key[0], body, "False", "InvalidKeptPrevious", error)
+        # Replicas disagree when one started after the bad edit (it has no good version): the
+        # stricter report stands, or the two would overwrite each other's status forever.
+        if not _reported(body, "InvalidDenying"):
+            await _write_status(state, key[0], body, "False", "InvalidKeptPrevious", error)
         return
     broken = policy_compile.compile_broken(body, error)
     state.cache.set_policy(key, broken)
@@ -375,8 +378,21 @@ async def _keep_or_deny(state: _State, key: PolicyKey, body: Mapping[str, Any], 
         listener()
     verb = "denied" if broken.mode is engine.Mode.ENFORCE else f"a violation ({broken.mode})"
     logger.error("policy %s is invalid (every image in its scope %s): %s", name, verb, error)
-    message = f"{error}; until it is fixed, every image in this policy's scope is {verb}"
+    message = (
+        f"{error}; until it is fixed, every image in this policy's scope is {verb} "
+        "(by each replica that has no earlier good version of it)"
+    )
     await _write_status(state, key[0], body, "False", "InvalidDenying", message)
+
+
+def _reported(body: Mapping[str, Any], reason: str) -> bool:
+    """Whether the Ready condition already gives `reason` for this generation."""
+    written = body.get("status") or {}
+    ready: dict[str, Any] = next(
+        (c for c in written.get("conditions", []) if c.get("type") == "Ready"), {}
+    )
+    generation = body.get("metadata", {}).get("generation")
+    return written.get("observedGeneration") == generation and ready.get("reason") == reason
 
 
 async def _write_status(
