@@ -4,9 +4,12 @@ Start-up order is what keeps admission safe: the policies are listed and compile
 webhook server starts, so the API server can never reach an imagegate that would admit because it
 has not read its policies yet (until then the call fails, and `failurePolicy: Fail` denies).
 
-A policy that fails to compile (the CRD schema catches most mistakes, not all) keeps its last good
-version in force and says so in its `Ready` condition: an admin's typo never switches enforcement
-off.
+A policy that fails to compile (the CRD schema and the `/validate-policy` webhook catch most
+mistakes at apply time, but a policy can still arrive unchecked: written while imagegate was down,
+or stored before it was installed) never switches enforcement off. An invalid edit keeps the last
+good version this replica compiled (`Ready` reason `InvalidKeptPrevious`); a policy with no good
+version here (new, or an edit pending when this replica started) fails closed: every image in its
+scope is a violation saying why (`InvalidDenying`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from imagegate import (
     kube,
     metrics,
     pinning,
+    policyreview,
     scan,
     server,
     status,
@@ -88,14 +92,13 @@ class PolicyCache:
         else:
             self._policies[key] = compiled
 
-    def has_policy(self, key: PolicyKey) -> bool:
-        return key in self._policies
+    def has_good_policy(self, key: PolicyKey) -> bool:
+        """Whether a compiled (not broken) version of the policy is in force."""
+        found = self._policies.get(key)
+        return found is not None and found.broken is None
 
 
-def compile_resource(body: Mapping[str, Any]) -> engine.CompiledPolicy:
-    """A live resource → compiled policy, or `model.PolicyError` naming the bad field."""
-    document = model.parse_policy_document(body)
-    return policy_compile.compile_policy(document)
+compile_resource = policy_compile.compile_resource
 
 
 @dataclass(frozen=True)
@@ -261,13 +264,16 @@ async def _start(state: _State) -> None:
         mutate=webhook.Mutator(
             state.cache, pinning.CachingResolver(registry_client), keychains, recorders
         ),
+        validate_policy=policyreview.PolicyReviewer(),
         deadline=config.deadline,
         observe=lambda name, response: state.metrics.admission(name, server.outcome(response)),
     )
     webhook_server = server.WebhookServer(app, tls_files, host=config.host, port=config.port)
     await webhook_server.start()
     state.webhook_server = webhook_server
-    logger.info("serving /mutate and /validate on %s:%d", config.host, webhook_server.port)
+    logger.info(
+        "serving /mutate, /validate and /validate-policy on %s:%d", config.host, webhook_server.port
+    )
 
 
 async def _certificates(state: _State) -> server.TLSFiles:
@@ -344,23 +350,49 @@ async def _apply_policy_event(state: _State, event: Mapping[str, Any]) -> None:
         for listener in state.policy_listeners:
             listener()
         return
+    document = {"apiVersion": model.API_VERSION, "kind": kind, **body}
     try:
-        compiled = compile_resource({"apiVersion": model.API_VERSION, "kind": kind, **body})
+        compiled = compile_resource(document)
     except ImagegateError as error:
-        kept = state.cache.has_policy(key)
-        logger.error(
-            "policy %s is invalid (%s): %s",
-            name,
-            "previous version kept" if kept else "not enforced",
-            error.user_message,
-        )
-        reason = "InvalidKeptPrevious" if kept else "Invalid"
-        await _write_status(state, namespace, body, "False", reason, error.user_message)
+        await _keep_or_deny(state, key, document, error.user_message)
         return
     state.cache.set_policy(key, dataclasses.replace(compiled, uid=metadata.get("uid", "")))
     for listener in state.policy_listeners:
         listener()
     await _write_status(state, namespace, body, "True", "Compiled", "")
+
+
+async def _keep_or_deny(state: _State, key: PolicyKey, body: Mapping[str, Any], error: str) -> None:
+    """An invalid policy: keep its last good version, or fail closed in its scope."""
+    name = body["metadata"]["name"]
+    if state.cache.has_good_policy(key):
+        logger.error("policy %s is invalid (previous version kept): %s", name, error)
+        # Replicas disagree when one started after the bad edit (it has no good version): the
+        # stricter report stands, or the two would overwrite each other's status forever.
+        if not _reported(body, "InvalidDenying"):
+            await _write_status(state, key[0], body, "False", "InvalidKeptPrevious", error)
+        return
+    broken = policy_compile.compile_broken(body, error)
+    state.cache.set_policy(key, broken)
+    for listener in state.policy_listeners:
+        listener()
+    verb = "denied" if broken.mode is engine.Mode.ENFORCE else f"a violation ({broken.mode})"
+    logger.error("policy %s is invalid (every image in its scope %s): %s", name, verb, error)
+    message = (
+        f"{error}; until it is fixed, every image in this policy's scope is {verb} "
+        "(by each replica that has no earlier good version of it)"
+    )
+    await _write_status(state, key[0], body, "False", "InvalidDenying", message)
+
+
+def _reported(body: Mapping[str, Any], reason: str) -> bool:
+    """Whether the Ready condition already gives `reason` for this generation."""
+    written = body.get("status") or {}
+    ready: dict[str, Any] = next(
+        (c for c in written.get("conditions", []) if c.get("type") == "Ready"), {}
+    )
+    generation = body.get("metadata", {}).get("generation")
+    return written.get("observedGeneration") == generation and ready.get("reason") == reason
 
 
 async def _write_status(

@@ -1,4 +1,5 @@
-"""The HTTPS server the API server calls: `/validate`, `/mutate`, and health endpoints.
+"""The HTTPS server the API server calls: `/validate`, `/mutate`, `/validate-policy` (imagegate's
+own policy resources), and health endpoints.
 
 This layer owns the guarantees that do not depend on policy: every request gets an answer before
 the deadline, and every failure (a malformed body, a handler that raises, a handler that is too
@@ -146,12 +147,17 @@ def build_app(
     *,
     validate: Reviewer,
     mutate: Reviewer,
+    validate_policy: Reviewer | None = None,
     deadline: float = DEFAULT_DEADLINE,
     observe: AnswerObserver | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app.router.add_post("/validate", _handler("validate", validate, deadline, observe))
     app.router.add_post("/mutate", _handler("mutate", mutate, deadline, observe))
+    if validate_policy is not None:
+        app.router.add_post(
+            "/validate-policy", _handler("validate-policy", validate_policy, deadline, observe)
+        )
     app.router.add_get("/healthz", _healthy)
     app.router.add_get("/readyz", _healthy)
     return app

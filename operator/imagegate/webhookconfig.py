@@ -4,6 +4,13 @@ The Helm chart renders the same shape; this module builds it for the local demo 
 where the webhook is reached by URL (the chart's `webhook.url` mode) instead of a Service.
 Safety is in the selector: kube-system and imagegate's own namespace are never sent to imagegate,
 and any namespace can opt out with a label, so a broken webhook cannot lock the cluster out.
+
+The policy webhook (`/validate-policy`) refuses a policy the operator could not compile. It is
+`failurePolicy: Ignore` on purpose: the operator fails closed on a policy it cannot compile, so an
+unchecked policy enforces more, never less; and `Fail` would refuse the chart's own preset
+policies while the operator is still starting on `helm install`, and every policy change while
+imagegate is down. It sees CREATE and UPDATE only (deleting a policy always works) and not the
+status subresource the operator writes.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ WORKLOAD_RESOURCES = {
     "apps": ["deployments", "statefulsets", "daemonsets", "replicasets"],
     "batch": ["jobs", "cronjobs"],
 }
+POLICY_GROUP = "imagegate.dev"
+POLICY_RESOURCES = {"clusterimagepolicies": "Cluster", "imagepolicies": "Namespaced"}
 
 
 def namespace_selector(own_namespace: str | None) -> dict[str, Any]:
@@ -39,8 +48,10 @@ def configurations(
     selector: dict[str, Any],
     timeout_seconds: int = 10,
     failure_policy: str = "Fail",
+    policies: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(mutating, validating) configuration bodies calling `base_url`/mutate and /validate."""
+    """(mutating, validating) configuration bodies calling `base_url`/mutate and /validate, and
+    (`policies`) /validate-policy for imagegate's own policy resources."""
     rules = [
         {
             "apiGroups": [group],
@@ -73,10 +84,34 @@ def configurations(
         # Run again if another webhook changes the pod after us, so a rewrite cannot be undone.
         "webhooks": [{**webhook("mutate"), "reinvocationPolicy": "IfNeeded"}],
     }
+    policy_webhook = {
+        "name": "validate-policy.imagegate.dev",
+        "clientConfig": {"url": f"{base_url}/validate-policy", "caBundle": ca_bundle},
+        "rules": policy_rules(),
+        # Applies to ImagePolicies only (cluster-scoped objects are always sent).
+        "namespaceSelector": selector,
+        "failurePolicy": "Ignore",
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": timeout_seconds,
+    }
     validating = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name},
-        "webhooks": [webhook("validate")],
+        "webhooks": [webhook("validate"), *([policy_webhook] if policies else [])],
     }
     return mutating, validating
+
+
+def policy_rules() -> list[dict[str, Any]]:
+    return [
+        {
+            "apiGroups": [POLICY_GROUP],
+            "apiVersions": ["*"],
+            "operations": ["CREATE", "UPDATE"],
+            "resources": [resource],
+            "scope": scope,
+        }
+        for resource, scope in POLICY_RESOURCES.items()
+    ]

@@ -223,24 +223,6 @@ def test_a_cluster_policy_selects_namespaces_by_label(
     assert f"denied by policy only-{gated_namespace}" in denied.value.body
 
 
-def test_a_policy_the_crd_cannot_catch_is_reported_not_ready(
-    gated_namespace: str, image_policy: PolicyFactory
-) -> None:
-    broken = {
-        "sources": [
-            {
-                "name": "a",
-                "images": ["x.io/*"],
-                "signatures": {"keyless": [{"issuer": "https://i", "subjectRegExp": "(unclosed"}]},
-            }
-        ]
-    }
-    current = image_policy(gated_namespace, "broken", broken, ready="False")
-    (ready,) = current["status"]["conditions"]
-    assert ready["reason"] == "Invalid"
-    assert "subjectRegExp: '(unclosed' is not a valid regular expression" in ready["message"]
-
-
 def test_malformed_admission_review_is_refused_by_the_operator(
     operator: local.LocalOperator,
 ) -> None:

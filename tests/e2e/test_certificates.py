@@ -76,7 +76,10 @@ def test_the_ca_is_patched_into_both_webhook_configurations(
             admission.read_validating_webhook_configuration,
         ):
             found = read(tls.webhook_configuration)
-            assert [w.client_config.ca_bundle for w in found.webhooks] == [expected]
+            assert found.webhooks
+            assert [w.client_config.ca_bundle for w in found.webhooks] == [expected] * len(
+                found.webhooks
+            )
     finally:
         admission.delete_mutating_webhook_configuration(tls.webhook_configuration)
         admission.delete_validating_webhook_configuration(tls.webhook_configuration)

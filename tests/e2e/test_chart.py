@@ -160,8 +160,10 @@ def test_url_mode_install_and_uninstall(
         assert installed.returncode == 0, installed.stderr
         assert "WARNING: webhook.failurePolicy is Ignore" in installed.stdout
         mutating, validating = webhook_configurations(api, release)
+        assert [w.name for w in validating.webhooks][1:] == ["validate-policy.imagegate.dev"]
+        assert validating.webhooks[1].client_config.url == "https://127.0.0.1:9/validate-policy"
         for configuration, path in ((mutating, "mutate"), (validating, "validate")):
-            (webhook,) = configuration.webhooks
+            webhook = configuration.webhooks[0]
             assert webhook.name == f"{path}.imagegate.dev"
             assert webhook.client_config.url == f"https://127.0.0.1:9/{path}"
             assert webhook.failure_policy == "Ignore"
@@ -199,6 +201,7 @@ def test_operator_patched_ca_bundle_survives_upgrade(
         for patch, name in (
             (admission.patch_mutating_webhook_configuration, "mutate.imagegate.dev"),
             (admission.patch_validating_webhook_configuration, "validate.imagegate.dev"),
+            (admission.patch_validating_webhook_configuration, "validate-policy.imagegate.dev"),
         ):
             patch(release, {"webhooks": [{"name": name, "clientConfig": {"caBundle": bundle}}]})
         upgraded = tools.helm(
@@ -206,14 +209,13 @@ def test_operator_patched_ca_bundle_survives_upgrade(
         )
         assert upgraded.returncode == 0, upgraded.stderr
         mutating, validating = webhook_configurations(api, release)
-        for configuration in (mutating, validating):
-            (webhook,) = configuration.webhooks
+        for webhook in (*mutating.webhooks, *validating.webhooks):
             assert webhook.timeout_seconds == 12
             assert webhook.client_config.ca_bundle == bundle
         manifest = tools.helm("get", "manifest", release, "--namespace", namespace)
         assert manifest.returncode == 0, manifest.stderr
         # Rendered into the release by `lookup`, not merely left alone by the upgrade's patch.
-        assert manifest.stdout.count(f'caBundle: "{bundle}"') == 2
+        assert manifest.stdout.count(f'caBundle: "{bundle}"') == 3
     finally:
         uninstalled = tools.helm("uninstall", release, "--namespace", namespace, "--wait")
     assert uninstalled.returncode == 0, uninstalled.stderr

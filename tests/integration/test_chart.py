@@ -93,13 +93,20 @@ def one(manifests: list[Manifest], kind: str, name: str | None = None) -> Manife
 
 
 def webhooks(manifests: list[Manifest]) -> list[Manifest]:
-    """The single webhook of each configuration: mutating first, then validating."""
-    result = []
-    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
-        configuration = one(manifests, kind)
-        assert len(configuration["webhooks"]) == 1
-        result.append(configuration["webhooks"][0])
-    return result
+    """The workload webhook of each configuration: mutating first, then validating."""
+    mutating = one(manifests, "MutatingWebhookConfiguration")["webhooks"]
+    validating = one(manifests, "ValidatingWebhookConfiguration")["webhooks"]
+    assert len(mutating) == 1
+    assert [w["name"] for w in validating] == [
+        "validate.imagegate.dev",
+        "validate-policy.imagegate.dev",
+    ]
+    return [mutating[0], validating[0]]
+
+
+def policy_webhook(manifests: list[Manifest]) -> Manifest:
+    webhook: Manifest = one(manifests, "ValidatingWebhookConfiguration")["webhooks"][1]
+    return webhook
 
 
 def container(manifests: list[Manifest]) -> Manifest:
@@ -229,6 +236,29 @@ def test_webhook_settings_and_names(helm: Helm) -> None:
     assert [w["failurePolicy"] for w in custom] == ["Ignore", "Ignore"]
     assert [w["timeoutSeconds"] for w in custom] == [25, 25]
     assert custom[0]["reinvocationPolicy"] == "Never"
+
+
+def test_policy_webhook_validates_policies_and_cannot_lock_anything_out(helm: Helm) -> None:
+    manifests = helm.template(namespace="some-ns")
+    webhook = policy_webhook(manifests)
+    expected = webhookconfig.configurations("x", "https://x", b"", selector={})[1]["webhooks"][1]
+    assert webhook["name"] == expected["name"] == "validate-policy.imagegate.dev"
+    assert webhook["rules"] == expected["rules"] == webhookconfig.policy_rules()
+    for rule in webhook["rules"]:
+        assert rule["apiGroups"] == ["imagegate.dev"]
+        assert rule["operations"] == ["CREATE", "UPDATE"]  # deleting a policy always works
+        assert not any("/" in resource for resource in rule["resources"])  # nor status writes
+    assert {r for rule in webhook["rules"] for r in rule["resources"]} == {
+        "clusterimagepolicies",
+        "imagepolicies",
+    }
+    # The operator fails closed on what slips past, and Fail would refuse the presets on install.
+    assert webhook["failurePolicy"] == expected["failurePolicy"] == "Ignore"
+    assert webhook["sideEffects"] == "None"
+    assert webhook["namespaceSelector"] == webhookconfig.namespace_selector("some-ns")
+    assert webhook["clientConfig"]["service"]["path"] == "/validate-policy"
+    url_mode = policy_webhook(helm.template(*URL_VALUES))
+    assert url_mode["clientConfig"]["url"] == "https://127.0.0.1:9443/validate-policy"
 
 
 def test_namespace_selector_excludes_control_plane_and_release_namespace(helm: Helm) -> None:

@@ -131,6 +131,22 @@ Webhook rules: the same resources as WORKLOAD_RESOURCES in operator/imagegate/we
 {{- end }}
 
 {{/*
+Policy webhook rules: imagegate's own resources, as policy_rules() in webhookconfig.py builds them.
+*/}}
+{{- define "imagegate.policyRules" -}}
+- apiGroups: ["imagegate.dev"]
+  apiVersions: ["*"]
+  operations: ["CREATE", "UPDATE"]
+  resources: ["clusterimagepolicies"]
+  scope: Cluster
+- apiGroups: ["imagegate.dev"]
+  apiVersions: ["*"]
+  operations: ["CREATE", "UPDATE"]
+  resources: ["imagepolicies"]
+  scope: Namespaced
+{{- end }}
+
+{{/*
 Namespaces the webhooks see: never the control plane's or imagegate's own (so imagegate can
 always restart), never one labelled imagegate.dev/ignore, plus the user's extra selection.
 */}}

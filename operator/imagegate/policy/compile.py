@@ -2,8 +2,62 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import pydantic
+
 from imagegate import reference
 from imagegate.policy import engine, glob, model, selectors
+
+#: `kubectl describe` names for each kind, for the reason a broken policy gives.
+_SHORT_NAMES = {model.CLUSTER_KIND: "cip", model.NAMESPACED_KIND: "imagepolicy"}
+
+
+def compile_resource(body: Mapping[str, Any]) -> engine.CompiledPolicy:
+    """A live resource → compiled policy, or `model.PolicyError` naming the bad field.
+
+    What the operator enforces and what the policy admission webhook lets through: one function,
+    so the webhook never admits a policy the operator cannot compile.
+    """
+    return compile_policy(model.parse_policy_document(body))
+
+
+def compile_broken(body: Mapping[str, Any], error: str) -> engine.CompiledPolicy:
+    """A policy that cannot be compiled, as one that fails closed in the scope it can read.
+
+    Scope: an ImagePolicy's namespace; a ClusterImagePolicy's namespaceSelector when that part
+    parses, else every namespace. Mode: the spec's when it is a valid one, else enforce.
+    """
+    kind = body.get("kind") or model.CLUSTER_KIND
+    metadata = body.get("metadata") or {}
+    name = str(metadata.get("name") or "")
+    namespace = (metadata.get("namespace") or "default") if kind == model.NAMESPACED_KIND else None
+    spec = body.get("spec")
+    spec = spec if isinstance(spec, Mapping) else {}
+    mode = spec.get("mode", "enforce")
+    modes = {m.value for m in engine.Mode}
+    where = f" -n {namespace}" if namespace else ""
+    describe = f"kubectl describe {_SHORT_NAMES.get(kind, 'cip')} {name}{where}"
+    return engine.CompiledPolicy(
+        name=name,
+        namespace=namespace,
+        mode=engine.Mode(mode) if isinstance(mode, str) and mode in modes else engine.Mode.ENFORCE,
+        selector=_readable_selector(spec.get("namespaceSelector")),
+        pin_digests=False,
+        uid=str(metadata.get("uid") or ""),
+        broken=f"policy {name} cannot be compiled: {error}; fix it ({describe})",
+    )
+
+
+def _readable_selector(raw: object) -> selectors.LabelSelector:
+    """The selector as written; an unreadable one selects everything (fail closed)."""
+    if raw is None:
+        return selectors.LabelSelector()
+    try:
+        return _selector(model.LabelSelector.model_validate(raw))
+    except pydantic.ValidationError:
+        return selectors.LabelSelector()
 
 
 def compile_policy(document: model.PolicyDocument) -> engine.CompiledPolicy:

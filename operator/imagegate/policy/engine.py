@@ -82,6 +82,10 @@ class CompiledPolicy:
     pull_secrets: tuple[tuple[str | None, str], ...] = ()
     #: The resource's uid, so Events can point at it ("" when compiled from a file).
     uid: str = ""
+    #: Why the policy could not be compiled, when it could not (and no good version is known):
+    #: then it trusts nothing, rewrites nothing, and every image in its scope is a violation
+    #: with this reason. A policy that cannot be read fails closed, never open.
+    broken: str | None = None
 
     @property
     def display_name(self) -> str:
@@ -214,9 +218,9 @@ def trusted_by_sources(image: reference.ImageReference, policies: Sequence[Compi
     will deny anyway is a registry call for nothing (and counts against pull limits).
     """
     return all(
-        _first_matching_source(policy, image) is not None
+        policy.broken is None and _first_matching_source(policy, image) is not None
         for policy in policies
-        if policy.mode is Mode.ENFORCE and policy.sources
+        if policy.mode is Mode.ENFORCE and (policy.sources or policy.broken is not None)
     )
 
 
@@ -320,6 +324,8 @@ def _judge(
     verdicts: Mapping[SignatureCheck, SignatureVerdict],
 ) -> tuple[str | None, str | None]:
     """(violation reason or None, trusting source or None) for one image under one policy."""
+    if policy.broken is not None:
+        return policy.broken, None
     if image.final is None:
         return f"invalid image reference: {image.invalid_reason}", None
     if not policy.sources:

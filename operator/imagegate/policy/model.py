@@ -12,7 +12,8 @@ What is checked where:
 - in the CRD schema as well, so that `kubectl apply` refuses early: types, enums, lengths,
   patterns, and CEL rules (`x-kubernetes-validations`, declared next to the check they mirror)
   for fields that conflict. What only Python can check (a regular expression that does not
-  compile, a PEM block that is not a key) is refused by the operator, which says so in the
+  compile, a PEM block that is not a key) is refused at apply time by the policy webhook
+  (policyreview.py); one that slips past it fails closed in the operator, which says so in the
   policy's Ready condition.
 
 A bad policy raises `PolicyError`, whose message names the field:
@@ -542,7 +543,7 @@ class Condition(_Spec):
     status: Literal["True", "False", "Unknown"]
     """Whether the condition holds."""
     reason: str = ""
-    """A CamelCase word for why (Compiled, Invalid, InvalidKeptPrevious)."""
+    """A CamelCase word for why (Compiled, InvalidKeptPrevious, InvalidDenying)."""
     message: str = ""
     """What went wrong, naming the field, when the policy is not Ready."""
     last_transition_time: str | None = pydantic.Field(None, alias="lastTransitionTime")

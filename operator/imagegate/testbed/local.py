@@ -145,10 +145,16 @@ def operator_process(
 
 @contextlib.contextmanager
 def registered_webhooks(
-    api: client.ApiClient, operator: LocalOperator, name: str, selector: dict[str, object]
+    api: client.ApiClient,
+    operator: LocalOperator,
+    name: str,
+    selector: dict[str, object],
+    *,
+    policies: bool = True,
 ) -> Iterator[None]:
+    """The workload webhooks and (`policies`) the policy webhook, until the block ends."""
     mutating, validating = webhookconfig.configurations(
-        name, operator.url, operator.ca_pem, selector=selector
+        name, operator.url, operator.ca_pem, selector=selector, policies=policies
     )
     admission = client.AdmissionregistrationV1Api(api)
     # The client accepts plain dicts as bodies; its type hints only name the model classes.
