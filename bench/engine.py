@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import NAMESPACE_LABELS, POD, machine, twenty_policies
 
-from imagegate import workloads
+from imagegate.core import workloads
 from imagegate.policy import engine
 
 

@@ -42,10 +42,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine
 from kubernetes import client
 
-from imagegate import kube, tls, webhook
+from imagegate.admission import reviewers as webhook
+from imagegate.admission.server import TLSFiles, WebhookServer, build_app
+from imagegate.cluster import kube, tls
 from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine, model
-from imagegate.server import TLSFiles, WebhookServer, build_app
 from imagegate.testbed import build, processes
 from imagegate.testbed.controlplane import ControlPlane, ControlPlaneBinaries
 

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
 from common import machine
 
-from imagegate import registry as oci
 from imagegate.policy import engine, model
+from imagegate.registry import client as oci
 from imagegate.signatures.cache import VerdictCache
 from imagegate.signatures.verifier import CosignVerifier
 from imagegate.testbed import build

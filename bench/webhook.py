@@ -26,10 +26,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import NAMESPACE_LABELS, POD, machine, twenty_policies
 
-from imagegate import logs, tls, webhook
-from imagegate.metrics import Metrics
+from imagegate.admission import reviewers as webhook
+from imagegate.admission.server import TLSFiles, WebhookServer, build_app, outcome
+from imagegate.cluster import tls
 from imagegate.policy import engine
-from imagegate.server import TLSFiles, WebhookServer, build_app, outcome
+from imagegate.trail import logs
+from imagegate.trail.metrics import Metrics
 
 REQUESTS = 2000
 
@@ -102,8 +104,8 @@ def audited_app() -> web.Application:
     metrics = Metrics()
     handler = logging.FileHandler(os.devnull)
     handler.setFormatter(logs.JsonFormatter())
-    logging.getLogger("imagegate.webhook").addHandler(handler)
-    logging.getLogger("imagegate.webhook").setLevel(logging.INFO)
+    logging.getLogger("imagegate.admission.reviewers").addHandler(handler)
+    logging.getLogger("imagegate.admission.reviewers").setLevel(logging.INFO)
     return build_app(
         validate=webhook.Validator(source, recorders=[metrics]),
         mutate=webhook.Mutator(source, recorders=[metrics]),

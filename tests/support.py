@@ -118,7 +118,7 @@ class RecordingWebhook:
         import tempfile
         import threading
 
-        from imagegate import tls
+        from imagegate.cluster import tls
 
         self.requests: list[dict[str, Any]] = []
         self.ca = tls.CertificateAuthority.create("test-webhook-ca")

@@ -2,6 +2,6 @@
 
 import sys
 
-from imagegate.cli import main
+from imagegate.commands.cli import main
 
 sys.exit(main())

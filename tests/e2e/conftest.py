@@ -12,8 +12,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from imagegate import kube
-from imagegate.policy import resources
+from imagegate.cluster import kube, resources
 from imagegate.testbed import local, processes
 from imagegate.testbed.registry import LocalRegistry
 from netproxy import Shaping, TcpProxy, ThreadedProxy

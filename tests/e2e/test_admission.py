@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
 
-from imagegate.policy import resources
+from imagegate.cluster import resources
 from imagegate.testbed import local
 from imagegate.testbed.registry import LocalRegistry
 from support import Cluster, cosign_key_pair, cosign_sign, push_random_image

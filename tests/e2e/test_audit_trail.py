@@ -17,10 +17,11 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from imagegate import events, trail
-from imagegate.audit import Action, AuditEntry
+from imagegate.admission.records import Action, AuditEntry
+from imagegate.commands import audit as trail
 from imagegate.policy import engine
 from imagegate.testbed import local
+from imagegate.trail import events
 from support import Cluster
 
 from .conftest import PolicyFactory

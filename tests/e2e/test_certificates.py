@@ -11,7 +11,9 @@ import pytest
 from cryptography import x509
 from kubernetes import client
 
-from imagegate import certs, selftest, webhookconfig
+from imagegate.admission import configurations as webhookconfig
+from imagegate.cluster import certs
+from imagegate.commands import selftest
 from imagegate.testbed import local
 
 pytestmark = pytest.mark.controlplane

@@ -28,8 +28,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from imagegate import tls, trail
-from imagegate.policy import resources
+from imagegate.cluster import resources, tls
+from imagegate.commands import audit as trail
 from imagegate.testbed import build, local
 from support import Cluster, pod_review, post_review
 

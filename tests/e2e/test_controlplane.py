@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from imagegate import kube
+from imagegate.cluster import kube
 from imagegate.testbed import processes, versions
 from support import Cluster, RecordingWebhook
 

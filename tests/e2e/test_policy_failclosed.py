@@ -15,7 +15,8 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from imagegate.policy import model, resources
+from imagegate.cluster import resources
+from imagegate.policy import model
 from imagegate.testbed import local, processes
 from support import Cluster, pod_review, post_review
 

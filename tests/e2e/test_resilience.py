@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from imagegate.policy import resources
+from imagegate.cluster import resources
 from imagegate.testbed import build, local, processes
 from imagegate.testbed.controlplane import ControlPlane, ControlPlaneBinaries
 from support import Cluster, pod_review, post_review

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from imagegate import scan, trail
-from imagegate.policy import engine, model, resources
+from imagegate.cluster import resources
+from imagegate.commands import audit as trail
+from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
 from imagegate.testbed import local
+from imagegate.trail import scan
 from support import Cluster
 
 from .conftest import PolicyFactory

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from imagegate import webhookconfig
+from imagegate.admission import configurations as webhookconfig
 from imagegate.testbed import build
 
 ROOT = Path(__file__).resolve().parents[2]

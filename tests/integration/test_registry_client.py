@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from imagegate import reference
-from imagegate import registry as oci
+from imagegate.core import reference
+from imagegate.registry import client as oci
 from imagegate.testbed import build
 from imagegate.testbed.registry import LocalRegistry
 from support import cosign_key_pair, cosign_sign, push_random_image

@@ -12,8 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from imagegate import admission, tls
-from imagegate.server import TLSFiles, WebhookServer, build_app
+from imagegate.admission import review as admission
+from imagegate.admission.server import TLSFiles, WebhookServer, build_app
+from imagegate.cluster import tls
 
 
 def _review(uid: str = "u-1", api_version: str = "admission.k8s.io/v1") -> dict[str, Any]:

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from imagegate import registry as oci
 from imagegate.policy import engine, model
+from imagegate.registry import client as oci
 from imagegate.signatures.verifier import CosignVerifier
 from imagegate.testbed.registry import LocalRegistry
 from support import cosign_env, cosign_key_pair, cosign_sign, push_random_image
@@ -264,7 +264,7 @@ def _test_fulcio(directory: Path, subject: str, issuer: str) -> tuple[Path, Path
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
-    from imagegate import tls
+    from imagegate.cluster import tls
 
     ca = tls.CertificateAuthority.create("imagegate-test-fulcio")
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)

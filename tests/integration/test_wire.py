@@ -37,11 +37,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from imagegate import admission, reference, tls, webhook
-from imagegate import registry as oci
+from imagegate.admission import review as admission
+from imagegate.admission import reviewers as webhook
+from imagegate.admission.server import TLSFiles, WebhookServer, build_app
+from imagegate.cluster import tls
+from imagegate.core import reference
 from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
-from imagegate.server import TLSFiles, WebhookServer, build_app
+from imagegate.registry import client as oci
 from imagegate.signatures.verifier import CosignVerifier
 from imagegate.testbed.registry import LocalRegistry
 from netproxy import Shaping, TcpProxy

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegate import admission
+from imagegate.admission import review as admission
 
 
 def _review(**request: object) -> bytes:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegate.cli import main
+from imagegate.commands.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = """

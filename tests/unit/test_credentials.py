@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from imagegate import credentials, workloads
-from imagegate.registry import Credentials
+from imagegate.cluster import credentials
+from imagegate.core import workloads
+from imagegate.registry.client import Credentials
 
 
 def config(auths: dict[str, dict[str, str]]) -> bytes:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imagegate import cli
+from imagegate.commands import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -67,7 +67,7 @@ def test_the_entrypoint_is_the_packages_console_script_and_cmd_a_real_command() 
     command = next(line for line in INSTRUCTIONS if line.startswith("CMD "))
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert yaml.safe_load(entrypoint.removeprefix("ENTRYPOINT ")) == ["imagegate"]
-    assert project["scripts"]["imagegate"] == "imagegate.cli:main"
+    assert project["scripts"]["imagegate"] == "imagegate.commands.cli:main"
     subcommand = yaml.safe_load(command.removeprefix("CMD "))[0]
     with pytest.raises(SystemExit) as shown:
         cli.build_parser().parse_args([subcommand, "--help"])

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from imagegate import workloads
+from imagegate.core import workloads
 from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
 from imagegate.policy.engine import Mode, SignatureCheck, SignatureVerdict

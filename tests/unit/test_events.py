@@ -6,9 +6,9 @@ import datetime
 
 from kubernetes import client
 
-from imagegate import events
-from imagegate.audit import Action, AuditEntry
+from imagegate.admission.records import Action, AuditEntry
 from imagegate.policy import engine
+from imagegate.trail import events
 
 POLICY = engine.CompiledPolicy("hardened", engine.Mode.ENFORCE)
 

@@ -20,7 +20,7 @@ def test_operator_folder_is_not_a_package() -> None:
 def test_package_search_is_rooted_at_operator() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["tool"]["setuptools"]["packages"]["find"]["where"] == ["operator"]
-    assert project["project"]["scripts"]["imagegate"] == "imagegate.cli:main"
+    assert project["project"]["scripts"]["imagegate"] == "imagegate.commands.cli:main"
 
 
 def test_registry_go_source_ships_with_the_package() -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from imagegate import metrics
-from imagegate.audit import Action, AuditEntry
+from imagegate.admission.records import Action, AuditEntry
 from imagegate.policy import engine
 from imagegate.signatures.cache import VerdictCache
+from imagegate.trail import metrics
 
 
 def sample(text: str, line_start: str) -> float:

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from imagegate import pinning, reference, registry
+from imagegate.core import reference
+from imagegate.registry import client as registry
+from imagegate.registry import pinning
 
 
 class Client:

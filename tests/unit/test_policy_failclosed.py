@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from imagegate import admission
+from imagegate.admission import review as admission
+from imagegate.admission.policies import PolicyReviewer
 from imagegate.errors import ImagegateError
 from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine
 from imagegate.policy.engine import Mode
-from imagegate.policyreview import PolicyReviewer
 
 from .test_engine import CHAINGUARD, decide, pod, policy
 

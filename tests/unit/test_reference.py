@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imagegate import reference
-from imagegate.reference import ImageReference, InvalidReferenceError, parse
+from imagegate.core import reference
+from imagegate.core.reference import ImageReference, InvalidReferenceError, parse
 
 SHA = "sha256:" + "0123456789abcdef" * 4
 

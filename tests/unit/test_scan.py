@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
-from imagegate import scan, webhook, workloads
+from imagegate.admission import reviewers as webhook
+from imagegate.core import workloads
 from imagegate.policy import engine
+from imagegate.trail import scan
 
 from .test_webhook import REWRITE, Policies, deployment, policy, review
 

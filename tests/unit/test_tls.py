@@ -6,7 +6,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from imagegate import tls
+from imagegate.cluster import tls
 
 
 @pytest.fixture(scope="module")

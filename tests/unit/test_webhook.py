@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from imagegate import admission, audit, webhook
+from imagegate.admission import records as audit
+from imagegate.admission import review as admission
+from imagegate.admission import reviewers as webhook
 from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
 

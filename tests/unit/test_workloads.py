@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from imagegate import workloads
-from imagegate.workloads import MalformedWorkloadError, find_images, new_images
+from imagegate.core import workloads
+from imagegate.core.workloads import MalformedWorkloadError, find_images, new_images
 
 
 def _spec(containers: Any, **lists: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pydantic
 
-from imagegate import reference
+from imagegate.core import reference
 from imagegate.policy import engine, glob, model, selectors
 
 #: `kubectl describe` names for each kind, for the reason a broken policy gives.

@@ -21,10 +21,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from imagegate import reference
+from imagegate.core import reference
+from imagegate.core.workloads import ContainerImage
 from imagegate.policy import glob, selectors
 from imagegate.policy.glob import CompiledGlob
-from imagegate.workloads import ContainerImage
 
 
 class Mode(enum.StrEnum):

@@ -31,9 +31,9 @@ import pydantic
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import ErrorDetails, core_schema
 
+from imagegate.core import keys
 from imagegate.errors import ImagegateError
 from imagegate.policy import glob
-from imagegate.signatures import keys
 
 GROUP = "imagegate.dev"
 VERSION = "v1alpha1"

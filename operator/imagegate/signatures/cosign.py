@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imagegate import registry
+from imagegate.core.keys import PublicKey
+from imagegate.registry import client as registry
 from imagegate.signatures import rekor, roots
-from imagegate.signatures.keys import PublicKey
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 BUNDLE_V03 = "application/vnd.dev.sigstore.bundle.v0.3+json"

@@ -18,9 +18,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from imagegate import reference, registry
+from imagegate.core import keys, reference
 from imagegate.policy import engine, model
-from imagegate.signatures import cosign, fulcio, keyless, keys, material, roots
+from imagegate.registry import client as registry
+from imagegate.signatures import cosign, fulcio, keyless, material, roots
 from imagegate.signatures.cache import VerdictCache
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from imagegate import tls
+from imagegate.cluster import tls
 from imagegate.errors import StartError, TestbedError
 from imagegate.testbed import processes
 from imagegate.testbed.build import CONTROL_PLANE_TOOLS, Builder

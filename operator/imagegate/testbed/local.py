@@ -17,7 +17,8 @@ from pathlib import Path
 
 from kubernetes import client
 
-from imagegate import tls, webhookconfig
+from imagegate.admission import configurations as webhookconfig
+from imagegate.cluster import tls
 from imagegate.errors import StartError
 from imagegate.policy import crd
 from imagegate.testbed import processes

@@ -18,7 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from imagegate.signatures import cosign, keys, rekor, roots
+from imagegate.core import keys
+from imagegate.signatures import cosign, rekor, roots
 
 DIGEST = "sha256:" + "ab" * 32
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imagegate.signatures import cosign, keys, rekor, roots
+from imagegate.core import keys
+from imagegate.signatures import cosign, rekor, roots
 from imagegate.signatures.cosign import FoundSignature
 
 

@@ -11,8 +11,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 
+from imagegate.core import keys
 from imagegate.policy import model
-from imagegate.signatures import keys, verifier
+from imagegate.signatures import verifier
 
 
 @functools.cache

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from imagegate.cli import main
+from imagegate.commands.cli import main
 from imagegate.errors import BuildError
 from imagegate.testbed import build
 

@@ -20,10 +20,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from imagegate import reference, workloads
+from imagegate.core import reference, workloads
 from imagegate.errors import ImagegateError
 from imagegate.policy import engine
-from imagegate.registry import Credentials, Keychain
+from imagegate.registry.client import Credentials, Keychain
 from imagegate.signatures import material
 
 logger = logging.getLogger(__name__)

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from imagegate.core.reference import DOCKER_HUB, ImageReference
 from imagegate.errors import ImagegateError
-from imagegate.reference import DOCKER_HUB, ImageReference
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,10 @@ from typing import Any
 
 from kubernetes import client
 
-from imagegate import audit, webhook, webhookconfig, workloads
+from imagegate.admission import configurations as webhookconfig
+from imagegate.admission import records as audit
+from imagegate.admission import reviewers as webhook
+from imagegate.core import workloads
 from imagegate.policy import engine
 
 logger = logging.getLogger(__name__)

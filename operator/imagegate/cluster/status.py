@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from kubernetes import client
 
-from imagegate import audit
-from imagegate.policy import engine, resources
+from imagegate.admission import records as audit
+from imagegate.cluster import resources
+from imagegate.policy import engine
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,10 @@ from typing import Any
 
 from kubernetes import client, utils
 
-from imagegate import kube, webhookconfig, workloads
+from imagegate.admission import configurations as webhookconfig
+from imagegate.cluster import kube, resources
+from imagegate.core import workloads
 from imagegate.errors import TestbedError
-from imagegate.policy import resources
 from imagegate.testbed import local
 from imagegate.testbed.bed import Testbed
 

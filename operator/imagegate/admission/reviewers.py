@@ -13,9 +13,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from imagegate import admission, audit, reference, workloads
+from imagegate.admission import records as audit
+from imagegate.admission import review as admission
+from imagegate.core import reference, workloads
 from imagegate.policy import engine
-from imagegate.registry import Keychain
+from imagegate.registry.client import Keychain
 
 logger = logging.getLogger(__name__)
 

@@ -28,27 +28,20 @@ import aiohttp
 import kopf
 from kubernetes import client
 
-from imagegate import (
-    audit,
-    certs,
-    credentials,
-    events,
-    kube,
-    metrics,
-    pinning,
-    policyreview,
-    scan,
-    server,
-    status,
-    webhook,
-)
-from imagegate import registry as oci
+from imagegate.admission import policies as policyreview
+from imagegate.admission import records as audit
+from imagegate.admission import reviewers as webhook
+from imagegate.admission import server
+from imagegate.cluster import certs, credentials, kube, resources, status
 from imagegate.errors import ImagegateError
 from imagegate.policy import compile as policy_compile
-from imagegate.policy import engine, model, resources
+from imagegate.policy import engine, model
+from imagegate.registry import client as oci
+from imagegate.registry import pinning
 from imagegate.signatures import verifier
 from imagegate.signatures.cache import VerdictCache
 from imagegate.signatures.material import KubernetesMaterial
+from imagegate.trail import events, metrics, scan
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from imagegate import admission
+from imagegate.admission import review as admission
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from imagegate import workloads
+from imagegate.core import workloads
 from imagegate.errors import UsageError
 from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine, model

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from imagegate import audit
+from imagegate.admission import records as audit
 from imagegate.signatures.cache import VerdictCache
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -23,7 +23,9 @@ from typing import Any
 from cryptography import x509
 from kubernetes import client
 
-from imagegate import audit, server, tls
+from imagegate.admission import records as audit
+from imagegate.admission import server
+from imagegate.cluster import tls
 from imagegate.errors import ImagegateError
 
 logger = logging.getLogger(__name__)

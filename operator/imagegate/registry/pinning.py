@@ -6,8 +6,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from imagegate import registry
-from imagegate.reference import ImageReference
+from imagegate.core.reference import ImageReference
+from imagegate.registry import client as registry
 
 #: Long enough to absorb a Deployment's burst of identical pods, short enough to follow a retag.
 TAG_TTL = 30.0

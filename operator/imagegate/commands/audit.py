@@ -22,8 +22,10 @@ from typing import Any, TextIO
 import pydantic
 from kubernetes import client
 
-from imagegate import audit, events, kube, scan
+from imagegate.admission import records as audit
+from imagegate.cluster import kube
 from imagegate.errors import UsageError
+from imagegate.trail import events, scan
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from imagegate import workloads
+from imagegate.core import workloads
 from imagegate.policy import engine
 
 MAX_MESSAGE = 1024

@@ -52,7 +52,9 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from imagegate import logs, operator, server
+    from imagegate.admission import server
+    from imagegate.cluster import operator
+    from imagegate.trail import logs
 
     tls: server.TLSFiles | operator.SelfManagedCertificates
     if args.tls_secret:
@@ -86,7 +88,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from imagegate import check
+    from imagegate.commands import check
 
     return check.run(
         args.policy,
@@ -98,7 +100,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from imagegate import trail
+    from imagegate.commands import audit as trail
 
     return trail.run(
         kubeconfig=args.kubeconfig,
@@ -111,13 +113,13 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_selftest(args: argparse.Namespace) -> int:
-    from imagegate import selftest
+    from imagegate.commands import selftest
 
     return selftest.run(args.url, ca_file=args.ca_file, timeout=args.timeout)
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
-    from imagegate import dev
+    from imagegate.commands import dev
 
     return dev.run(once=args.once)
 

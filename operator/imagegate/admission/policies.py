@@ -9,7 +9,7 @@ the webhook not registered) fails closed in the operator instead (policy/compile
 
 from __future__ import annotations
 
-from imagegate import admission
+from imagegate.admission import review as admission
 from imagegate.errors import ImagegateError
 from imagegate.policy import compile as policy_compile
 from imagegate.policy import model

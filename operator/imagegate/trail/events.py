@@ -24,7 +24,7 @@ from typing import Any
 
 from kubernetes import client
 
-from imagegate.audit import MANAGED_BY, MAX_MESSAGE, Action, AuditEntry
+from imagegate.admission.records import MANAGED_BY, MAX_MESSAGE, Action, AuditEntry
 from imagegate.policy import model
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,3 @@
+"""Admission: the AdmissionReview wire models, the reviewers, their HTTPS server and webhook
+configurations.
+"""

@@ -1,0 +1,1 @@
+"""The `imagegate` command line: run, check, audit, selftest, dev, testbed."""

@@ -1,0 +1,3 @@
+"""The vocabulary every layer speaks, pure: image references, the images of a workload, public
+keys.
+"""

@@ -1,0 +1,1 @@
+"""OCI registries: the client, the credentials protocols it takes, digest pinning."""
