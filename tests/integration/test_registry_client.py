@@ -19,6 +19,7 @@ from aiohttp import web
 
 from imagegate.core import reference
 from imagegate.registry import client as oci
+from imagegate.registry.keychain import Credentials
 from imagegate.testbed import build
 from imagegate.testbed.registry import LocalRegistry
 from support import cosign_key_pair, cosign_sign, push_random_image
@@ -274,8 +275,8 @@ async def test_bearer_token_is_fetched_with_credentials_and_cached(
     state.routes["/v2/a/manifests/v1"] = [(200, {}, MANIFEST)]
 
     class Keys:
-        def credentials(self, registry_host: str, repository: str) -> oci.Credentials | None:
-            return oci.Credentials("u", "p") if registry_host == host else None
+        def credentials(self, registry_host: str, repository: str) -> Credentials | None:
+            return Credentials("u", "p") if registry_host == host else None
 
     client = oci.RegistryClient(session, keychain=Keys(), insecure=frozenset({host}))
     for _ in range(2):
@@ -293,16 +294,16 @@ async def test_tokens_are_never_shared_between_credentials(
     state.routes["/v2/a/manifests/v1"] = [(200, {}, MANIFEST)]
 
     class Fixed:
-        def __init__(self, credentials: oci.Credentials | None) -> None:
+        def __init__(self, credentials: Credentials | None) -> None:
             self.fixed = credentials
 
-        def credentials(self, registry_host: str, repository: str) -> oci.Credentials | None:
+        def credentials(self, registry_host: str, repository: str) -> Credentials | None:
             return self.fixed
 
     client = oci.RegistryClient(session, insecure=frozenset({host}))
-    await client.using(Fixed(oci.Credentials("u", "p"))).manifest(host, "a", "v1")
+    await client.using(Fixed(Credentials("u", "p"))).manifest(host, "a", "v1")
     with pytest.raises(oci.Unauthorized, match="refused the credentials"):
-        await client.using(Fixed(oci.Credentials("u", "wrong"))).manifest(host, "a", "v1")
+        await client.using(Fixed(Credentials("u", "wrong"))).manifest(host, "a", "v1")
     with pytest.raises(oci.Unauthorized):
         await client.manifest(host, "a", "v1")  # no credentials at all
     assert state.token_requests == 3

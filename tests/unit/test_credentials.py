@@ -9,7 +9,7 @@ import pytest
 
 from imagegate.cluster import credentials
 from imagegate.core import workloads
-from imagegate.registry.client import Credentials
+from imagegate.registry.keychain import Credentials
 
 
 def config(auths: dict[str, dict[str, str]]) -> bytes:

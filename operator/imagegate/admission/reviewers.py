@@ -17,7 +17,7 @@ from imagegate.admission import records as audit
 from imagegate.admission import review as admission
 from imagegate.core import reference, workloads
 from imagegate.policy import engine
-from imagegate.registry.client import Keychain
+from imagegate.registry.keychain import Keychain
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from imagegate.core import reference, workloads
 from imagegate.errors import ImagegateError
 from imagegate.policy import engine
-from imagegate.registry.client import Credentials, Keychain
+from imagegate.registry.keychain import Credentials, Keychain
 from imagegate.signatures import material
 
 logger = logging.getLogger(__name__)

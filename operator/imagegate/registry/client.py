@@ -26,12 +26,13 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 
 from imagegate.core.reference import DOCKER_HUB, ImageReference
 from imagegate.errors import ImagegateError
+from imagegate.registry.keychain import Credentials, Keychain, NoCredentials
 
 logger = logging.getLogger(__name__)
 
@@ -69,21 +70,6 @@ class RegistryUnavailable(RegistryError):
 
 class DigestMismatch(RegistryError):
     """The registry sent bytes that do not hash to the digest it was asked for or claimed."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    username: str
-    password: str
-
-
-class Keychain(Protocol):
-    def credentials(self, registry: str, repository: str) -> Credentials | None: ...
-
-
-class NoCredentials:
-    def credentials(self, registry: str, repository: str) -> Credentials | None:
-        return None
 
 
 @dataclass(frozen=True)

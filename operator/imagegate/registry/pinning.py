@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from imagegate.core.reference import ImageReference
 from imagegate.registry import client as registry
+from imagegate.registry.keychain import Keychain
 
 #: Long enough to absorb a Deployment's burst of identical pods, short enough to follow a retag.
 TAG_TTL = 30.0
@@ -32,7 +33,7 @@ class CachingResolver:
         self._cache: OrderedDict[ImageReference, tuple[float, str]] = OrderedDict()
 
     async def resolve(
-        self, image: ImageReference, deadline: float, keychain: registry.Keychain | None = None
+        self, image: ImageReference, deadline: float, keychain: Keychain | None = None
     ) -> str:
         """The digest `image` names now. Cached per image, not per credentials: a digest is a
         fact about the registry, and validation still reads the signatures with the caller's

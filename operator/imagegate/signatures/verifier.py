@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from imagegate.core import keys, reference
 from imagegate.policy import engine, model
 from imagegate.registry import client as registry
+from imagegate.registry.keychain import Keychain
 from imagegate.signatures import cosign, fulcio, keyless, material, roots
 from imagegate.signatures.cache import VerdictCache
 
@@ -48,7 +49,7 @@ class CosignVerifier:
         self,
         checks: Sequence[engine.SignatureCheck],
         deadline: float,
-        keychain: registry.Keychain | None = None,
+        keychain: Keychain | None = None,
     ) -> Mapping[engine.SignatureCheck, engine.SignatureVerdict]:
         # Verdicts are cached per digest, not per credentials: whether a digest is signed does
         # not depend on who asks, and the kubelet still pulls with the Pod's own credentials.
