@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from typing import Any
 
+from imagegate.admission import builder
 from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
+
+
+def review_body(uid: int, pod: dict[str, Any]) -> bytes:
+    """The AdmissionReview the API server would send for creating `pod` in namespace shop."""
+    return json.dumps(
+        builder.review_for(pod, namespace="shop", uid=f"u-{uid}", username="bench")
+    ).encode()
 
 
 def machine() -> str:

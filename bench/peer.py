@@ -39,7 +39,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import machine
+from common import machine, review_body
 from kubernetes import client
 
 from imagegate.admission import reviewers as webhook
@@ -83,24 +83,6 @@ CONFIGS = (
 )
 
 
-def review(uid: int) -> bytes:
-    return json.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": f"u-{uid}",
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": "shop",
-                "operation": "CREATE",
-                "userInfo": {"username": "bench"},
-                "object": POD,
-            },
-        }
-    ).encode()
-
-
 async def measure(url: str, context: ssl.SSLContext, pause: float = 0.0) -> list[float]:
     latencies = []
     count = PACED_REQUESTS if pause else REQUESTS
@@ -110,7 +92,10 @@ async def measure(url: str, context: ssl.SSLContext, pause: float = 0.0) -> list
                 await asyncio.sleep(pause)
             started = time.perf_counter()
             async with session.post(
-                url, data=review(n), ssl=context, headers={"Content-Type": "application/json"}
+                url,
+                data=review_body(n, POD),
+                ssl=context,
+                headers={"Content-Type": "application/json"},
             ) as reply:
                 text = await reply.text()
             if n >= 100:  # the first 100 warm up
@@ -251,7 +236,7 @@ async def _one(url: str, context: ssl.SSLContext) -> dict[str, Any]:
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            url, data=review(0), ssl=context, headers={"Content-Type": "application/json"}
+            url, data=review_body(0, POD), ssl=context, headers={"Content-Type": "application/json"}
         ) as reply,
     ):
         text = await reply.text()

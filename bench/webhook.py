@@ -8,7 +8,6 @@ Two servers in one run: the bare reviewers, and the reviewers as `imagegate run`
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import ssl
@@ -24,7 +23,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import NAMESPACE_LABELS, POD, machine, twenty_policies
+from common import NAMESPACE_LABELS, POD, machine, review_body, twenty_policies
 
 from imagegate.admission import reviewers as webhook
 from imagegate.admission.server import TLSFiles, WebhookServer, build_app, outcome
@@ -47,24 +46,6 @@ class StaticPolicies:
         return NAMESPACE_LABELS
 
 
-def review_body(uid: int) -> bytes:
-    return json.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": f"u-{uid}",
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": "shop",
-                "operation": "CREATE",
-                "userInfo": {"username": "bench"},
-                "object": POD,
-            },
-        }
-    ).encode()
-
-
 async def client_loop(
     session: aiohttp.ClientSession,
     url: str,
@@ -74,7 +55,7 @@ async def client_loop(
     latencies: list[float],
 ) -> None:
     for n in range(count):
-        body = review_body(offset + n)
+        body = review_body(offset + n, POD)
         started = time.perf_counter()
         async with session.post(
             url, data=body, ssl=context, headers={"Content-Type": "application/json"}

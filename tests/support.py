@@ -8,31 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagegate.admission import builder
 from imagegate.testbed.controlplane import ControlPlane
 
 
 def pod_review(namespace: str, image: str, *, name: str = "p") -> dict[str, Any]:
     """An AdmissionReview of a one-container Pod CREATE, as the API server would send it."""
-    import uuid
-
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "name": name,
-            "operation": "CREATE",
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name},
-                "spec": {"containers": [{"name": "app", "image": image}]},
-            },
-        },
-    }
+    return builder.review_for(builder.pod(name, image), namespace=namespace)
 
 
 def post_review(url: str, review: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from imagegate.admission import builder
 from imagegate.admission import review as admission
 from imagegate.admission.policies import PolicyReviewer
 from imagegate.errors import ImagegateError
@@ -120,24 +121,15 @@ def test_a_broken_policy_does_not_stop_other_policies_from_trusting() -> None:
 
 
 def review(body: dict[str, Any], operation: str = "CREATE") -> admission.AdmissionReview:
-    kind = body["kind"]
+    deleting = operation == "DELETE"
     return admission.AdmissionReview.model_validate(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "u-1",
-                "kind": {"group": "imagegate.dev", "version": "v1alpha1", "kind": kind},
-                "resource": {
-                    "group": "imagegate.dev",
-                    "version": "v1alpha1",
-                    "resource": kind.lower() + "s",
-                },
-                "operation": operation,
-                "object": body if operation != "DELETE" else None,
-                "oldObject": body if operation == "DELETE" else None,
-            },
-        }
+        builder.review_for(
+            None if deleting else body,
+            old=body if deleting else None,
+            operation=operation,
+            namespace="",
+            uid="u-1",
+        )
     )
 
 

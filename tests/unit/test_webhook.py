@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from imagegate.admission import builder
 from imagegate.admission import records as audit
 from imagegate.admission import review as admission
 from imagegate.admission import reviewers as webhook
@@ -70,20 +71,15 @@ def review(
     sub_resource: str = "",
 ) -> admission.AdmissionReview:
     return admission.AdmissionReview.model_validate(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "u-1",
-                "kind": {"group": kind[0], "version": "v1", "kind": kind[1]},
-                "resource": {"group": kind[0], "version": "v1", "resource": "x"},
-                "namespace": "default",
-                "operation": operation,
-                "object": obj,
-                "oldObject": old,
-                "subResource": sub_resource,
-            },
-        }
+        builder.review_for(
+            obj,
+            operation=operation,
+            group_kind=kind,
+            version="v1",
+            old=old,
+            sub_resource=sub_resource,
+            uid="u-1",
+        )
     )
 
 

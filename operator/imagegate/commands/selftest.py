@@ -14,27 +14,22 @@ import ssl
 import sys
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
+from imagegate.admission import builder
 
-def _review(operation: str, namespace: str, obj: dict[str, Any] | None) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "name": "imagegate-selftest",
-            "operation": operation,
-            "userInfo": {"username": "imagegate-selftest"},
-            "object": obj,
-            "dryRun": True,
-        },
-    }
+
+def _probe(obj: dict[str, Any] | None, operation: str, namespace: str) -> dict[str, Any]:
+    return builder.review_for(
+        obj,
+        operation=operation,
+        namespace=namespace,
+        name="imagegate-selftest",
+        group_kind=("", "Pod"),
+        dry_run=True,
+        username="imagegate-selftest",
+    )
 
 
 def _post(url: str, body: bytes, context: ssl.SSLContext, timeout: float) -> tuple[int, Any]:
@@ -58,8 +53,8 @@ def run(url: str, *, ca_file: Path | None, timeout: float = 10.0, out: TextIO = 
     }
     failures = []
     for what, review in (
-        ("nothing to judge", _review("DELETE", "default", None)),
-        ("a Pod", _review("CREATE", "kube-system", pod)),
+        ("nothing to judge", _probe(None, "DELETE", "default")),
+        ("a Pod", _probe(pod, "CREATE", "kube-system")),
     ):
         try:
             status, answer = _post(url, json.dumps(review).encode(), context, timeout)
