@@ -1,4 +1,4 @@
-"""`imagegate check`: the design.md §6 contract (output shape and exit codes)."""
+"""`imagegate check`: the docs/design.md §6 contract (output shape and exit codes)."""
 
 from __future__ import annotations
 

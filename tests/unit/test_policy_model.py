@@ -44,7 +44,7 @@ def _keys() -> dict[str, str]:
     }
 
 
-#: design.md section 3, verbatim but for a real key where the design elides one (and spacing).
+#: The original design (../shared/design.md) §3, verbatim but for a real key (and spacing).
 DESIGN_EXAMPLE = """
 apiVersion: imagegate.dev/v1alpha1
 kind: ClusterImagePolicy

@@ -6,7 +6,7 @@ the deadline, and every failure (a malformed body, a handler that raises, a hand
 slow) is a denial, never an admit. What to decide is the job of the `Reviewer` it is given.
 
 Why not kopf's own admission server: it cannot set `auditAnnotations`, fixes the webhook timeout at
-30 s and manages webhook configurations itself, which the chart must own (design.md §5). The
+30 s and manages webhook configurations itself, which the chart must own (docs/design.md §5). The
 server runs inside the kopf operator's event loop all the same (see operator.py).
 """
 

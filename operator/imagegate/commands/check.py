@@ -86,7 +86,7 @@ def check_object(
     namespace: str,
     labels: Mapping[str, str],
 ) -> dict[str, Any]:
-    """One object's verdict, in the `-o json` shape of design.md §6."""
+    """One object's verdict, in the `-o json` shape of docs/design.md §6."""
     raw_metadata = obj.get("metadata")
     metadata: Mapping[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
     namespace = str(metadata.get("namespace") or namespace)
