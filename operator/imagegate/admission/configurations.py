@@ -64,42 +64,45 @@ def configurations(
     ]
     ca_bundle = base64.b64encode(ca_pem).decode()
 
-    def webhook(path: str) -> dict[str, Any]:
+    def webhook(
+        path: str,
+        rules: list[dict[str, Any]],
+        failure_policy: str,
+        side_effects: str,
+    ) -> dict[str, Any]:
         return {
             "name": f"{path}.imagegate.dev",
             "clientConfig": {"url": f"{base_url}/{path}", "caBundle": ca_bundle},
             "rules": rules,
             "namespaceSelector": selector,
             "failurePolicy": failure_policy,
-            # Events and status counts are written, except for dry-run requests.
-            "sideEffects": "NoneOnDryRun",
+            "sideEffects": side_effects,
             "admissionReviewVersions": ["v1"],
             "timeoutSeconds": timeout_seconds,
         }
 
+    # Events and status counts are written, except for dry-run requests.
+    judging = "NoneOnDryRun"
     mutating = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": name},
         # Run again if another webhook changes the pod after us, so a rewrite cannot be undone.
-        "webhooks": [{**webhook("mutate"), "reinvocationPolicy": "IfNeeded"}],
+        "webhooks": [
+            {**webhook("mutate", rules, failure_policy, judging), "reinvocationPolicy": "IfNeeded"}
+        ],
     }
-    policy_webhook = {
-        "name": "validate-policy.imagegate.dev",
-        "clientConfig": {"url": f"{base_url}/validate-policy", "caBundle": ca_bundle},
-        "rules": policy_rules(),
-        # Applies to ImagePolicies only (cluster-scoped objects are always sent).
-        "namespaceSelector": selector,
-        "failurePolicy": "Ignore",
-        "sideEffects": "None",
-        "admissionReviewVersions": ["v1"],
-        "timeoutSeconds": timeout_seconds,
-    }
+    # Applies to ImagePolicies only (cluster-scoped objects are always sent by the selector);
+    # Ignore: a policy that slips past while imagegate is down fails closed (policy/compile.py).
+    policy_webhook = webhook("validate-policy", policy_rules(), "Ignore", "None")
     validating = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name},
-        "webhooks": [webhook("validate"), *([policy_webhook] if policies else [])],
+        "webhooks": [
+            webhook("validate", rules, failure_policy, judging),
+            *([policy_webhook] if policies else []),
+        ],
     }
     return mutating, validating
 

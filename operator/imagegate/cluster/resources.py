@@ -21,45 +21,31 @@ class PolicyResources:
     def __init__(self, api: client.ApiClient) -> None:
         self._objects = client.CustomObjectsApi(api)
 
-    def get(self, namespace: str | None, name: str) -> dict[str, Any]:
+    def _call(self, verb: str, namespace: str | None, *args: Any) -> Any:
+        """`CustomObjectsApi.<verb>_cluster_...` or `<verb>_namespaced_...`, by scope.
+
+        `verb` is "get", "create", "delete" or "patch/status"; the client's names are regular:
+        `get_cluster_custom_object`, `patch_namespaced_custom_object_status`, ...
+        """
+        action, _, suffix = verb.partition("/")
+        suffix = f"_{suffix}" if suffix else ""
         if namespace is None:
-            found = self._objects.get_cluster_custom_object(
-                model.GROUP, model.VERSION, CLUSTER_PLURAL, name
-            )
-        else:
-            found = self._objects.get_namespaced_custom_object(
-                model.GROUP, model.VERSION, namespace, NAMESPACED_PLURAL, name
-            )
+            call = getattr(self._objects, f"{action}_cluster_custom_object{suffix}")
+            return call(model.GROUP, model.VERSION, CLUSTER_PLURAL, *args)
+        call = getattr(self._objects, f"{action}_namespaced_custom_object{suffix}")
+        return call(model.GROUP, model.VERSION, namespace, NAMESPACED_PLURAL, *args)
+
+    def get(self, namespace: str | None, name: str) -> dict[str, Any]:
+        found = self._call("get", namespace, name)
         if not isinstance(found, dict):
             raise client.ApiException(status=500, reason="unexpected response")
         return found
 
     def create(self, namespace: str | None, body: dict[str, Any]) -> None:
-        if namespace is None:
-            self._objects.create_cluster_custom_object(
-                model.GROUP, model.VERSION, CLUSTER_PLURAL, body
-            )
-        else:
-            self._objects.create_namespaced_custom_object(
-                model.GROUP, model.VERSION, namespace, NAMESPACED_PLURAL, body
-            )
+        self._call("create", namespace, body)
 
     def delete(self, namespace: str | None, name: str) -> None:
-        if namespace is None:
-            self._objects.delete_cluster_custom_object(
-                model.GROUP, model.VERSION, CLUSTER_PLURAL, name
-            )
-        else:
-            self._objects.delete_namespaced_custom_object(
-                model.GROUP, model.VERSION, namespace, NAMESPACED_PLURAL, name
-            )
+        self._call("delete", namespace, name)
 
     def patch_status(self, namespace: str | None, name: str, body: dict[str, Any]) -> None:
-        if namespace is None:
-            self._objects.patch_cluster_custom_object_status(
-                model.GROUP, model.VERSION, CLUSTER_PLURAL, name, body
-            )
-        else:
-            self._objects.patch_namespaced_custom_object_status(
-                model.GROUP, model.VERSION, namespace, NAMESPACED_PLURAL, name, body
-            )
+        self._call("patch/status", namespace, name, body)
