@@ -7,6 +7,7 @@ policy names, and deny, saying so, when it has none.
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from pathlib import Path
@@ -17,6 +18,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from conftest import PRIVATE_REGISTRY_USER
+from imagegate.testbed import local
 from imagegate.testbed.registry import LocalRegistry
 from support import cosign_key_pair, cosign_sign, docker_config_json, push_random_image
 
@@ -168,3 +170,29 @@ def test_a_policy_can_name_its_own_pull_secret(
         signed_only(image, public_key, pullSecrets=[{"name": "imagegate-reader"}]),
     )
     core.create_namespaced_pod(gated_namespace, pod_body("p", image))
+
+
+def test_no_password_or_token_reaches_the_operator_log(
+    api: client.ApiClient,
+    gated_namespace: str,
+    image_policy: PolicyFactory,
+    signed_private_image: tuple[str, str, str],
+    private_registry: LocalRegistry,
+    operator: local.LocalOperator,
+) -> None:
+    """The credentials imagegate used, in any form it holds them, never appear in its log: the
+    password, the Basic header value, and the docker config's `auth` (both base64)."""
+    image, _, public_key = signed_private_image
+    image_policy(gated_namespace, "private", signed_only(image, public_key))
+    core = client.CoreV1Api(api)
+    pull_secret(core, gated_namespace, "regcred", private_registry.address)
+    body = pod_body("logged", image)
+    body["spec"]["imagePullSecrets"] = [{"name": "regcred"}]
+    core.create_namespaced_pod(gated_namespace, body)
+    user, password = PRIVATE_REGISTRY_USER
+    basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+    log = operator.process.log_path.read_text()
+    # The log covers this admission (decision lines name the object), so it is the right one.
+    assert "Pod/logged" in log
+    for secret in (password, basic):
+        assert secret not in log
