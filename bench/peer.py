@@ -47,7 +47,7 @@ from imagegate.admission.server import TLSFiles, WebhookServer, build_app
 from imagegate.cluster import kube, tls
 from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine, model
-from imagegate.testbed import build, processes
+from imagegate.testbed import build, processes, recipes
 from imagegate.testbed.controlplane import ControlPlane, ControlPlaneBinaries
 
 REQUESTS = 1000
@@ -115,7 +115,7 @@ def summary(name: str, latencies: list[float]) -> tuple[float, str]:
 
 def module_config_dir(builder: build.Builder) -> Path:
     work = builder.work_dir(f"policy-controller-{build.POLICY_CONTROLLER.version}")
-    module = f"{build.POLICY_CONTROLLER_MODULE}@{build.POLICY_CONTROLLER.version}"
+    module = f"{recipes.POLICY_CONTROLLER_MODULE}@{build.POLICY_CONTROLLER.version}"
     info = json.loads(builder.go("mod", "download", "-json", module, cwd=work))
     return Path(info["Dir"]) / "config"
 

@@ -8,7 +8,8 @@ shows).
 
 What is checked where:
 
-- here, always: everything (globs, regular expressions, PEM keys, label syntax, unique names);
+- here, always: everything (globs, regular expressions, PEM keys, label syntax, unique names;
+  the field types and their checks are in policy/fields.py);
 - in the CRD schema as well, so that `kubectl apply` refuses early: types, enums, lengths,
   patterns, and CEL rules (`x-kubernetes-validations`, declared next to the check they mirror)
   for fields that conflict. What only Python can check (a regular expression that does not
@@ -16,24 +17,34 @@ What is checked where:
   (policyreview.py); one that slips past it fails closed in the operator, which says so in the
   policy's Ready condition.
 
-A bad policy raises `PolicyError`, whose message names the field:
+A bad policy raises `PolicyError`, whose message names the field (policy/problems.py writes it):
 `ClusterImagePolicy p: spec.sources[0].images[1]: glob 'X' has uppercase letters; ...`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import pydantic
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import ErrorDetails, core_schema
 
-from imagegate.core import keys
 from imagegate.errors import ImagegateError
-from imagegate.policy import glob
+from imagegate.policy import problems
+from imagegate.policy.fields import (
+    DataKey,
+    DnsLabel,
+    Glob,
+    Identity,
+    LabelKey,
+    LabelKeyName,
+    LabelValue,
+    ObjectName,
+    PublicKeyPem,
+    RegExp,
+    Repository,
+    Tag,
+)
+from imagegate.policy.problems import Problem
 
 GROUP = "imagegate.dev"
 VERSION = "v1alpha1"
@@ -44,129 +55,9 @@ KINDS = (CLUSTER_KIND, NAMESPACED_KIND)
 
 Mode = Literal["enforce", "warn", "audit"]
 
-# Regular expressions valid in both Python `re` and Go RE2 (the API server's), all anchored.
-_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
-_LABEL_NAME = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?"
-DNS_LABEL = rf"^{_DNS_LABEL}$"
-DNS_SUBDOMAIN = rf"^{_DNS_LABEL}(?:\.{_DNS_LABEL})*$"
-LABEL_KEY = rf"^(?:{_DNS_LABEL}(?:\.{_DNS_LABEL})*/)?{_LABEL_NAME}$"
-LABEL_VALUE = rf"^(?:{_LABEL_NAME})?$"
-DATA_KEY = r"^[-._a-zA-Z0-9]+$"
-TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
-#: A registry host as Docker recognises one: a dot, a port, `localhost`, or an IPv6 literal.
-_HOST = (
-    rf"(?:{_DNS_LABEL}(?:\.{_DNS_LABEL})+(?::[0-9]+)?|{_DNS_LABEL}:[0-9]+|localhost"
-    r"|\[[0-9a-f:]+\](?::[0-9]+)?)"
-)
-_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-REPOSITORY = rf"^{_HOST}(?:/{_PATH_COMPONENT})+$"
-#: Searched for, not anchored (as a JSON Schema `pattern` is): the cheap part of the PEM check.
-PEM_PUBLIC_KEY = r"-----BEGIN [A-Z0-9 ]*PUBLIC KEY-----"
-
-_HOST_RE = re.compile(_HOST, re.ASCII)
-_LABEL_KEY_RE = re.compile(LABEL_KEY, re.ASCII)
-
 
 class PolicyError(ImagegateError):
     """A policy that cannot be used; the message names the field (`spec.sources[0].images[1]`)."""
-
-
-class _Problem(ValueError):
-    """A validation problem at `at`, a path below the model that raised it."""
-
-    def __init__(self, message: str, *, at: tuple[str | int, ...] = ()) -> None:
-        super().__init__(message)
-        self.at = at
-
-
-@dataclass(frozen=True)
-class _Matches:
-    """A string that must fullmatch `regex`; the CRD schema gets the regex as its `pattern`.
-
-    With `check=False` only the schema gets it (a validator with better messages does the work).
-    """
-
-    regex: str
-    message: str = ""
-    check: bool = True
-
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: pydantic.GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        schema = handler(source)
-        if not self.check:
-            return schema
-        compiled = re.compile(self.regex, re.ASCII)
-        message = self.message
-
-        def check(value: str) -> str:
-            if compiled.fullmatch(value) is None:
-                raise ValueError(f"{value!r} {message}")
-            return value
-
-        return core_schema.no_info_after_validator_function(check, schema)
-
-    def __get_pydantic_json_schema__(
-        self, schema: core_schema.CoreSchema, handler: pydantic.GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        json_schema = handler(schema)
-        json_schema["pattern"] = self.regex
-        return json_schema
-
-
-def _check_glob(value: str) -> str:
-    try:
-        glob.compile_glob(value)
-    except glob.GlobError as error:
-        raise ValueError(error.user_message) from error
-    return value
-
-
-def _check_regexp(value: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as error:
-        raise ValueError(f"{value!r} is not a valid regular expression: {error}") from error
-    return value
-
-
-def _check_public_key(value: str) -> str:
-    # The verifier's own rule (signatures/keys.py), so a policy is never Ready with a key that
-    # would then deny every image.
-    try:
-        keys.load_public_key(value)
-    except keys.UnusableKeyError as error:
-        raise ValueError(error.user_message) from error
-    return value
-
-
-def _check_repository(value: str) -> str:
-    host, slash, path = value.partition("/")
-    if "@" in value:
-        raise ValueError(f"{value!r} has a digest: `to` is a repository (pinDigests pins it)")
-    if ":" in path:
-        raise ValueError(f"{value!r} has a tag: `to` is a repository; put the tag in `tag`")
-    if not slash or not _HOST_RE.fullmatch(host):
-        raise ValueError(
-            f"{value!r} does not start with a registry host: write the normalised name, "
-            "such as cgr.dev/chainguard/python or docker.io/library/python"
-        )
-    if not re.fullmatch(REPOSITORY, value, re.ASCII):
-        raise ValueError(
-            f"{value!r} is not a valid repository: lowercase path components of letters and "
-            "digits, separated by '.', '_', '__' or dashes"
-        )
-    return value
-
-
-def _check_label_key(value: str) -> str:
-    prefix, _, name = value.rpartition("/")
-    if len(name) > 63 or len(prefix) > 253 or not _LABEL_KEY_RE.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a label key: an optional DNS-subdomain prefix and '/', then up to "
-            "63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
-        )
-    return value
 
 
 def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
@@ -177,80 +68,6 @@ def _rules(*rules: tuple[str, str]) -> dict[str, Any]:
 def _size(field: str) -> str:
     """CEL: the size of an optional list, 0 when it is absent."""
     return f"(has(self.{field}) ? size(self.{field}) : 0)"
-
-
-DnsLabel = Annotated[
-    str,
-    pydantic.StringConstraints(max_length=63),
-    _Matches(
-        DNS_LABEL,
-        "is not a DNS label: lowercase letters, digits and '-', starting and "
-        "ending with a letter or digit",
-    ),
-]
-ObjectName = Annotated[
-    str,
-    pydantic.StringConstraints(max_length=253),
-    _Matches(
-        DNS_SUBDOMAIN,
-        "is not an object name: a DNS subdomain, lowercase letters, digits, '-' and '.'",
-    ),
-]
-DataKey = Annotated[
-    str,
-    pydantic.StringConstraints(max_length=253),
-    _Matches(DATA_KEY, "is not a data key: letters, digits, '-', '_' and '.'"),
-]
-LabelKey = Annotated[
-    str,
-    pydantic.StringConstraints(max_length=317),
-    pydantic.AfterValidator(_check_label_key),
-    _Matches(LABEL_KEY, check=False),
-]
-#: A label key as a mapping key: the CRD schema cannot constrain those, so no pattern there.
-LabelKeyName = Annotated[str, pydantic.AfterValidator(_check_label_key)]
-LabelValue = Annotated[
-    str,
-    pydantic.StringConstraints(max_length=63),
-    _Matches(
-        LABEL_VALUE,
-        "is not a label value: up to 63 letters, digits, '-', '_' or '.', "
-        "starting and ending with a letter or digit",
-    ),
-]
-Glob = Annotated[
-    str,
-    pydantic.StringConstraints(max_length=glob.MAX_LENGTH),
-    pydantic.AfterValidator(_check_glob),
-    _Matches(glob.PATTERN, check=False),
-]
-Identity = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=1024)]
-RegExp = Annotated[
-    str,
-    pydantic.StringConstraints(min_length=1, max_length=1024),
-    pydantic.AfterValidator(_check_regexp),
-]
-PublicKeyPem = Annotated[
-    str,
-    pydantic.StringConstraints(max_length=16384),
-    pydantic.AfterValidator(_check_public_key),
-    _Matches(PEM_PUBLIC_KEY, check=False),
-]
-Repository = Annotated[
-    str,
-    pydantic.StringConstraints(max_length=255),
-    pydantic.AfterValidator(_check_repository),
-    _Matches(REPOSITORY, check=False),
-]
-Tag = Annotated[
-    str,
-    pydantic.StringConstraints(max_length=128),
-    _Matches(
-        TAG,
-        "is not a tag: up to 128 letters, digits, '_', '.' and '-', not starting "
-        "with '.' or '-' (quote it in YAML if it looks like a number)",
-    ),
-]
 
 
 class _Spec(pydantic.BaseModel):
@@ -285,9 +102,9 @@ class LabelSelectorRequirement(_Spec):
     @pydantic.model_validator(mode="after")
     def _values_fit_operator(self) -> LabelSelectorRequirement:
         if self.operator in ("In", "NotIn") and not self.values:
-            raise _Problem(f"values must be non-empty for operator {self.operator}", at=("values",))
+            raise Problem(f"values must be non-empty for operator {self.operator}", at=("values",))
         if self.operator in ("Exists", "DoesNotExist") and self.values:
-            raise _Problem(f"values must be empty for operator {self.operator}", at=("values",))
+            raise Problem(f"values must be empty for operator {self.operator}", at=("values",))
         return self
 
 
@@ -344,9 +161,9 @@ class KeylessAuthority(_Spec):
             (self.subject, self.subject_regexp, "subject"),
         ):
             if exact is not None and pattern is not None:
-                raise _Problem(f"set exactly one of {name} and {name}RegExp, not both")
+                raise Problem(f"set exactly one of {name} and {name}RegExp, not both")
             if exact is None and pattern is None:
-                raise _Problem(f"set exactly one of {name} and {name}RegExp")
+                raise Problem(f"set exactly one of {name} and {name}RegExp")
         return self
 
 
@@ -383,9 +200,9 @@ class KeyAuthority(_Spec):
     @pydantic.model_validator(mode="after")
     def _one_key(self) -> KeyAuthority:
         if self.public_key is not None and self.secret_ref is not None:
-            raise _Problem("set exactly one of publicKey and secretRef, not both")
+            raise Problem("set exactly one of publicKey and secretRef, not both")
         if self.public_key is None and self.secret_ref is None:
-            raise _Problem("set exactly one of publicKey and secretRef")
+            raise Problem("set exactly one of publicKey and secretRef")
         return self
 
 
@@ -446,7 +263,7 @@ class Signatures(_Spec):
     @pydantic.model_validator(mode="after")
     def _some_authority(self) -> Signatures:
         if not self.keyless and not self.keys:
-            raise _Problem("name at least one authority under keyless or keys")
+            raise Problem("name at least one authority under keyless or keys")
         return self
 
 
@@ -521,14 +338,14 @@ class PolicySpec(_Spec):
         first: dict[str, int] = {}
         for index, source in enumerate(self.sources):
             if source.name in first:
-                raise _Problem(
+                raise Problem(
                     f"source names must be unique: {source.name!r} is also "
                     f"sources[{first[source.name]}]",
                     at=("sources", index, "name"),
                 )
             first[source.name] = index
         if not self.sources and not self.rewrites:
-            raise _Problem("a policy needs sources, rewrites, or both")
+            raise Problem("a policy needs sources, rewrites, or both")
         return self
 
 
@@ -637,8 +454,8 @@ def parse_policy_document(doc: Mapping[str, Any]) -> PolicyDocument:
         return PolicyDocument.model_validate(doc)
     except pydantic.ValidationError as error:
         raise PolicyError(
-            f"{_describe_document(doc)}: {format_validation_error(error)}",
-            context={"problems": problems(error)},
+            f"{_describe_document(doc)}: {problems.format_validation_error(error)}",
+            context={"problems": problems.of(error)},
         ) from error
 
 
@@ -648,38 +465,9 @@ def parse_spec(spec: Mapping[str, Any]) -> PolicySpec:
         return PolicySpec.model_validate(spec)
     except pydantic.ValidationError as error:
         raise PolicyError(
-            format_validation_error(error, prefix="spec"),
-            context={"problems": problems(error, prefix="spec")},
+            problems.format_validation_error(error, prefix="spec"),
+            context={"problems": problems.of(error, prefix="spec")},
         ) from error
-
-
-def format_validation_error(error: pydantic.ValidationError, *, prefix: str = "") -> str:
-    """`spec.sources[0].images[1]: glob 'X' ...` for the first problem, and how many more."""
-    found = problems(error, prefix=prefix)
-    text = found[0]
-    if len(found) > 1:
-        text += f" (and {len(found) - 1} more problem{'s' if len(found) > 2 else ''})"
-    return text
-
-
-def problems(error: pydantic.ValidationError, *, prefix: str = "") -> list[str]:
-    """Every problem in `error`, each as `field.path: what is wrong`."""
-    found = []
-    errors = error.errors(include_url=False)
-    for problem in errors:
-        location: tuple[int | str, ...] = tuple(problem["loc"])
-        if problem["type"] == "too_short" and any(
-            len(other["loc"]) > len(location) and other["loc"][: len(location)] == location
-            for other in errors
-        ):
-            continue  # pydantic counts a list's items after dropping the bad ones: noise
-        cause = (problem.get("ctx") or {}).get("error")
-        if isinstance(cause, _Problem):
-            location += cause.at
-        if prefix:
-            location = (prefix, *location)
-        found.append(f"{_field_path(location)}: {_message(problem, cause)}")
-    return found
 
 
 def _describe_document(doc: Mapping[str, Any]) -> str:
@@ -694,60 +482,3 @@ def _describe_document(doc: Mapping[str, Any]) -> str:
     if kind == NAMESPACED_KIND and namespace:
         described = f"{namespace}/{described}"
     return f"{kind if kind in KINDS else 'policy'} {described}"
-
-
-_MESSAGES = {
-    "extra_forbidden": "unknown field",
-    "missing": "required field is missing",
-    "tuple_type": "must be a list",
-    "list_type": "must be a list",
-    "model_type": "must be a mapping",
-    "model_attributes_type": "must be a mapping",
-    "dict_type": "must be a mapping",
-    "string_type": "must be a string",
-    "bool_type": "must be true or false",
-    "int_type": "must be an integer",
-}
-_COUNTED = {
-    "too_short": "needs at least {min_length} item{s}",
-    "too_long": "has more than {max_length} item{s}",
-}
-
-
-def _message(problem: ErrorDetails, cause: object) -> str:
-    if isinstance(cause, ValueError):
-        return str(cause)
-    kind = problem["type"]
-    message = _MESSAGES.get(kind, str(problem["msg"]))
-    if kind in _COUNTED:
-        ctx = problem.get("ctx") or {}
-        limit = ctx.get("min_length", ctx.get("max_length"))
-        return _COUNTED[kind].format(**ctx, s="" if limit == 1 else "s")
-    if kind in ("extra_forbidden", "missing"):
-        return message
-    value = problem.get("input")
-    if isinstance(value, str):
-        shown = value if len(value) <= 60 else value[:57] + "..."
-        message += f" (got {shown!r})"
-    elif isinstance(value, bool | int | float) or value is None:
-        message += f" (got {value!r}"
-        message += "; quote it in YAML)" if kind == "string_type" else ")"
-    return message
-
-
-def _field_path(location: tuple[int | str, ...]) -> str:
-    path = ""
-    previous: int | str | None = None
-    for part in location:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part == "[key]":
-            continue  # a bad mapping key: the part before it names the key
-        elif previous == "matchLabels":
-            path += f'["{part}"]'
-        elif "[" in part:
-            continue  # pydantic's own steps (`function-after[...]`), not fields
-        else:
-            path += ("." if path else "") + part
-        previous = part
-    return path or "(document)"

@@ -7,7 +7,7 @@
 - OCI 1.1 referrers, filtered client-side when the registry did not apply `artifactType`, with
   the `sha256-<hex>` tag fallback for registries without the API;
 - bearer tokens from the `WWW-Authenticate` challenge, cached per (registry, scope) until they
-  expire; Basic auth; credentials from a `Keychain` the caller provides;
+  expire; Basic auth; credentials from a `Keychain` the caller provides (registry/auth.py);
 - bounded retries with jittered backoff on 429/5xx and network errors, `Retry-After` honoured,
   and never a sleep or a request past the caller's deadline;
 - plain HTTP only for registries the admin marks insecure.
@@ -16,13 +16,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import hashlib
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,8 +29,39 @@ from typing import Any
 import aiohttp
 
 from imagegate.core.reference import DOCKER_HUB, ImageReference
-from imagegate.errors import ImagegateError
-from imagegate.registry.keychain import Credentials, Keychain, NoCredentials
+from imagegate.registry import auth
+from imagegate.registry.errors import (
+    DigestMismatch,
+    ManifestUnknown,
+    RateLimited,
+    RegistryError,
+    RegistryUnavailable,
+    Unauthorized,
+)
+from imagegate.registry.keychain import Keychain, NoCredentials
+
+#: What the client raises is part of its interface (callers catch `client.RegistryError`), so
+#: the errors are exported from here too; errors.py holds them so that auth.py can raise them.
+__all__ = [
+    "DOCKER_HUB_API",
+    "DOCKER_LIST",
+    "DOCKER_MANIFEST",
+    "MANIFEST_TYPES",
+    "MAX_BLOB_BYTES",
+    "MAX_MANIFEST_BYTES",
+    "OCI_INDEX",
+    "OCI_MANIFEST",
+    "Descriptor",
+    "DigestMismatch",
+    "ManifestUnknown",
+    "RateLimited",
+    "RegistryClient",
+    "RegistryError",
+    "RegistryUnavailable",
+    "Unauthorized",
+    "api_host",
+    "sha256_digest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,31 +74,6 @@ MANIFEST_TYPES = (OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST)
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_BLOB_BYTES = 16 * 1024 * 1024
 DOCKER_HUB_API = "registry-1.docker.io"
-_CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
-
-
-class RegistryError(ImagegateError):
-    """A registry could not give an answer imagegate can trust."""
-
-
-class ManifestUnknown(RegistryError):
-    """The registry says the image or tag does not exist (404)."""
-
-
-class Unauthorized(RegistryError):
-    """The registry refused the credentials imagegate has (or has none)."""
-
-
-class RateLimited(RegistryError):
-    """The registry kept answering 429 until the retries or the deadline ran out."""
-
-
-class RegistryUnavailable(RegistryError):
-    """5xx answers, timeouts or network errors until the retries or the deadline ran out."""
-
-
-class DigestMismatch(RegistryError):
-    """The registry sent bytes that do not hash to the digest it was asked for or claimed."""
 
 
 @dataclass(frozen=True)
@@ -116,22 +120,6 @@ def _check_body(body: bytes, expected: str, claimed: str | None, what: str) -> N
         raise DigestMismatch(f"{what}: the registry claimed digest {claimed} for {expected}")
 
 
-def _basic(credentials: Credentials) -> str:
-    pair = f"{credentials.username}:{credentials.password}".encode()
-    return "Basic " + base64.b64encode(pair).decode()
-
-
-@dataclass
-class _Token:
-    value: str
-    expires: float
-
-
-_TokenCache = dict[tuple[str, str, Credentials | None], _Token]
-#: Tokens kept at most (one per registry, repository and credentials).
-MAX_TOKENS = 4096
-
-
 class RegistryClient:
     def __init__(
         self,
@@ -157,7 +145,7 @@ class RegistryClient:
         self._clock = clock
         self._sleep = sleep
         self._jitter = jitter
-        self._tokens: _TokenCache = {}
+        self._tokens = auth.Tokens(clock)
 
     def using(self, keychain: Keychain) -> RegistryClient:
         """This client with other credentials (one admission's pull secrets).
@@ -425,16 +413,7 @@ class RegistryClient:
 
     def _cached_token(self, registry: str, repository: str, scope: str) -> str | None:
         credentials = self._keychain.credentials(registry, repository)
-        token = self._tokens.get((registry, scope, credentials))
-        if token is None or token.expires <= self._clock():
-            return None
-        return token.value
-
-    def _keep_token(self, key: tuple[str, str, Credentials | None], token: _Token) -> None:
-        self._tokens[key] = token
-        if len(self._tokens) > MAX_TOKENS:
-            # Oldest first (dicts keep insertion order): bounded whatever the pull secrets.
-            del self._tokens[next(iter(self._tokens))]
+        return self._tokens.get(registry, scope, credentials)
 
     async def _authorise(
         self,
@@ -444,54 +423,15 @@ class RegistryClient:
         headers: Mapping[str, str],
         deadline: float | None,
     ) -> None:
-        challenge = headers.get("WWW-Authenticate", "")
-        scheme, _, rest = challenge.partition(" ")
-        credentials = self._keychain.credentials(registry, repository)
-        key = (registry, scope, credentials)
-        if scheme.lower() == "basic":
-            if credentials is None:
-                raise Unauthorized(
-                    f"{registry} wants credentials and imagegate has none for it (give the Pod "
-                    "an imagePullSecret, or the policy spec.pullSecrets)"
-                )
-            self._keep_token(key, _Token(_basic(credentials), float("inf")))
-            return
-        if scheme.lower() != "bearer":
-            raise Unauthorized(f"{registry} sent an unsupported challenge {challenge!r}")
-        fields = dict(_CHALLENGE.findall(rest))
-        realm = fields.get("realm")
-        if not realm or not realm.startswith(("https://", "http://")):
-            raise Unauthorized(f"{registry} sent a bearer challenge without a usable realm")
-        params = {"scope": fields.get("scope", scope)}
-        if "service" in fields:
-            params["service"] = fields["service"]
-        token_headers = {}
-        if credentials is not None:
-            token_headers["Authorization"] = _basic(credentials)
-        timeout = self._request_timeout
-        if deadline is not None:
-            timeout = max(0.001, min(timeout, deadline - self._clock()))
-        try:
-            async with self._session.get(
-                realm,
-                params=params,
-                headers=token_headers,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as reply:
-                if reply.status in (401, 403):
-                    raise Unauthorized(f"{registry}'s token service refused the credentials")
-                if reply.status != 200:
-                    raise RegistryUnavailable(f"{registry}'s token service answered {reply.status}")
-                data = await reply.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-            raise RegistryUnavailable(f"{registry}'s token service failed: {error}") from error
-        value = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
-        if not isinstance(value, str) or not value:
-            raise Unauthorized(f"{registry}'s token service sent no token")
-        lifetime = data.get("expires_in", 60)
-        lifetime = float(lifetime) if isinstance(lifetime, int | float) and lifetime > 0 else 60.0
-        # Refresh a little early so a token never expires in flight.
-        self._keep_token(key, _Token(f"Bearer {value}", self._clock() + lifetime * 0.9))
+        await self._tokens.authorise(
+            self._session,
+            registry=registry,
+            scope=scope,
+            credentials=self._keychain.credentials(registry, repository),
+            headers=headers,
+            request_timeout=self._request_timeout,
+            deadline=deadline,
+        )
 
 
 #: How much of a body is taken from aiohttp's buffer at a time.

@@ -3,7 +3,8 @@
 Nothing here downloads a prebuilt binary: every tool is compiled with the local Go toolchain from
 modules fetched through the Go module proxy. kube-apiserver, kubectl and etcd cannot be built with
 `go install pkg@version` because their go.mod files carry `replace` directives, so each gets a small
-generated wrapper module (see ../shared/notes/testbed-build.md for why each step is there).
+generated wrapper module (see ../shared/notes/testbed-build.md for why each step is there). Here:
+the builder (cache, lock, Go toolchain, logs) and the tools; how each is built: recipes.py.
 
 Cache layout (root: $IMAGEGATE_CACHE, else $XDG_CACHE_HOME/imagegate, else ~/.cache/imagegate):
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -27,11 +27,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from imagegate.errors import BuildError
-from imagegate.testbed import versions
+from imagegate.testbed import recipes, versions
 
 #: Bump when a recipe changes in a way that must rebuild binaries already in a cache.
 RECIPE_REVISION = 1
@@ -241,223 +240,31 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join("  | " + line for line in content[-lines:])
 
 
-# -- recipes ------------------------------------------------------------------------------------
-
-
-def _ldflags(*pairs: tuple[str, str]) -> str:
-    return " ".join(["-s", "-w", *(f"-X {name}={value}" for name, value in pairs)])
-
-
-def _kubernetes_wrapper(builder: Builder) -> Path:
-    """A module that requires k8s.io/kubernetes and maps each staging module to its release."""
-    k8s = versions.KUBERNETES
-    work = builder.work_dir(f"kubernetes-{k8s}")
-    ready = work / ".ready"
-    if ready.is_file():
-        return work
-    for leftover in ("go.mod", "go.sum"):
-        (work / leftover).unlink(missing_ok=True)
-    builder.go("mod", "init", "imagegate.dev/testbed/kubernetes", cwd=work)
-    builder.go("mod", "edit", "-go=1.26.0", f"-require=k8s.io/kubernetes@{k8s}", cwd=work)
-    info = json.loads(builder.go("mod", "download", "-json", f"k8s.io/kubernetes@{k8s}", cwd=work))
-    upstream = Path(info["GoMod"]).read_text()
-    staging = re.findall(r"^\s*(k8s\.io/\S+)\s+=>\s+\./staging/", upstream, flags=re.MULTILINE)
-    if not staging:
-        raise BuildError(f"found no staging modules in k8s.io/kubernetes@{k8s}'s go.mod")
-    release = versions.staging_version(k8s)
-    builder.go("mod", "edit", *(f"-replace={m}={m}@{release}" for m in staging), cwd=work)
-    # `godebug` only applies in the main module, so the wrapper must carry upstream's lines.
-    godebug = [line for line in upstream.splitlines() if line.startswith("godebug")]
-    if godebug:
-        with (work / "go.mod").open("a") as handle:
-            handle.write("\n" + "\n".join(godebug) + "\n")
-    builder.go(
-        "get",
-        "-tool",
-        f"k8s.io/kubernetes/cmd/kube-apiserver@{k8s}",
-        cwd=work,
-    )
-    builder.go("get", "-tool", f"k8s.io/kubernetes/cmd/kubectl@{k8s}", cwd=work)
-    ready.write_text(k8s)
-    return work
-
-
-def _kubernetes_ldflags() -> str:
-    k8s = versions.KUBERNETES
-    major, minor = k8s.removeprefix("v").split(".")[:2]
-    stamp = []
-    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
-        stamp += [
-            (f"{package}.gitVersion", k8s),
-            (f"{package}.gitMajor", major),
-            (f"{package}.gitMinor", minor),
-            (f"{package}.gitTreeState", "clean"),
-        ]
-    return _ldflags(*stamp)
-
-
-def _build_kubernetes_command(command: str) -> Callable[[Builder, Tool, Path], None]:
-    def build(builder: Builder, tool: Tool, output: Path) -> None:
-        work = _kubernetes_wrapper(builder)
-        builder.go(
-            "build",
-            "-trimpath",
-            "-ldflags",
-            _kubernetes_ldflags(),
-            "-o",
-            str(output),
-            f"k8s.io/kubernetes/cmd/{command}",
-            cwd=work,
-        )
-
-    return build
-
-
-def _build_etcd(builder: Builder, tool: Tool, output: Path) -> None:
-    work = builder.work_dir(f"etcd-{tool.version}")
-    if not (work / ".ready").is_file():
-        for leftover in ("go.mod", "go.sum"):
-            (work / leftover).unlink(missing_ok=True)
-        builder.go("mod", "init", "imagegate.dev/testbed/etcd", cwd=work)
-        builder.go("mod", "edit", "-go=1.26.0", cwd=work)
-        builder.go("get", "-tool", f"go.etcd.io/etcd/server/v3@{tool.version}", cwd=work)
-        (work / ".ready").write_text(tool.version)
-    flags = _ldflags(("go.etcd.io/etcd/api/v3/version.GitSHA", tool.version))
-    builder.go(
-        "build",
-        "-trimpath",
-        "-ldflags",
-        flags,
-        "-o",
-        str(output),
-        "go.etcd.io/etcd/server/v3",
-        cwd=work,
-    )
-
-
-def _build_policy_controller(builder: Builder, tool: Tool, output: Path) -> None:
-    """sigstore's policy-controller webhook, the peer the benchmarks compare against.
-
-    Its go.mod replaces two k8s.io modules and glog, so `go install` refuses it: a wrapper
-    module carries the same `replace` lines, read from upstream's go.mod at build time.
-    """
-    work = builder.work_dir(f"policy-controller-{tool.version}")
-    if not (work / ".ready").is_file():
-        for leftover in ("go.mod", "go.sum"):
-            (work / leftover).unlink(missing_ok=True)
-        builder.go("mod", "init", "imagegate.dev/peer/policycontroller", cwd=work)
-        builder.go("mod", "edit", "-go=1.26.0", cwd=work)
-        info = json.loads(
-            builder.go(
-                "mod", "download", "-json", f"{POLICY_CONTROLLER_MODULE}@{tool.version}", cwd=work
-            )
-        )
-        upstream = Path(info["GoMod"]).read_text()
-        replaces = re.findall(
-            r"^\s*(?:replace\s+)?(\S+)\s+=>\s+(\S+)\s+(v\S+)\s*$", upstream, flags=re.M
-        )
-        builder.go(
-            "mod",
-            "edit",
-            *(f"-replace={old}={new}@{version}" for old, new, version in replaces),
-            cwd=work,
-        )
-        builder.go(
-            "get", "-tool", f"{POLICY_CONTROLLER_MODULE}/cmd/webhook@{tool.version}", cwd=work
-        )
-        (work / ".ready").write_text(tool.version)
-    builder.go(
-        "build",
-        "-trimpath",
-        "-ldflags",
-        _ldflags(("sigs.k8s.io/release-utils/version.gitVersion", tool.version)),
-        "-o",
-        str(output),
-        f"{POLICY_CONTROLLER_MODULE}/cmd/webhook",
-        cwd=work,
-    )
-
-
-def _go_install(package: str, *stamp: tuple[str, str]) -> Callable[[Builder, Tool, Path], None]:
-    """Recipe for modules without replace directives: plain `go install pkg@version`."""
-
-    def build(builder: Builder, tool: Tool, output: Path) -> None:
-        gobin = output.parent / "gobin"
-        gobin.mkdir(parents=True, exist_ok=True)
-        builder.go(
-            "install",
-            "-trimpath",
-            "-ldflags",
-            _ldflags(*stamp),
-            f"{package}@{tool.version}",
-            cwd=builder.work_dir("go-install"),
-            env={"GOBIN": str(gobin), "GOFLAGS": "-buildvcs=false"},
-        )
-        (gobin / Path(package).name).replace(output)
-        shutil.rmtree(gobin, ignore_errors=True)
-
-    return build
-
-
-def _registry_source() -> Path:
-    return Path(str(resources.files("imagegate.testbed") / "goreg"))
-
-
-def _registry_fingerprint() -> str:
-    digest = hashlib.sha256()
-    for path in sorted(_registry_source().iterdir()):
-        if path.suffix == ".go" or path.name in ("go.mod", "go.sum"):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _build_registry(builder: Builder, tool: Tool, output: Path) -> None:
-    builder.go(
-        "build",
-        "-trimpath",
-        "-ldflags",
-        _ldflags(),
-        "-o",
-        str(output),
-        ".",
-        cwd=_registry_source(),
-        env={"GOFLAGS": "-mod=readonly -buildvcs=false"},
-    )
-
-
-def _helm_stamp() -> tuple[tuple[str, str], ...]:
-    major, minor = versions.KUBERNETES.removeprefix("v").split(".")[:2]
-    return (
-        ("helm.sh/helm/v3/internal/version.version", versions.HELM),
-        ("helm.sh/helm/v3/internal/version.gitTreeState", "clean"),
-        # Unstamped, helm's offline default Kubernetes version is 1.20.
-        ("helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor", major),
-        ("helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor", minor),
-        ("helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor", major),
-        ("helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor", minor),
-    )
-
+# -- the tools (how each is built: recipes.py) -------------------------------------------------
 
 KUBE_APISERVER = Tool(
     "kube-apiserver",
     versions.KUBERNETES,
-    _build_kubernetes_command("kube-apiserver"),
+    recipes.build_kubernetes_command("kube-apiserver"),
     ("--version",),
 )
 KUBECTL = Tool(
-    "kubectl", versions.KUBERNETES, _build_kubernetes_command("kubectl"), ("version", "--client")
+    "kubectl",
+    versions.KUBERNETES,
+    recipes.build_kubernetes_command("kubectl"),
+    ("version", "--client"),
 )
-ETCD = Tool("etcd", versions.ETCD, _build_etcd, ("--version",))
+ETCD = Tool("etcd", versions.ETCD, recipes.build_etcd, ("--version",))
 HELM = Tool(
     "helm",
     versions.HELM,
-    _go_install("helm.sh/helm/v3/cmd/helm", *_helm_stamp()),
+    recipes.go_install("helm.sh/helm/v3/cmd/helm", *recipes.helm_stamp()),
     ("version", "--short"),
 )
 COSIGN = Tool(
     "cosign",
     versions.COSIGN,
-    _go_install(
+    recipes.go_install(
         "github.com/sigstore/cosign/v3/cmd/cosign",
         ("sigs.k8s.io/release-utils/version.gitVersion", versions.COSIGN),
         ("sigs.k8s.io/release-utils/version.gitTreeState", "clean"),
@@ -467,7 +274,7 @@ COSIGN = Tool(
 CRANE = Tool(
     "crane",
     versions.GO_CONTAINERREGISTRY,
-    _go_install(
+    recipes.go_install(
         "github.com/google/go-containerregistry/cmd/crane",
         (
             "github.com/google/go-containerregistry/cmd/crane/cmd.Version",
@@ -479,17 +286,16 @@ CRANE = Tool(
 REGISTRY = Tool(
     "imagegate-registry",
     versions.GO_CONTAINERREGISTRY,
-    _build_registry,
+    recipes.build_registry,
     ("-version",),
-    fingerprint=_registry_fingerprint(),
+    fingerprint=recipes.registry_fingerprint(),
 )
 
-POLICY_CONTROLLER_MODULE = "github.com/sigstore/policy-controller"
 #: The peer for `bench/peer.py`, built on demand only: not part of the test bed (nor of CI).
 POLICY_CONTROLLER = Tool(
     "policy-controller-webhook",
     versions.POLICY_CONTROLLER,
-    _build_policy_controller,
+    recipes.build_policy_controller,
     # It prints its version (JSON) before connecting; with no cluster to reach it then exits.
     ("--disable-tuf",),
     version_env=(("KUBECONFIG", "/nonexistent"),),

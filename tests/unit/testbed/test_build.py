@@ -14,7 +14,7 @@ import pytest
 
 from imagegate.commands.cli import main
 from imagegate.errors import BuildError
-from imagegate.testbed import build
+from imagegate.testbed import build, recipes
 
 
 def _script(path: Path, body: str) -> None:
@@ -134,6 +134,6 @@ def test_cli_reports_a_build_failure_without_a_traceback(
 
 
 def test_kubernetes_ldflags_stamp_the_version() -> None:
-    flags = build._kubernetes_ldflags()
+    flags = recipes._kubernetes_ldflags()
     assert f"-X k8s.io/component-base/version.gitVersion={build.versions.KUBERNETES}" in flags
     assert "-X k8s.io/component-base/version.gitMinor=37" in flags
