@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from imagegate.core import reference
 from imagegate.core.workloads import ContainerImage
-from imagegate.policy import glob, selectors
+from imagegate.policy import glob, model, selectors
 from imagegate.policy.glob import CompiledGlob
 
 
@@ -58,7 +58,7 @@ class CompiledSource:
     patterns: tuple[CompiledGlob, ...]
     #: The signature requirement as written in the policy, or None when none is asked for. The
     #: engine never looks inside: the verifier does.
-    signatures: object | None = None
+    signatures: model.Signatures | None = None
     _any: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -174,7 +174,7 @@ class SignatureCheck:
     policy: str
     source: str
     #: The source's signature requirement, for the verifier (not part of the identity).
-    requirement: object = field(default=None, compare=False, hash=False)
+    requirement: model.Signatures | None = field(default=None, compare=False, hash=False)
     #: The namespace of an ImagePolicy (None for a ClusterImagePolicy): it bounds which
     #: Secrets the requirement may read.
     policy_namespace: str | None = field(default=None, compare=False, hash=False)

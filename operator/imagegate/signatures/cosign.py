@@ -7,7 +7,10 @@
   image digest.
 
 Every check that binds a signature to *this* image is made here: a valid signature copied from
-another image fails on the digest it names.
+another image fails on the digest it names. Checks raise a `failures.SignatureFailure` with the
+reason. Anyone who can push to the repository can add signatures, so each is judged on its own
+(`each_signature`): a layer or bundle that cannot be read is found as `malformed`, and fails
+alone without hiding a valid signature beside it.
 """
 
 from __future__ import annotations
@@ -15,13 +18,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from imagegate.core.keys import PublicKey
 from imagegate.registry import client as registry
 from imagegate.signatures import rekor, roots
+from imagegate.signatures.failures import (
+    BadTransparencyLogEntry,
+    MalformedSignature,
+    WrongImage,
+    WrongKey,
+    any_passes,
+)
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 BUNDLE_V03 = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -51,6 +61,12 @@ class FoundSignature:
     bundle: bytes | None = None
     #: The certificate chain (PEM) a legacy keyless signature carries.
     chain: str | None = None
+    #: Why this layer or bundle could not be read (then it is no signature, only a reason).
+    malformed: str | None = None
+
+
+def _unreadable(format: str, reason: str) -> FoundSignature:
+    return FoundSignature(format, b"", b"", b"", malformed=reason)
 
 
 async def find(
@@ -75,14 +91,19 @@ async def _legacy(
         body, _ = await client.manifest(host, repository, tag, deadline=deadline)
     except registry.ManifestUnknown:
         return []
+    layers = _json(body).get("layers")
     found = []
-    for layer in _json(body).get("layers", [])[:MAX_SIGNATURES]:
-        if layer.get("mediaType") != SIMPLE_SIGNING:
+    for layer in (layers if isinstance(layers, list) else [])[:MAX_SIGNATURES]:
+        if not isinstance(layer, dict) or layer.get("mediaType") != SIMPLE_SIGNING:
             continue
-        annotations = layer.get("annotations") or {}
+        annotations = layer.get("annotations")
+        if not isinstance(annotations, dict) or not isinstance(layer.get("digest"), str):
+            found.append(_unreadable("legacy", "malformed signature: unreadable layer"))
+            continue
         try:
             signature = base64.b64decode(annotations.get(SIGNATURE_ANNOTATION, ""), validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError, TypeError):
+            found.append(_unreadable("legacy", "malformed signature: not base64"))
             continue
         payload = await client.blob(host, repository, layer["digest"], deadline=deadline)
         found.append(
@@ -91,12 +112,16 @@ async def _legacy(
                 payload,
                 signature,
                 payload,
-                annotations.get(CERTIFICATE_ANNOTATION),
+                _text(annotations.get(CERTIFICATE_ANNOTATION)),
                 annotations.get(REKOR_ANNOTATION),
-                chain=annotations.get(CHAIN_ANNOTATION),
+                chain=_text(annotations.get(CHAIN_ANNOTATION)),
             )
         )
     return found
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 async def _bundles(
@@ -108,32 +133,36 @@ async def _bundles(
     )
     for descriptor in referrers[:MAX_SIGNATURES]:
         body, _ = await client.manifest(host, repository, descriptor.digest, deadline=deadline)
-        for layer in _json(body).get("layers", [])[:1]:
+        layers = _json(body).get("layers")
+        for layer in (layers if isinstance(layers, list) else [])[:1]:
+            if not isinstance(layer, dict) or not isinstance(layer.get("digest"), str):
+                found.append(_unreadable("bundle", "malformed signature: unreadable layer"))
+                continue
             raw = await client.blob(host, repository, layer["digest"], deadline=deadline)
-            parsed = _from_bundle(_json(raw), raw)
-            if parsed is not None:
-                found.append(parsed)
+            found.append(_from_bundle(_json(raw), raw))
     return found
 
 
-def _from_bundle(bundle: dict[str, Any], raw: bytes) -> FoundSignature | None:
+def _from_bundle(bundle: dict[str, Any], raw: bytes) -> FoundSignature:
     envelope = bundle.get("dsseEnvelope")
     if bundle.get("mediaType") != BUNDLE_V03 or not isinstance(envelope, dict):
-        return None
+        return _unreadable("bundle", "malformed signature: not a v0.3 bundle with a DSSE envelope")
     try:
         payload = base64.b64decode(envelope["payload"], validate=True)
         signature = base64.b64decode(envelope["signatures"][0]["sig"], validate=True)
         payload_type = str(envelope["payloadType"])
-    except (KeyError, IndexError, TypeError, binascii.Error):
-        return None
-    material = bundle.get("verificationMaterial") or {}
-    certificate = (material.get("certificate") or {}).get("rawBytes")
+    except (KeyError, IndexError, TypeError, ValueError, binascii.Error):
+        return _unreadable("bundle", "malformed signature: unreadable DSSE envelope")
+    material = bundle.get("verificationMaterial")
+    material = material if isinstance(material, dict) else {}
+    certificate = material.get("certificate")
+    certificate = certificate.get("rawBytes") if isinstance(certificate, dict) else None
     return FoundSignature(
         "bundle",
         pae(payload_type, payload),
         signature,
         payload if payload_type == IN_TOTO else b"",
-        certificate,
+        _text(certificate),
         material.get("tlogEntries") or None,
         raw,
     )
@@ -145,21 +174,47 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
 
 
-def claims_name(found: FoundSignature, digest: str) -> str | None:
-    """Why the signed claims do not name `digest`, or None when they do."""
+def verify_claims(found: FoundSignature, digest: str) -> None:
+    """Raises WrongImage unless the signed claims name `digest`."""
     claims = _json(found.claims)
     if found.format == "legacy":
-        named = claims.get("critical", {}).get("image", {}).get("docker-manifest-digest")
+        named = _field(claims, "critical", "image", "docker-manifest-digest")
         if named != digest:
-            return f"the signature is for {named or 'no image'}, not {digest} (digest mismatch)"
-        return None
+            raise WrongImage(
+                f"the signature is for {named or 'no image'}, not {digest} (digest mismatch)"
+            )
+        return
     if claims.get("predicateType") != COSIGN_PREDICATE:
-        return f"the bundle's predicate is {claims.get('predicateType')!r}, not a cosign signature"
+        raise WrongImage(
+            f"the bundle's predicate is {claims.get('predicateType')!r}, not a cosign signature"
+        )
     algorithm, hex_digest = digest.split(":", 1)
-    subjects = [s.get("digest", {}).get(algorithm) for s in claims.get("subject", [])]
-    if hex_digest not in subjects:
-        return f"the bundle's subject is not {digest} (digest mismatch)"
-    return None
+    subjects = claims.get("subject")
+    named_digests = [
+        _field(s, "digest", algorithm) for s in (subjects if isinstance(subjects, list) else [])
+    ]
+    if hex_digest not in named_digests:
+        raise WrongImage(f"the bundle's subject is not {digest} (digest mismatch)")
+
+
+def _field(document: object, *path: str) -> object:
+    """document[path[0]][path[1]]..., or None where a step is missing or not an object."""
+    for name in path:
+        document = document.get(name) if isinstance(document, dict) else None
+    return document
+
+
+def each_signature(
+    found: Sequence[FoundSignature], check: Callable[[FoundSignature], None]
+) -> None:
+    """Returns when one signature passes `check`; raises why each failed otherwise."""
+
+    def readable_and(signature: FoundSignature) -> None:
+        if signature.malformed is not None:
+            raise MalformedSignature(signature.malformed)
+        check(signature)
+
+    any_passes(found, readable_and)
 
 
 def verify_with_key(
@@ -169,42 +224,44 @@ def verify_with_key(
     *,
     require_tlog: bool,
     trusted_root: Mapping[str, Any] | None = None,
-) -> str | None:
-    """None when one of the signatures verifies with `key` for `digest`; else the reason."""
-    if not found:
-        return "no signature found"
-    reasons = []
-    for signature in found:
-        if not key.verify(signature.signature, signature.signed):
-            reasons.append("signature does not verify with the key")
-            continue
-        mismatch = claims_name(signature, digest)
-        if mismatch is not None:
-            reasons.append(mismatch)
-            continue
-        if require_tlog and signature.transparency is None:
-            reasons.append(
-                "signed by the key but not in a transparency log (set requireTransparencyLog: "
-                "false for keys that sign without one)"
-            )
-            continue
-        if require_tlog:
-            root = trusted_root if trusted_root is not None else roots.public_good_json()
-            failure = (
-                rekor.verify_set(
-                    signature.transparency, signature.signed, signature.signature, key.der, root
-                )
-                if signature.format == "legacy"
-                else rekor.verify_bundle_entries(
-                    signature.transparency, signature.claims, signature.signature, key.der, root
-                )
-            )
-            if failure is not None:
-                reasons.append(failure)
-                continue
-        return None
-    # The most telling reason first: a right-key signature beats "wrong key" noise.
-    return sorted(set(reasons), key=lambda r: r.startswith("signature does not verify"))[0]
+) -> None:
+    """Returns when one of the signatures verifies with `key` for `digest`; raises why not."""
+
+    def check(signature: FoundSignature) -> None:
+        verify_one_with_key(
+            signature, key, digest, require_tlog=require_tlog, trusted_root=trusted_root
+        )
+
+    each_signature(found, check)
+
+
+def verify_one_with_key(
+    signature: FoundSignature,
+    key: PublicKey,
+    digest: str,
+    *,
+    require_tlog: bool,
+    trusted_root: Mapping[str, Any] | None = None,
+) -> None:
+    if not key.verify(signature.signature, signature.signed):
+        raise WrongKey("signature does not verify with the key")
+    verify_claims(signature, digest)
+    if not require_tlog:
+        return
+    if signature.transparency is None:
+        raise BadTransparencyLogEntry(
+            "signed by the key but not in a transparency log (set requireTransparencyLog: "
+            "false for keys that sign without one)"
+        )
+    root = trusted_root if trusted_root is not None else roots.public_good_json()
+    if signature.format == "legacy":
+        rekor.verify_set(
+            signature.transparency, signature.signed, signature.signature, key.der, root
+        )
+    else:
+        rekor.verify_bundle_entries(
+            signature.transparency, signature.claims, signature.signature, key.der, root
+        )
 
 
 def _json(body: bytes) -> dict[str, Any]:

@@ -10,6 +10,8 @@ only a SET:
    a short-lived certificate is only ever valid *then*;
 4. the certificate carries an SCT from a CT log of the trust root (sigstore-python's check);
 5. the signer's identity matches the policy, and the payload names this digest.
+
+A check that fails raises the `failures.SignatureFailure` that says why.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ from sigstore.models import TrustedRoot
 
 from imagegate.policy import model
 from imagegate.signatures import cosign, keyless, rekor, sigstore_internals
+from imagegate.signatures.failures import (
+    BadTransparencyLogEntry,
+    MalformedSignature,
+    SignatureFailure,
+    UntrustedCertificate,
+    WrongIdentity,
+)
 
 MAX_CHAIN = 4
 
@@ -44,57 +53,57 @@ def verify_legacy(
     *,
     require_tlog: bool = True,
     now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
-) -> str | None:
-    """None when `found` is a valid keyless signature of `digest` by `authority`; else why.
+) -> None:
+    """Returns when `found` is a valid keyless signature of `digest` by `authority`; raises why
+    not.
 
     Without a log entry (allowed only with `require_tlog=False`, for private CAs signing without
     a log) the certificate must be valid now, there being no other time to hold it to. SCTs are
     required exactly when the trust root lists CT logs.
     """
     if found.certificate is None:
-        return "the signature carries no certificate"
+        raise SignatureFailure("the signature carries no certificate")
     try:
         leaf = x509.load_pem_x509_certificate(found.certificate.encode())
         chain = x509.load_pem_x509_certificates(found.chain.encode()) if found.chain else []
     except ValueError:
-        return "the signature's certificate is unreadable"
+        raise MalformedSignature("the signature's certificate is unreadable") from None
     key = leaf.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
-        return "the certificate's key is not ECDSA"
+        raise UntrustedCertificate("the certificate's key is not ECDSA")
     try:
         key.verify(found.signature, found.signed, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
-        return "the signature does not verify with its certificate"
+        # Not WrongKey: keyless denials list every reason, as they always have.
+        raise SignatureFailure("the signature does not verify with its certificate") from None
     if found.transparency is None:
         if require_tlog:
-            return "no transparency log entry (keyless signatures need one)"
+            raise BadTransparencyLogEntry("no transparency log entry (keyless signatures need one)")
         signed_at = now()
     else:
-        failure = rekor.verify_set(
+        rekor.verify_set(
             found.transparency,
             found.signed,
             found.signature,
             leaf.public_bytes(Encoding.DER),
             root_json,
         )
-        if failure is not None:
-            return failure
         signed_at = _integrated_time(found.transparency)
     path = _chain_to_root(leaf, chain, _fulcio_anchors(root_json, signed_at), signed_at)
-    if isinstance(path, str):
-        return path
     if root_json.get("ctlogs"):
         if root is None:
-            return "untrusted certificate: the trust root's CT logs could not be read"
+            raise UntrustedCertificate(
+                "untrusted certificate: the trust root's CT logs could not be read"
+            )
         try:
             sigstore_internals.verify_sct(leaf, path[1:], root)
         except sigstore_internals.SCTError as error:
-            return f"untrusted certificate: no valid SCT ({error})"
+            raise UntrustedCertificate(f"untrusted certificate: no valid SCT ({error})") from None
     try:
         keyless.IdentityPolicy(authority).verify(leaf)
     except keyless.IdentityMismatch as error:
-        return f"wrong identity: {error}"
-    return cosign.claims_name(found, digest)
+        raise WrongIdentity(f"wrong identity: {error}") from None
+    cosign.verify_claims(found, digest)
 
 
 def _integrated_time(transparency: object) -> datetime.datetime:
@@ -134,16 +143,19 @@ def _chain_to_root(
     chain: Sequence[x509.Certificate],
     anchors: Sequence[x509.Certificate],
     when: datetime.datetime,
-) -> list[x509.Certificate] | str:
-    """The path leaf → … → trust anchor, every link checked; or why there is none."""
+) -> list[x509.Certificate]:
+    """The path leaf → … → trust anchor, every link checked; raises UntrustedCertificate when
+    there is none."""
     if not _valid_then(leaf, when):
-        return "untrusted certificate: not valid when the log saw the signature"
+        raise UntrustedCertificate(
+            "untrusted certificate: not valid when the log saw the signature"
+        )
     try:
         usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
-        return "untrusted certificate: no extended key usage"
+        raise UntrustedCertificate("untrusted certificate: no extended key usage") from None
     if ExtendedKeyUsageOID.CODE_SIGNING not in usages:
-        return "untrusted certificate: not issued for code signing"
+        raise UntrustedCertificate("untrusted certificate: not issued for code signing")
     anchor_bytes = {a.public_bytes(Encoding.DER) for a in anchors}
     candidates = [*chain, *anchors]
     path = [leaf]
@@ -153,12 +165,14 @@ def _chain_to_root(
             (c for c in candidates if c.subject == current.issuer and _issued(current, c)), None
         )
         if issuer is None or not _is_ca(issuer) or not _valid_then(issuer, when):
-            return "untrusted CA: the certificate does not chain to the trust root's Fulcio CA"
+            raise UntrustedCertificate(
+                "untrusted CA: the certificate does not chain to the trust root's Fulcio CA"
+            )
         path.append(issuer)
         if issuer.public_bytes(Encoding.DER) in anchor_bytes:
             return path
         current = issuer
-    return "untrusted CA: certificate chain too long"
+    raise UntrustedCertificate("untrusted CA: certificate chain too long")
 
 
 def _issued(child: x509.Certificate, issuer: x509.Certificate) -> bool:

@@ -6,7 +6,8 @@ proof and checkpoint, and the DSSE signature. imagegate adds what is specific to
 signer's identity (subject and issuer, each exact or an anchored regular expression) and that the
 signed statement is a cosign signature of *this* digest.
 
-The trust root comes from roots.py (the public-good root shipped with sigstore-python).
+The trust root comes from roots.py (the public-good root shipped with sigstore-python). A check
+that fails raises the `failures.SignatureFailure` that says why.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sigstore.verify.policy import VerificationPolicy
 
 from imagegate.policy import model
 from imagegate.signatures import cosign
+from imagegate.signatures.failures import MalformedSignature, SignatureFailure, WrongIdentity
 
 #: Fulcio's issuer extensions: v2 is a DER UTF8String, v1 (deprecated) the raw bytes.
 OIDC_ISSUER_V2 = ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
@@ -99,28 +101,30 @@ def _matches(value: str | None, exact: str | None, pattern: str | None) -> bool:
 
 def verify_bundle(
     bundle_json: bytes, digest: str, authority: model.KeylessAuthority, root: TrustedRoot
-) -> str | None:
-    """None when the bundle is a valid cosign signature of `digest` by `authority`; else why."""
+) -> None:
+    """Returns when the bundle is a valid cosign signature of `digest` by `authority`; raises
+    why not."""
     try:
         material = json.loads(bundle_json).get("verificationMaterial") or {}
     except (ValueError, AttributeError):
-        return "unreadable bundle: not JSON"
+        raise MalformedSignature("unreadable bundle: not JSON") from None
+    if not isinstance(material, dict):
+        raise MalformedSignature("unreadable bundle: no verification material")
     if "certificate" not in material and "x509CertificateChain" not in material:
-        return "the bundle was signed with a key, not a Fulcio certificate"
+        raise SignatureFailure("the bundle was signed with a key, not a Fulcio certificate")
     try:
         bundle = Bundle.from_json(bundle_json)
     except (SigstoreError, ValueError) as error:
         # sigstore-python's parse errors are long pydantic dumps: the first line says enough.
-        return f"unreadable bundle: {str(error).splitlines()[0][:200]}"
+        raise MalformedSignature(f"unreadable bundle: {str(error).splitlines()[0][:200]}") from None
     try:
         payload_type, payload = Verifier(trusted_root=root).verify_dsse(
             bundle, IdentityPolicy(authority)
         )
     except IdentityMismatch as error:
-        return f"wrong identity: {error}"
+        raise WrongIdentity(f"wrong identity: {error}") from None
     except SigstoreError as error:
-        return f"bundle does not verify: {error}"
+        raise SignatureFailure(f"bundle does not verify: {error}") from None
     if payload_type != cosign.IN_TOTO:
-        return f"the bundle signs {payload_type!r}, not an in-toto statement"
-    found = cosign.FoundSignature("bundle", b"", b"", payload)
-    return cosign.claims_name(found, digest)
+        raise SignatureFailure(f"the bundle signs {payload_type!r}, not an in-toto statement")
+    cosign.verify_claims(cosign.FoundSignature("bundle", b"", b"", payload), digest)

@@ -13,6 +13,9 @@ carry only a SET, so this part is done here, as cosign itself does it:
 Key-signed v0.3 bundles go through sigstore-python nowhere (it verifies certificates only), so
 their `tlogEntries` are checked here too, by the same SET (the `inclusionPromise`), which is
 what cosign accepts offline as well.
+
+Each check returns None when the entry proves the signature and raises
+`failures.BadTransparencyLogEntry` with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from imagegate.signatures.failures import BadTransparencyLogEntry
 
 
 def verify_set(
@@ -37,8 +42,8 @@ def verify_set(
     signature: bytes,
     signer_der: bytes,
     trusted_root: Mapping[str, Any],
-) -> str | None:
-    """None when the SET proves this signature is in a trusted log; else the reason.
+) -> None:
+    """Raises BadTransparencyLogEntry unless the SET proves this signature is in a trusted log.
 
     `signer_der` is the public key (SubjectPublicKeyInfo DER) or the certificate (DER) the log
     entry must name.
@@ -58,16 +63,22 @@ def verify_set(
             separators=(",", ":"),
         ).encode()
         body = json.loads(base64.b64decode(entry["body"], validate=True))
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        return "bad SET: the transparency log bundle is malformed"
-    log_key = _log_key(trusted_root, entry["logID"], int(entry["integratedTime"]))
+        # A time no calendar holds (integratedTime 1e20) is as malformed as a missing one.
+        integrated_at = datetime.datetime.fromtimestamp(int(entry["integratedTime"]), datetime.UTC)
+    except (ValueError, KeyError, TypeError, OverflowError, OSError, binascii.Error):
+        raise _bad("the transparency log bundle is malformed") from None
+    log_key = _log_key(trusted_root, entry["logID"], integrated_at)
     if log_key is None:
-        return "bad SET: the log that signed it is not in the trust root (or was not valid then)"
+        raise _bad("the log that signed it is not in the trust root (or was not valid then)")
     try:
         log_key.verify(signed_timestamp, canonical, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
-        return "bad SET: the log's signature does not verify"
-    return _check_body(body, payload, signature, signer_der)
+        raise _bad("the log's signature does not verify") from None
+    _check_body(body, payload, signature, signer_der)
+
+
+def _bad(reason: str) -> BadTransparencyLogEntry:
+    return BadTransparencyLogEntry(f"bad SET: {reason}")
 
 
 def verify_bundle_entries(
@@ -76,13 +87,14 @@ def verify_bundle_entries(
     signature: bytes,
     signer_der: bytes,
     trusted_root: Mapping[str, Any],
-) -> str | None:
-    """None when one of a v0.3 bundle's `tlogEntries` proves this DSSE signature is logged.
+) -> None:
+    """Raises BadTransparencyLogEntry unless one of a v0.3 bundle's `tlogEntries` proves this
+    DSSE signature is logged.
 
     `payload` is the envelope's payload (the in-toto statement), not its PAE encoding.
     """
     if not isinstance(entries, list) or not entries:
-        return "no transparency log entry in the bundle"
+        raise BadTransparencyLogEntry("no transparency log entry in the bundle")
     reasons = []
     for entry in entries:
         try:
@@ -98,17 +110,18 @@ def verify_bundle_entries(
         except (KeyError, TypeError, ValueError, binascii.Error):
             reasons.append("bad SET: a bundle log entry has no usable inclusion promise")
             continue
-        failure = verify_set(annotation, payload, signature, signer_der, trusted_root)
-        if failure is None:
-            return None
-        reasons.append(failure)
-    return "; ".join(sorted(set(reasons)))
+        try:
+            verify_set(annotation, payload, signature, signer_der, trusted_root)
+        except BadTransparencyLogEntry as failure:
+            reasons.append(failure.user_message)
+            continue
+        return
+    raise BadTransparencyLogEntry("; ".join(sorted(set(reasons))))
 
 
 def _log_key(
-    trusted_root: Mapping[str, Any], log_id_hex: str, integrated_time: int
+    trusted_root: Mapping[str, Any], log_id_hex: str, when: datetime.datetime
 ) -> ec.EllipticCurvePublicKey | None:
-    when = datetime.datetime.fromtimestamp(integrated_time, datetime.UTC)
     for log in trusted_root.get("tlogs", []):
         try:
             key_id = base64.b64decode(log["logId"]["keyId"]).hex()
@@ -133,32 +146,34 @@ def valid_at(window: Mapping[str, str], when: datetime.datetime) -> bool:
 
 def _check_body(
     body: Mapping[str, Any], payload: bytes, signature: bytes, signer_der: bytes
-) -> str | None:
+) -> None:
+    if not isinstance(body, Mapping):
+        raise _bad("the log entry's body is malformed")
     if body.get("kind") == "dsse":
-        return _check_dsse_body(body, payload, signature, signer_der)
+        _check_dsse_body(body, payload, signature, signer_der)
+        return
     # `rekord` (cosign before 2022) carries the same fields as `hashedrekord`.
     if body.get("kind") not in ("hashedrekord", "rekord"):
-        return f"bad SET: log entry kind {body.get('kind')!r}, not hashedrekord, rekord or dsse"
+        raise _bad(f"log entry kind {body.get('kind')!r}, not hashedrekord, rekord or dsse")
     spec = body.get("spec") or {}
     try:
         logged_hash = spec["data"]["hash"]["value"]
         logged_signature = base64.b64decode(spec["signature"]["content"])
         logged_pem = base64.b64decode(spec["signature"]["publicKey"]["content"])
         logged_der = _signer_der(logged_pem)
-    except (KeyError, TypeError, ValueError, binascii.Error):
-        return "bad SET: the log entry's body is malformed"
+    except (KeyError, TypeError, ValueError, UnsupportedAlgorithm, binascii.Error):
+        raise _bad("the log entry's body is malformed") from None
     if logged_hash != hashlib.sha256(payload).hexdigest():
-        return "bad SET: the log entry is for another payload"
+        raise _bad("the log entry is for another payload")
     if logged_signature != signature:
-        return "bad SET: the log entry is for another signature"
+        raise _bad("the log entry is for another signature")
     if logged_der != signer_der:
-        return "bad SET: the log entry names another key"
-    return None
+        raise _bad("the log entry names another key")
 
 
 def _check_dsse_body(
     body: Mapping[str, Any], payload: bytes, signature: bytes, signer_der: bytes
-) -> str | None:
+) -> None:
     """A `dsse` entry logs the payload's hash and each (signature, verifier) of the envelope."""
     spec = body.get("spec") or {}
     try:
@@ -170,15 +185,14 @@ def _check_dsse_body(
             )
             for entry in spec["signatures"]
         ]
-    except (KeyError, TypeError, ValueError, binascii.Error):
-        return "bad SET: the log entry's body is malformed"
+    except (KeyError, TypeError, ValueError, UnsupportedAlgorithm, binascii.Error):
+        raise _bad("the log entry's body is malformed") from None
     if logged_hash != hashlib.sha256(payload).hexdigest():
-        return "bad SET: the log entry is for another payload"
+        raise _bad("the log entry is for another payload")
     if not any(logged_signature == signature for logged_signature, _ in logged):
-        return "bad SET: the log entry is for another signature"
+        raise _bad("the log entry is for another signature")
     if (signature, signer_der) not in logged:
-        return "bad SET: the log entry names another key"
-    return None
+        raise _bad("the log entry names another key")
 
 
 def _signer_der(pem: bytes) -> bytes:

@@ -9,6 +9,9 @@ bundles and legacy `.sig` signatures with a Fulcio certificate, against the publ
 shipped with sigstore-python, or a custom `trusted_root.json` from a ConfigMap (private
 Sigstore, or a private CA that signs without a log when `requireTransparencyLog: false`). A
 requirement imagegate cannot check never passes: it fails with the reason.
+
+The checks raise (`failures.SignatureFailure`, registry, key and material errors); `_verdict` is
+the one place those become a `SignatureVerdict`.
 """
 
 from __future__ import annotations
@@ -19,13 +22,35 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from imagegate.core import keys, reference
+from imagegate.errors import ImagegateError
 from imagegate.policy import engine, model
 from imagegate.registry import client as registry
 from imagegate.registry.keychain import Keychain
-from imagegate.signatures import cosign, fulcio, keyless, material, roots
+from imagegate.signatures import authorities, cosign, material, roots
 from imagegate.signatures.cache import VerdictCache
+from imagegate.signatures.failures import SignatureFailure, UnusableTrustRoot
 
 logger = logging.getLogger(__name__)
+
+
+#: What a verification raises when it cannot say yes; `_failed` turns each into the verdict.
+FAILURES = (
+    SignatureFailure,
+    registry.RegistryError,
+    material.MaterialError,
+    keys.UnusableKeyError,
+)
+
+
+def _failed(error: Exception, digest: str | None) -> engine.SignatureVerdict:
+    """The one conversion of a failure to a verdict."""
+    if isinstance(error, registry.RegistryError):
+        # No digest, and not cached: "no registry answer" is not a verdict on the image.
+        return engine.SignatureVerdict(False, f"registry error: {error.user_message}")
+    if isinstance(error, SignatureFailure):
+        return engine.SignatureVerdict(False, f"{digest}: {error.user_message}", digest=digest)
+    message = error.user_message if isinstance(error, ImagegateError) else str(error)
+    return engine.SignatureVerdict(False, f"keys: {message}", digest=digest)
 
 
 class CosignVerifier:
@@ -63,19 +88,19 @@ class CosignVerifier:
         self, client: registry.RegistryClient, check: engine.SignatureCheck, deadline: float
     ) -> engine.SignatureVerdict:
         requirement = check.requirement
-        if not isinstance(requirement, model.Signatures):
+        if requirement is None:
             return engine.SignatureVerdict(
                 False, "the policy's signature requirement is unreadable"
             )
         image = reference.parse(check.image)
         try:
             digest = image.digest or (await client.resolve(image, deadline=deadline)).digest
-        except registry.RegistryError as error:
-            return engine.SignatureVerdict(False, f"registry error: {error.user_message}")
+        except FAILURES as error:
+            return _failed(error, None)
         try:
             public_keys = await self._public_keys(requirement, check.policy_namespace)
-        except (material.MaterialError, keys.UnusableKeyError) as error:
-            return engine.SignatureVerdict(False, f"keys: {error.user_message}", digest=digest)
+        except FAILURES as error:
+            return _failed(error, digest)
 
         def verification() -> Awaitable[engine.SignatureVerdict]:
             return self._timed(
@@ -141,44 +166,30 @@ class CosignVerifier:
             found = await cosign.find(
                 client, image.registry, image.repository, digest, deadline=deadline
             )
-        except registry.RegistryError as error:
-            return engine.SignatureVerdict(False, f"registry error: {error.user_message}")
-        root: roots.Root | str = roots.public_good()
-        if requirement.trust_root is not None:
-            # A private Sigstore's log keys serve key signatures too, not only keyless ones.
-            root = await self._custom_root(requirement.trust_root, policy_namespace)
-        reasons = []
-        for index, public_key in enumerate(public_keys):
-            if isinstance(root, str) and requirement.require_transparency_log:
-                reasons.append(f"keys[{index}]: {root}")
-                continue
-            failure = cosign.verify_with_key(
-                found,
-                public_key,
-                digest,
-                require_tlog=requirement.require_transparency_log,
-                trusted_root=None if isinstance(root, str) else root.document,
-            )
-            if failure is None:
-                return engine.SignatureVerdict(True, digest=digest)
-            reasons.append(f"keys[{index}]: {failure}")
-        for index, identity in enumerate(requirement.keyless):
-            failure = (
-                root
-                if isinstance(root, str)
-                else self._keyless(found, identity, requirement, digest, root)
-            )
-            if failure is None:
-                return engine.SignatureVerdict(True, digest=digest)
-            reasons.append(f"keyless[{index}]: {failure}")
-        return engine.SignatureVerdict(False, f"{digest}: " + "; ".join(reasons), digest=digest)
+            root = await self._root(requirement, policy_namespace)
+            authorities.of_requirement(requirement, public_keys, root).verify(found, digest)
+        except FAILURES as error:
+            return _failed(error, digest)
+        return engine.SignatureVerdict(True, digest=digest)
+
+    async def _root(
+        self, requirement: model.Signatures, policy_namespace: str | None
+    ) -> authorities.RootOrFailure:
+        """The requirement's trust root; one that cannot be used fails only what needs it."""
+        if requirement.trust_root is None:
+            return roots.public_good()
+        # A private Sigstore's log keys serve key signatures too, not only keyless ones.
+        try:
+            return await self._custom_root(requirement.trust_root, policy_namespace)
+        except UnusableTrustRoot as failure:
+            return failure
 
     async def _custom_root(
         self, trust_root: model.TrustRoot, policy_namespace: str | None
-    ) -> roots.Root | str:
-        """The policy's trusted_root.json, or why it cannot be used."""
+    ) -> roots.Root:
+        """The policy's trusted_root.json; raises UnusableTrustRoot saying why it cannot be used."""
         if self._secrets is None:
-            return "no access to ConfigMaps configured for the custom trust root"
+            raise UnusableTrustRoot("no access to ConfigMaps configured for the custom trust root")
         reference = trust_root.config_map_ref
         namespace = material.secret_namespace(
             policy_namespace, reference.namespace, self._own_namespace
@@ -187,40 +198,6 @@ class CosignVerifier:
             text = await self._secrets.read_config_map(namespace, reference.name, reference.key)
             return roots.custom(text)
         except material.MaterialError as error:
-            return f"trust root: {error.user_message}"
+            raise UnusableTrustRoot(f"trust root: {error.user_message}") from None
         except ValueError as error:
-            return f"trust root {namespace}/{reference.name}: {error}"
-
-    @staticmethod
-    def _keyless(
-        found: Sequence[cosign.FoundSignature],
-        identity: model.KeylessAuthority,
-        requirement: model.Signatures,
-        digest: str,
-        root: roots.Root,
-    ) -> str | None:
-        if not found:
-            return "no signature found"
-        failures = []
-        for signature in found:
-            if signature.bundle is not None:
-                failure = (
-                    keyless.verify_bundle(signature.bundle, digest, identity, root.parsed)
-                    if root.parsed is not None
-                    else "bundles need a trust root sigstore-python accepts"
-                )
-            elif signature.certificate is not None:
-                failure = fulcio.verify_legacy(
-                    signature,
-                    digest,
-                    identity,
-                    root.document,
-                    root.parsed,
-                    require_tlog=requirement.require_transparency_log,
-                )
-            else:
-                failure = "signed with a key, not a Fulcio certificate"
-            if failure is None:
-                return None
-            failures.append(failure)
-        return "; ".join(sorted(set(failures)))
+            raise UnusableTrustRoot(f"trust root {namespace}/{reference.name}: {error}") from None

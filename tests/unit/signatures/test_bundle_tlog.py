@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from imagegate.core import keys
 from imagegate.signatures import cosign, rekor, roots
+from imagegate.signatures.failures import BadTransparencyLogEntry
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -47,7 +49,7 @@ def _parts(bundle: dict[str, Any]) -> tuple[Any, bytes, bytes, bytes]:
 def test_a_real_public_good_dsse_entry_verifies(attestation: dict[str, Any]) -> None:
     entries, payload, signature, signer = _parts(attestation)
     root = roots.public_good_json()
-    assert rekor.verify_bundle_entries(entries, payload, signature, signer, root) is None
+    rekor.verify_bundle_entries(entries, payload, signature, signer, root)
 
 
 def test_a_real_entry_does_not_vouch_for_another_signature_payload_or_time(
@@ -55,20 +57,21 @@ def test_a_real_entry_does_not_vouch_for_another_signature_payload_or_time(
 ) -> None:
     entries, payload, signature, signer = _parts(attestation)
     root = roots.public_good_json()
-    other = rekor.verify_bundle_entries(entries, payload + b" ", signature, signer, root)
-    assert other == "bad SET: the log entry is for another payload"
+
+    def refused(text: str) -> pytest.RaisesContext[BadTransparencyLogEntry]:
+        return pytest.raises(BadTransparencyLogEntry, match=f"^{re.escape(text)}$")
+
+    with refused("bad SET: the log entry is for another payload"):
+        rekor.verify_bundle_entries(entries, payload + b" ", signature, signer, root)
     moved = json.loads(json.dumps(entries))
     moved[0]["integratedTime"] = str(int(moved[0]["integratedTime"]) + 1)
-    assert rekor.verify_bundle_entries(moved, payload, signature, signer, root) == (
-        "bad SET: the log's signature does not verify"
-    )
-    assert rekor.verify_bundle_entries([], payload, signature, signer, root) == (
-        "no transparency log entry in the bundle"
-    )
+    with refused("bad SET: the log's signature does not verify"):
+        rekor.verify_bundle_entries(moved, payload, signature, signer, root)
+    with refused("no transparency log entry in the bundle"):
+        rekor.verify_bundle_entries([], payload, signature, signer, root)
     no_promise = [{k: v for k, v in entries[0].items() if k != "inclusionPromise"}]
-    assert "no usable inclusion promise" in str(
+    with pytest.raises(BadTransparencyLogEntry, match="no usable inclusion promise"):
         rekor.verify_bundle_entries(no_promise, payload, signature, signer, root)
-    )
 
 
 class PrivateLog:
@@ -164,9 +167,10 @@ def test_a_key_signed_bundle_with_a_log_entry_verifies_against_the_logs_root() -
     log, signer = PrivateLog(), ec.generate_private_key(ec.SECP256R1())
     found = [_key_signed_bundle(log, signer)]
     verify = cosign.verify_with_key
-    assert verify(found, _public(signer), DIGEST, require_tlog=True, trusted_root=log.root) is None
+    verify(found, _public(signer), DIGEST, require_tlog=True, trusted_root=log.root)
     # The public-good root does not know this log.
-    assert "not in the trust root" in str(verify(found, _public(signer), DIGEST, require_tlog=True))
+    with pytest.raises(BadTransparencyLogEntry, match="not in the trust root"):
+        verify(found, _public(signer), DIGEST, require_tlog=True)
 
 
 def test_a_log_entry_for_another_key_is_refused() -> None:
@@ -181,7 +185,8 @@ def test_a_log_entry_for_another_key_is_refused() -> None:
             ),
         )
     ]
-    result = cosign.verify_with_key(
-        found, _public(signer), DIGEST, require_tlog=True, trusted_root=log.root
-    )
-    assert result == "bad SET: the log entry names another key"
+    names_another_key = r"^bad SET: the log entry names another key$"
+    with pytest.raises(BadTransparencyLogEntry, match=names_another_key):
+        cosign.verify_with_key(
+            found, _public(signer), DIGEST, require_tlog=True, trusted_root=log.root
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,17 @@ import pytest
 from imagegate.core import keys
 from imagegate.signatures import cosign, rekor, roots
 from imagegate.signatures.cosign import FoundSignature
+from imagegate.signatures.failures import (
+    BadTransparencyLogEntry,
+    NoSignatures,
+    SignatureFailure,
+    WrongImage,
+    WrongKey,
+)
+
+
+def exactly(text: str) -> str:
+    return f"^{re.escape(text)}$"
 
 
 def _legacy(
@@ -45,28 +57,27 @@ def test_each_of_several_signers_verifies_with_their_own_key(
 ) -> None:
     key = keys.load_public_key((connaisseur / f"{signer}.pub").read_bytes())
     found = _connaisseur_signatures(connaisseur, MULTI)
-    assert cosign.verify_with_key(found, key, MULTI, require_tlog=False) is None
+    cosign.verify_with_key(found, key, MULTI, require_tlog=False)
 
 
 def test_a_key_that_signed_nothing_is_refused(connaisseur: Path) -> None:
     key = keys.load_public_key((connaisseur / "default.pub").read_bytes())
     found = _connaisseur_signatures(connaisseur, MULTI)
-    assert cosign.verify_with_key(found, key, MULTI, require_tlog=False) == (
-        "signature does not verify with the key"
-    )
+    with pytest.raises(WrongKey, match=exactly("signature does not verify with the key")):
+        cosign.verify_with_key(found, key, MULTI, require_tlog=False)
 
 
 def test_a_signature_copied_from_another_image_is_refused(connaisseur: Path) -> None:
     key = keys.load_public_key((connaisseur / "alice.pub").read_bytes())
     copied = _connaisseur_signatures(connaisseur, SINGLE)  # alice signed SINGLE, not MULTI
-    reason = cosign.verify_with_key(copied, key, MULTI, require_tlog=False)
-    assert reason is not None
-    assert reason.endswith("(digest mismatch)")
+    with pytest.raises(WrongImage, match=r"\(digest mismatch\)$"):
+        cosign.verify_with_key(copied, key, MULTI, require_tlog=False)
 
 
 def test_no_signature_at_all(connaisseur: Path) -> None:
     key = keys.load_public_key((connaisseur / "alice.pub").read_bytes())
-    assert cosign.verify_with_key([], key, MULTI, require_tlog=False) == "no signature found"
+    with pytest.raises(NoSignatures, match=exactly("no signature found")):
+        cosign.verify_with_key([], key, MULTI, require_tlog=False)
 
 
 @pytest.mark.parametrize("kind", ["ECDSAP256", "ECDSAP384", "RSA256", "RSA384"])
@@ -79,8 +90,11 @@ def test_rsa_and_ecdsa_keys_verify_only_their_own_signatures(
     found = [_legacy(payload, (folder / f"signature-{kind}.b64").read_text().strip())]
     for other in ["ECDSAP256", "ECDSAP384", "RSA256", "RSA384"]:
         key = keys.load_public_key((folder / f"valid{other}PubKey.pem").read_bytes())
-        reason = cosign.verify_with_key(found, key, digest, require_tlog=False)
-        assert (reason is None) is (other == kind), (kind, other, reason)
+        if other == kind:
+            cosign.verify_with_key(found, key, digest, require_tlog=False)
+        else:
+            with pytest.raises(WrongKey):
+                cosign.verify_with_key(found, key, digest, require_tlog=False)
 
 
 def test_a_signature_with_a_log_entry_and_the_transparency_requirement(
@@ -98,10 +112,11 @@ def test_a_signature_with_a_log_entry_and_the_transparency_requirement(
     ]
     right = keys.load_public_key((folder / "cosign2.pub").read_bytes())
     wrong = keys.load_public_key((folder / "cosign.pub").read_bytes())
-    assert cosign.verify_with_key(found, right, digest, require_tlog=False) is None
-    assert cosign.verify_with_key(found, wrong, digest, require_tlog=False) is not None
+    cosign.verify_with_key(found, right, digest, require_tlog=False)
+    with pytest.raises(SignatureFailure):
+        cosign.verify_with_key(found, wrong, digest, require_tlog=False)
     # The Rekor SET is checked against the public-good log key, offline.
-    assert cosign.verify_with_key(found, right, digest, require_tlog=True) is None
+    cosign.verify_with_key(found, right, digest, require_tlog=True)
 
 
 def _rekor_fixture(shared_fixtures: Path) -> tuple[bytes, bytes, dict[str, object], keys.PublicKey]:
@@ -117,19 +132,21 @@ def _rekor_fixture(shared_fixtures: Path) -> tuple[bytes, bytes, dict[str, objec
 def test_a_forged_or_mismatched_set_is_refused(shared_fixtures: Path) -> None:
     payload, signature, bundle, key = _rekor_fixture(shared_fixtures)
     root = roots.public_good_json()
-    assert rekor.verify_set(bundle, payload, signature, key.der, root) is None
-    other_payload = rekor.verify_set(bundle, payload + b" ", signature, key.der, root)
-    assert other_payload == "bad SET: the log entry is for another payload"
+    rekor.verify_set(bundle, payload, signature, key.der, root)
+    with pytest.raises(
+        BadTransparencyLogEntry, match=exactly("bad SET: the log entry is for another payload")
+    ):
+        rekor.verify_set(bundle, payload + b" ", signature, key.der, root)
     forged = json.loads(json.dumps(bundle))
     forged["Payload"]["integratedTime"] += 1
-    assert rekor.verify_set(forged, payload, signature, key.der, root) == (
-        "bad SET: the log's signature does not verify"
-    )
+    with pytest.raises(
+        BadTransparencyLogEntry, match=exactly("bad SET: the log's signature does not verify")
+    ):
+        rekor.verify_set(forged, payload, signature, key.der, root)
     unknown_log = json.loads(json.dumps(bundle))
     unknown_log["Payload"]["logID"] = "00" * 32
-    assert "not in the trust root" in str(
+    with pytest.raises(BadTransparencyLogEntry, match="not in the trust root"):
         rekor.verify_set(unknown_log, payload, signature, key.der, root)
-    )
     stranger = keys.load_public_key(
         (
             shared_fixtures
@@ -138,9 +155,10 @@ def test_a_forged_or_mismatched_set_is_refused(shared_fixtures: Path) -> None:
             / "cosign.pub"
         ).read_bytes()
     )
-    assert rekor.verify_set(bundle, payload, signature, stranger.der, root) == (
-        "bad SET: the log entry names another key"
-    )
+    with pytest.raises(
+        BadTransparencyLogEntry, match=exactly("bad SET: the log entry names another key")
+    ):
+        rekor.verify_set(bundle, payload, signature, stranger.der, root)
 
 
 def test_a_tampered_payload_fails(connaisseur: Path) -> None:
@@ -149,9 +167,8 @@ def test_a_tampered_payload_fails(connaisseur: Path) -> None:
     tampered = FoundSignature(
         "legacy", signature.signed + b" ", signature.signature, signature.claims
     )
-    assert cosign.verify_with_key([tampered], key, SINGLE, require_tlog=False) == (
-        "signature does not verify with the key"
-    )
+    with pytest.raises(WrongKey, match=exactly("signature does not verify with the key")):
+        cosign.verify_with_key([tampered], key, SINGLE, require_tlog=False)
 
 
 def test_keys_that_are_not_keys_are_refused() -> None:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from imagegate.policy import model
 from imagegate.signatures import cosign, fulcio, roots
+from imagegate.signatures.failures import (
+    BadTransparencyLogEntry,
+    SignatureFailure,
+    UntrustedCertificate,
+    WrongIdentity,
+    WrongImage,
+)
 
 OAUTH = "https://github.com/login/oauth"
 
@@ -37,10 +45,8 @@ def who(subject: str, issuer: str = OAUTH) -> model.KeylessAuthority:
     return model.KeylessAuthority.model_validate({"issuer": issuer, "subject": subject})
 
 
-def verify(
-    found: cosign.FoundSignature, digest: str, authority: model.KeylessAuthority
-) -> str | None:
-    return fulcio.verify_legacy(
+def verify(found: cosign.FoundSignature, digest: str, authority: model.KeylessAuthority) -> None:
+    fulcio.verify_legacy(
         found, digest, authority, roots.public_good_json(), roots.public_good_root()
     )
 
@@ -56,7 +62,7 @@ def test_real_legacy_keyless_signatures_verify(
     shared_fixtures: Path, folder: str, signer: str
 ) -> None:
     found = found_in(shared_fixtures / "signatures" / folder)
-    assert verify(found, digest_of(found), who(signer)) is None
+    verify(found, digest_of(found), who(signer))
 
 
 @pytest.mark.parametrize(("folder", "signer"), CASES)
@@ -64,20 +70,19 @@ def test_they_fail_for_another_identity_or_digest(
     shared_fixtures: Path, folder: str, signer: str
 ) -> None:
     found = found_in(shared_fixtures / "signatures" / folder)
-    wrong_subject = verify(found, digest_of(found), who("someone@else.example"))
-    assert wrong_subject is not None
-    assert wrong_subject.startswith("wrong identity")
-    wrong_issuer = verify(found, digest_of(found), who(signer, "https://accounts.google.com"))
-    assert wrong_issuer is not None
-    assert wrong_issuer.startswith("wrong identity")
+    with pytest.raises(WrongIdentity, match=r"^wrong identity"):
+        verify(found, digest_of(found), who("someone@else.example"))
+    with pytest.raises(WrongIdentity, match=r"^wrong identity"):
+        verify(found, digest_of(found), who(signer, "https://accounts.google.com"))
     other = "sha256:" + "0" * 64
-    assert str(verify(found, other, who(signer))).endswith("(digest mismatch)")
+    with pytest.raises(WrongImage, match=r"\(digest mismatch\)$"):
+        verify(found, other, who(signer))
 
 
 def test_the_chain_can_come_from_the_trust_root_alone(shared_fixtures: Path) -> None:
     folder = shared_fixtures / "signatures" / "connaisseur-keyless-rekor-test"
     found = found_in(folder, chain=False)
-    assert verify(found, digest_of(found), who("philipp.belitz@securesystems.de")) is None
+    verify(found, digest_of(found), who("philipp.belitz@securesystems.de"))
 
 
 def test_a_2021_signature_without_an_sct_is_refused(shared_fixtures: Path) -> None:
@@ -85,9 +90,8 @@ def test_a_2021_signature_without_an_sct_is_refused(shared_fixtures: Path) -> No
     found = found_in(
         shared_fixtures / "signatures" / "sigstore-rs-2021-rekord-disallow-service-nodeport"
     )
-    reason = verify(found, digest_of(found), who("flavio@castelli.me"))
-    assert reason is not None
-    assert reason.startswith("untrusted certificate: no valid SCT")
+    with pytest.raises(UntrustedCertificate, match=r"^untrusted certificate: no valid SCT"):
+        verify(found, digest_of(found), who("flavio@castelli.me"))
 
 
 def test_without_a_log_entry_a_keyless_signature_is_refused(shared_fixtures: Path) -> None:
@@ -100,9 +104,9 @@ def test_without_a_log_entry_a_keyless_signature_is_refused(shared_fixtures: Pat
         certificate=found.certificate,
         chain=found.chain,
     )
-    assert verify(bare, digest_of(found), who("philipp.belitz@securesystems.de")) == (
-        "no transparency log entry (keyless signatures need one)"
-    )
+    text = "no transparency log entry (keyless signatures need one)"
+    with pytest.raises(BadTransparencyLogEntry, match=f"^{re.escape(text)}$"):
+        verify(bare, digest_of(found), who("philipp.belitz@securesystems.de"))
 
 
 def test_a_certificate_that_is_not_the_signers_is_refused(shared_fixtures: Path) -> None:
@@ -119,9 +123,10 @@ def test_a_certificate_that_is_not_the_signers_is_refused(shared_fixtures: Path)
         transparency=a.transparency,
         chain=a.chain,
     )
-    assert verify(swapped, digest_of(a), who("mitr@redhat.com")) == (
-        "the signature does not verify with its certificate"
-    )
+    with pytest.raises(
+        SignatureFailure, match=r"^the signature does not verify with its certificate$"
+    ):
+        verify(swapped, digest_of(a), who("mitr@redhat.com"))
 
 
 def test_a_certificate_outside_its_validity_at_signing_time_is_refused(
@@ -141,6 +146,8 @@ def test_a_certificate_outside_its_validity_at_signing_time_is_refused(
     anchors = fulcio._fulcio_anchors(roots.public_good_json(), signed_at)
     assert isinstance(fulcio._chain_to_root(leaf, chain, anchors, signed_at), list)
     late = leaf.not_valid_after_utc + datetime.timedelta(seconds=1)
-    assert fulcio._chain_to_root(leaf, chain, anchors, late) == (
-        "untrusted certificate: not valid when the log saw the signature"
-    )
+    with pytest.raises(
+        UntrustedCertificate,
+        match=r"^untrusted certificate: not valid when the log saw the signature$",
+    ):
+        fulcio._chain_to_root(leaf, chain, anchors, late)

@@ -8,6 +8,7 @@ import pytest
 
 from imagegate.policy import model
 from imagegate.signatures import keyless, roots
+from imagegate.signatures.failures import SignatureFailure, WrongImage
 
 KUBEWARDEN_DIGEST = "sha256:c811d58de79c92f03214e63aa339484e488d694ae8a6283b5f3f17a9faf50172"
 KUBEWARDEN_SUBJECT = (
@@ -46,10 +47,9 @@ def authority(**fields: str) -> model.KeylessAuthority:
 def test_a_real_cosign_v3_bundle_verifies_for_its_identity(
     kubewarden: bytes, identity: dict[str, str]
 ) -> None:
-    result = keyless.verify_bundle(
+    keyless.verify_bundle(
         kubewarden, KUBEWARDEN_DIGEST, authority(**identity), roots.public_good_root()
     )
-    assert result is None
 
 
 @pytest.mark.parametrize(
@@ -64,22 +64,23 @@ def test_a_real_cosign_v3_bundle_verifies_for_its_identity(
 def test_another_identity_is_refused(
     kubewarden: bytes, identity: dict[str, str], reason: str
 ) -> None:
-    result = keyless.verify_bundle(
-        kubewarden, KUBEWARDEN_DIGEST, authority(**identity), roots.public_good_root()
-    )
-    assert result is not None
-    assert reason in result
+    with pytest.raises(SignatureFailure, match=reason):
+        keyless.verify_bundle(
+            kubewarden, KUBEWARDEN_DIGEST, authority(**identity), roots.public_good_root()
+        )
 
 
 def test_the_bundle_does_not_vouch_for_another_digest(kubewarden: bytes) -> None:
     other = "sha256:" + "0" * 64
-    result = keyless.verify_bundle(
-        kubewarden,
-        other,
-        authority(issuer=GITHUB_ACTIONS, subject=KUBEWARDEN_SUBJECT),
-        roots.public_good_root(),
-    )
-    assert result == f"the bundle's subject is not {other} (digest mismatch)"
+    with pytest.raises(
+        WrongImage, match=rf"^the bundle's subject is not {other} \(digest mismatch\)$"
+    ):
+        keyless.verify_bundle(
+            kubewarden,
+            other,
+            authority(issuer=GITHUB_ACTIONS, subject=KUBEWARDEN_SUBJECT),
+            roots.public_good_root(),
+        )
 
 
 def test_an_attestation_is_not_a_signature(shared_fixtures: Path) -> None:
@@ -90,14 +91,13 @@ def test_an_attestation_is_not_a_signature(shared_fixtures: Path) -> None:
         / "oci-attestation.sigstore.json"
     ).read_bytes()
     digest = "sha256:732112270d7e59418a8c080b134b24cabd67d250d0d0147a97ed95ba5c280aa4"
-    result = keyless.verify_bundle(
-        bundle,
-        digest,
-        authority(issuer="https://github.com/login/oauth", subject="cody@soyland.com"),
-        roots.public_good_root(),
-    )
-    assert result is not None
-    assert "not a cosign signature" in result
+    with pytest.raises(WrongImage, match="not a cosign signature"):
+        keyless.verify_bundle(
+            bundle,
+            digest,
+            authority(issuer="https://github.com/login/oauth", subject="cody@soyland.com"),
+            roots.public_good_root(),
+        )
 
 
 def test_a_tampered_bundle_does_not_verify(kubewarden: bytes) -> None:
@@ -108,14 +108,13 @@ def test_a_tampered_bundle_does_not_verify(kubewarden: bytes) -> None:
     statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
     statement["subject"][0]["digest"]["sha256"] = "1" * 64
     bundle["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
-    result = keyless.verify_bundle(
-        json.dumps(bundle).encode(),
-        "sha256:" + "1" * 64,
-        authority(issuer=GITHUB_ACTIONS, subject=KUBEWARDEN_SUBJECT),
-        roots.public_good_root(),
-    )
-    assert result is not None
-    assert result.startswith("bundle does not verify")
+    with pytest.raises(SignatureFailure, match=r"^bundle does not verify"):
+        keyless.verify_bundle(
+            json.dumps(bundle).encode(),
+            "sha256:" + "1" * 64,
+            authority(issuer=GITHUB_ACTIONS, subject=KUBEWARDEN_SUBJECT),
+            roots.public_good_root(),
+        )
 
 
 def test_the_shipped_root_matches_the_shared_copy(shared_fixtures: Path) -> None:
