@@ -31,7 +31,7 @@ import pydantic
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import ErrorDetails, core_schema
 
-from imagegate.core import keys
+from imagegate.core import keys, patterns
 from imagegate.errors import ImagegateError
 from imagegate.policy import glob
 
@@ -123,11 +123,11 @@ def _check_glob(value: str) -> str:
 
 
 def _check_regexp(value: str) -> str:
+    # RE2, as the verifier matches with it (core/patterns.py): linear time, no backreferences.
     try:
-        re.compile(value)
-    except re.error as error:
-        raise ValueError(f"{value!r} is not a valid regular expression: {error}") from error
-    return value
+        return patterns.check(value)
+    except patterns.PatternError as error:
+        raise ValueError(error.user_message) from error
 
 
 def _check_public_key(value: str) -> str:
