@@ -165,13 +165,15 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         await server.stop()
 
 
-#: Tight bounds so the tests see them at work within a second.
-TIGHT = ConnectionBounds(max_connections=3, keepalive_timeout=0.5, first_request_timeout=0.5)
+#: Each bound alone tight (the others long), so a test sees the one it is about at work.
+LIMIT = ConnectionBounds(max_connections=3, keepalive_timeout=60, first_request_timeout=60)
+KEEPALIVE = ConnectionBounds(keepalive_timeout=0.5, first_request_timeout=60)
+FIRST_REQUEST = ConnectionBounds(keepalive_timeout=60, first_request_timeout=0.5)
 
 
 @pytest.fixture
-async def tight(tmp_path: Path) -> AsyncIterator[Served]:
-    server, ca = await _serve(tmp_path, TIGHT)
+async def tight(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Served]:
+    server, ca = await _serve(tmp_path, request.param)
     try:
         yield Served(server, ca)
     finally:
@@ -240,30 +242,34 @@ async def test_identity_encoding_is_accepted(served: Served) -> None:
 # 3. Connections
 
 
+@pytest.mark.parametrize("tight", [LIMIT], indirect=True)
 async def test_past_the_connection_limit_the_oldest_idle_is_closed_and_fresh_requests_served(
     tight: Served,
 ) -> None:
     idle = []
-    for count in range(1, TIGHT.max_connections + 1):
+    for count in range(1, LIMIT.max_connections + 1):
         idle.append(await tight.connect())
         await tight.wait_for_connections(count)
     excess = await tight.connect()  # one more than the limit
-    assert await _closed_within(idle[0][0], 2)
-    await tight.wait_for_connections(TIGHT.max_connections)
+    assert await _closed_within(idle[0][0], 1)
+    assert not await _closed_within(idle[1][0], 0.2)  # only the oldest made room
+    await tight.wait_for_connections(LIMIT.max_connections)
     status, _, answer = await tight.post("/validate", json.dumps(_review(_pod())).encode())
     assert status == 200
     assert answer["response"]["allowed"] is True
-    assert tight.server.connections <= TIGHT.max_connections
+    assert tight.server.connections <= LIMIT.max_connections
     for _, writer in [*idle, excess]:
         writer.close()
 
 
+@pytest.mark.parametrize("tight", [FIRST_REQUEST], indirect=True)
 async def test_a_connection_that_sends_no_request_is_closed(tight: Served) -> None:
     reader, writer = await tight.connect()
     assert await _closed_within(reader, 3)
     writer.close()
 
 
+@pytest.mark.parametrize("tight", [FIRST_REQUEST], indirect=True)
 async def test_a_slowloris_sending_headers_byte_by_byte_is_closed(tight: Served) -> None:
     reader, writer = await tight.connect()
     closed = False
@@ -282,6 +288,7 @@ async def test_a_slowloris_sending_headers_byte_by_byte_is_closed(tight: Served)
     writer.close()
 
 
+@pytest.mark.parametrize("tight", [KEEPALIVE], indirect=True)
 async def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(tight: Served) -> None:
     reader, writer = await tight.connect()
     body = json.dumps(_review(_pod())).encode()
