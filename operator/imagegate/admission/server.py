@@ -274,6 +274,7 @@ class _ConnectionLimit:
         self._open: dict[RequestHandler, None] = {}
         self._busy: set[RequestHandler] = set()
         self._served: set[RequestHandler] = set()
+        self._closed_at_limit = 0
 
     def __len__(self) -> int:
         return len(self._open)
@@ -286,11 +287,14 @@ class _ConnectionLimit:
             return
         idle = next((h for h in self._open if h not in self._busy and h is not handler), None)
         victim = idle if idle is not None else handler
-        logger.warning(
-            "more than %d connections: closing %s one",
-            self._bounds.max_connections,
-            "the oldest idle" if idle is not None else "the new",
-        )
+        self._closed_at_limit += 1
+        if self._closed_at_limit % 100 == 1:  # under a flood, one line per hundred
+            logger.warning(
+                "more than %d connections: closed %s one (%d closed at the limit so far)",
+                self._bounds.max_connections,
+                "the oldest idle" if idle is not None else "the new",
+                self._closed_at_limit,
+            )
         self._forget(victim)
         victim.force_close()
 
