@@ -607,3 +607,30 @@ def test_policy_report_crd_is_the_shipped_file_with_the_chart_labels(helm: Helm)
     assert rendered["metadata"]["labels"]["app.kubernetes.io/instance"] == "ig"
     rendered["metadata"].pop("labels")
     assert rendered == shipped
+
+
+# -- network policy -----------------------------------------------------------------------------
+
+
+def test_network_policy_admits_only_the_webhook_and_health_ports(helm: Helm) -> None:
+    manifests = helm.template()
+    policy = one(manifests, "NetworkPolicy")
+    deployment = one(manifests, "Deployment")
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert spec["policyTypes"] == ["Ingress"]
+    webhook, health = spec["ingress"]
+    ports = {p["name"]: p["containerPort"] for p in container(manifests)["ports"]}
+    assert webhook == {"ports": [{"port": "https", "protocol": "TCP"}]}  # from anywhere
+    assert health == {
+        "ports": [{"port": "metrics", "protocol": "TCP"}],
+        "from": [{"namespaceSelector": {}}],
+    }
+    assert set(ports) == {"https", "metrics"}  # the named ports exist, and no other
+
+
+def test_network_policy_takes_webhook_peers_and_can_be_disabled(helm: Helm) -> None:
+    manifests = helm.template("--set", "networkPolicy.webhookFrom[0].ipBlock.cidr=10.0.0.0/24")
+    webhook = one(manifests, "NetworkPolicy")["spec"]["ingress"][0]
+    assert webhook["from"] == [{"ipBlock": {"cidr": "10.0.0.0/24"}}]
+    assert not find(helm.template("--set", "networkPolicy.enabled=false"), "NetworkPolicy")

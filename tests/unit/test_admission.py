@@ -118,3 +118,64 @@ def test_real_admission_reviews_from_connaisseur(shared_fixtures: Path) -> None:
         assert review.request.uid
         parsed += 1
     assert parsed == len(list(folder.glob("*.json"))) - len(broken)
+
+
+def _nested(depth: int) -> object:
+    node: object = {}
+    for _ in range(depth):
+        node = {"a": [node]}
+    return node
+
+
+def _deep_body(levels: int) -> bytes:
+    """A review whose object nests `levels` arrays, written as text (json.dumps would recurse)."""
+    prefix = _review(object={"apiVersion": "v1", "kind": "Pod", "deep": "DEEP"}).decode()
+    return prefix.replace('"DEEP"', "[" * levels + "]" * levels).encode()
+
+
+@pytest.mark.parametrize("levels", [150, 950, 100_000], ids=lambda n: f"{n}-deep")
+def test_nesting_past_the_bound_is_a_malformed_review_with_its_uid(levels: int) -> None:
+    body = _deep_body(levels)
+    with pytest.raises(admission.MalformedReviewError, match="nested deeper than 100 levels"):
+        admission.parse_review(body)
+    assert admission.review_uid(body) == "u-1"
+
+
+def test_nesting_within_the_bound_parses() -> None:
+    obj = {"apiVersion": "v1", "kind": "Pod", "deep": _nested(40)}
+    assert admission.parse_review(_review(object=obj)).request.object == obj
+
+
+def test_an_integer_of_thousands_of_digits_is_a_malformed_review_with_its_uid() -> None:
+    body = _review(object={"kind": "Pod", "n": "NUMBER"}).replace(b'"NUMBER"', b"9" * 5000)
+    with pytest.raises(admission.MalformedReviewError, match="longer than 4300 digits"):
+        admission.parse_review(body)
+    assert admission.review_uid(body) == "u-1"
+
+
+def test_many_long_warnings_are_bounded_in_count_and_length() -> None:
+    response = admission.AdmissionResponse(uid="u", allowed=True, warnings=("w" * 10_000,) * 5000)
+    warnings = response.to_review()["response"]["warnings"]
+    assert len(warnings) == admission.MAX_WARNINGS
+    assert all(len(w) <= admission.MAX_WARNING_LENGTH for w in warnings)
+    assert "4981 more warnings" in warnings[-1]
+
+
+def test_a_huge_denial_message_and_audit_annotation_are_clipped() -> None:
+    response = admission.AdmissionResponse(
+        uid="u", allowed=False, message="m" * 10**6, audit_annotations={"detail": "d" * 10**6}
+    ).to_review()["response"]
+    assert len(response["status"]["message"]) <= admission.MAX_MESSAGE
+    assert len(response["auditAnnotations"]["detail"]) <= admission.MAX_AUDIT_VALUE
+
+
+def test_a_patch_past_the_bound_is_a_denial_naming_it_not_a_partial_patch() -> None:
+    patch = tuple({"op": "add", "path": f"/x{i}", "value": "v" * 100} for i in range(20_000))
+    response = admission.AdmissionResponse(uid="u", allowed=True, patch=patch).to_review()
+    answer = response["response"]
+    assert answer["allowed"] is False
+    assert "patch" not in answer
+    assert answer["status"] == {
+        "code": 400,
+        "message": f"imagegate: the patch would be larger than {admission.MAX_PATCH_BYTES} bytes",
+    }

@@ -235,3 +235,57 @@ def test_an_image_id_is_not_a_docker_official_image(
     [image] = json.loads(out)["objects"][0]["images"]
     assert (image["image"], image["allowed"]) == (image_id, False)
     assert "is an image ID, not a reference" in image["reason"]
+
+
+def _laughs(levels: int, width: int) -> str:
+    """The "billion laughs" in `kind`: each level repeats the one below `width` times."""
+    lines = ['l0: &l0 "lol"']
+    for level in range(1, levels + 1):
+        lines.append(f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * width)}]")
+    return "\n".join([*lines, f"kind: *l{levels}", "apiVersion: v1", ""])
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        # Small enough to expand harmlessly without the bound; the real bomb is the same shape.
+        (_laughs(levels=4, width=4), "more than 10 YAML aliases"),
+        ("kind: &k [a, *k]\n", "recursive YAML alias (*k)"),
+        ("kind: Pod\nspec: " + "[" * 3000 + "]" * 3000 + "\n", "nests deeper than 100 levels"),
+        ("kind: Pod\nspec: " + "{a: " * 150 + "{}" + "}" * 150 + "\n", "nests deeper than 100"),
+    ],
+    ids=["alias-bomb", "recursive-alias", "3000-deep-flow", "150-deep-mappings"],
+)
+def test_hostile_yaml_exits_2_with_one_line_naming_the_bound(
+    tmp_path: Path,
+    files: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    manifest: str,
+    message: str,
+) -> None:
+    hostile = tmp_path / "hostile.yaml"
+    hostile.write_text(manifest)
+    code, _, err = run(["check", "-p", str(files[0]), str(hostile)], capsys)
+    assert code == 2
+    assert err.count("\n") == 1
+    assert err.startswith(f"imagegate: {hostile} ")
+    assert message in err
+
+
+def test_a_few_aliases_and_a_non_string_kind_are_fine(
+    tmp_path: Path, files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "anchors.yaml"
+    manifest.write_text(
+        "x-image: &image nginx:1.25\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\n"
+        "spec: {containers: [{name: web, image: *image}]}\n"
+        "---\nkind: [not, a, kind]\nitems: []\nmetadata: {name: [x], namespace: {y: 1}}\n"
+    )
+    code, out, _ = run(["check", "-p", str(files[0]), str(manifest), "-o", "json"], capsys)
+    objects = json.loads(out)["objects"]
+    assert [(o["kind"], o["name"], o["namespace"]) for o in objects] == [
+        ("Pod", "web", "default"),
+        ("", "", "default"),
+    ]
+    assert code == 0

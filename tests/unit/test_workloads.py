@@ -220,3 +220,22 @@ def test_real_admission_requests(shared_fixtures: Path) -> None:
     for name, (obj, group_kind) in requests.items():
         for image in find_images(obj, group_kind):
             assert image.image, name
+
+
+def _pod_with(containers: int, volumes: int = 0) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "containers": [{"name": f"c{i}", "image": "nginx"} for i in range(containers)],
+        "volumes": [{"name": f"v{i}", "emptyDir": {}} for i in range(volumes)],
+    }
+    return {"apiVersion": "v1", "kind": "Pod", "spec": spec}
+
+
+def test_images_per_object_are_bounded_and_the_bound_is_named() -> None:
+    with pytest.raises(MalformedWorkloadError, match="imagegate judges at most 1000"):
+        find_images(_pod_with(70_000))
+    with pytest.raises(MalformedWorkloadError, match="/spec has 1001 containers and volumes"):
+        find_images(_pod_with(600, volumes=401))
+
+
+def test_an_object_at_the_image_bound_is_judged() -> None:
+    assert len(find_images(_pod_with(workloads.MAX_IMAGES))) == workloads.MAX_IMAGES

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -19,6 +20,13 @@ from imagegate.errors import ImagegateError
 
 #: AdmissionReview bodies are small; anything this large is an attack or a bug.
 MAX_REVIEW_BYTES = 3 * 1024 * 1024
+#: Nesting bound of the whole body (objects and arrays). A Pod's deepest field (an env var's
+#: `valueFrom.secretKeyRef.name` in a CronJob's template) is under 20 levels inside the review;
+#: CRD objects seldom pass 30. Past ~1,000 Python's parser raises RecursionError, and every walk
+#: of the object after it (validation, patches, logs) would be at risk too.
+MAX_NESTING = 100
+#: Python refuses integers longer than this (CVE-2020-10735); a Kubernetes integer has under 20.
+MAX_INTEGER_DIGITS = 4300
 SUPPORTED_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 
 Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
@@ -77,10 +85,7 @@ def parse_review(body: bytes) -> AdmissionReview:
     """Parse an AdmissionReview body, or raise `MalformedReviewError` saying what is wrong."""
     if len(body) > MAX_REVIEW_BYTES:
         raise MalformedReviewError(f"AdmissionReview is larger than {MAX_REVIEW_BYTES} bytes")
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MalformedReviewError(f"body is not JSON: {error}") from error
+    document = _load_json(body)
     if not isinstance(document, dict):
         raise MalformedReviewError("body is not a JSON object (an AdmissionReview)")
     try:
@@ -94,13 +99,63 @@ def parse_review(body: bytes) -> AdmissionReview:
         ) from error
 
 
+def _load_json(body: bytes) -> Any:
+    """The parsed body, or `MalformedReviewError`: never RecursionError or ValueError."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MalformedReviewError(f"body is not JSON: {error}") from error
+    except RecursionError as error:
+        raise MalformedReviewError(
+            f"body is nested deeper than {MAX_NESTING} levels of objects and arrays"
+        ) from error
+    except ValueError as error:  # an integer past Python's digit limit
+        raise MalformedReviewError(
+            f"body has an integer longer than {MAX_INTEGER_DIGITS} digits"
+        ) from error
+    if _nesting_exceeds(document, MAX_NESTING):
+        raise MalformedReviewError(
+            f"body is nested deeper than {MAX_NESTING} levels of objects and arrays"
+        )
+    return document
+
+
+def _nesting_exceeds(document: Any, limit: int) -> bool:
+    """Whether `document` nests objects/arrays deeper than `limit`; level by level, no recursion."""
+    level: list[Any] = [document] if isinstance(document, dict | list) else []
+    for _ in range(limit):
+        if not level:
+            return False
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+    return bool(level)
+
+
 def review_uid(body: bytes) -> str | None:
-    """The request uid of a body too broken to parse, so a denial can still be addressed."""
+    """The request uid of a body too broken to parse, so a denial can still be addressed.
+
+    Parsing may fail at any depth, so the uid is looked for without parsing the whole body when
+    that fails: `"request"` and its `"uid"` come first in what the API server sends.
+    """
     try:
         uid = json.loads(body)["request"]["uid"]
-    except (ValueError, KeyError, TypeError):
-        return None
+    except (ValueError, KeyError, TypeError, RecursionError):
+        uid = _uid_by_scan(body)
     return uid if isinstance(uid, str) and uid else None
+
+
+#: `"request": {"uid": "..."` as the API server writes it (uid first). A uid found in the wrong
+#: place only misaddresses a denial, which the API server then refuses: still no admit.
+_REQUEST_UID = re.compile(rb'"request"\s*:\s*\{\s*"uid"\s*:\s*"([A-Za-z0-9._:-]{1,128})"')
+
+
+def _uid_by_scan(body: bytes) -> str | None:
+    found = _REQUEST_UID.search(body)
+    return found.group(1).decode() if found else None
 
 
 class AdmissionResponse(_Wire):
@@ -115,19 +170,48 @@ class AdmissionResponse(_Wire):
     audit_annotations: Mapping[str, str] = pydantic.Field(default_factory=dict)
 
     def to_review(self, api_version: str = SUPPORTED_VERSIONS[0]) -> dict[str, Any]:
+        """The AdmissionReview to send, within the response bounds (see `MAX_PATCH_BYTES`)."""
         response: dict[str, Any] = {"uid": self.uid, "allowed": self.allowed}
-        if not self.allowed:
-            response["status"] = {"code": self.code, "message": self.message}
         if self.patch:
+            encoded = json.dumps(list(self.patch), separators=(",", ":")).encode()
+            if len(encoded) > MAX_PATCH_BYTES:
+                # Dropping the patch would admit what was not rewritten or pinned: deny instead.
+                message = f"imagegate: the patch would be larger than {MAX_PATCH_BYTES} bytes"
+                return deny(self.uid, message, code=400).to_review(api_version)
             response["patchType"] = "JSONPatch"
-            response["patch"] = base64.b64encode(
-                json.dumps(list(self.patch), separators=(",", ":")).encode()
-            ).decode()
+            response["patch"] = base64.b64encode(encoded).decode()
+        if not self.allowed:
+            response["status"] = {"code": self.code, "message": _clip(self.message, MAX_MESSAGE)}
         if self.warnings:
-            response["warnings"] = list(self.warnings)
+            response["warnings"] = _bounded_warnings(self.warnings)
         if self.audit_annotations:
-            response["auditAnnotations"] = dict(self.audit_annotations)
+            response["auditAnnotations"] = {
+                key: _clip(value, MAX_AUDIT_VALUE) for key, value in self.audit_annotations.items()
+            }
         return {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
+
+
+#: Response bounds: with `MAX_IMAGES` (core/workloads.py) the largest honest response is far below
+#: them; past them an answer of megabytes would only burden the API server and its audit log.
+#: The API server itself keeps 4,096 characters of warnings and truncates each past 256.
+MAX_WARNINGS = 20
+MAX_WARNING_LENGTH = 256
+MAX_MESSAGE = 16 * 1024
+MAX_AUDIT_VALUE = 16 * 1024
+#: A patch for 1,000 images (replace ops, the original-images annotation) is about 400 KB.
+MAX_PATCH_BYTES = 1024 * 1024
+
+
+def _clip(text: str, limit: int) -> str:
+    marker = f"... ({len(text) - limit} more characters)"
+    return text if len(text) <= limit else text[: limit - len(marker)] + marker
+
+
+def _bounded_warnings(warnings: Sequence[str]) -> list[str]:
+    kept = [_clip(warning, MAX_WARNING_LENGTH) for warning in warnings[:MAX_WARNINGS]]
+    if len(warnings) > MAX_WARNINGS:
+        kept[-1] = f"imagegate: {len(warnings) - MAX_WARNINGS + 1} more warnings not shown"
+    return kept
 
 
 def deny(

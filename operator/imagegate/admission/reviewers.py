@@ -339,7 +339,15 @@ def _pinned(image: engine.PlannedImage, digest: str) -> str:
 
 
 def _describe_object(request: admission.AdmissionRequest) -> str:
-    metadata = (request.object or {}).get("metadata") or {}
+    """`Kind/name` (or `Kind/generateName*`); `MalformedWorkloadError` names a bad field."""
+    metadata = (request.object or {}).get("metadata")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, Mapping):
+        raise workloads.MalformedWorkloadError("/metadata is not an object")
+    for field in ("name", "generateName"):
+        if not isinstance(metadata.get(field, ""), str):
+            raise workloads.MalformedWorkloadError(f"/metadata/{field} is not a string")
     name = request.name or metadata.get("name") or (metadata.get("generateName", "") + "*")
     return f"{request.kind.kind}/{name}"
 
@@ -370,18 +378,28 @@ def _annotation_patch(
     pod_spec = planned[0].container.pointer.rsplit("/spec/", 1)[0]
     metadata_pointer = (pod_spec + "/metadata") if pod_spec else "/metadata"
     metadata = _resolve(obj, metadata_pointer)
-    annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise workloads.MalformedWorkloadError(f"{metadata_pointer} is not an object")
+    annotations = metadata.get("annotations") if metadata is not None else None
+    if annotations is not None and not isinstance(annotations, Mapping):
+        raise workloads.MalformedWorkloadError(f"{metadata_pointer}/annotations is not an object")
     merged: dict[str, str] = {}
-    if isinstance(annotations, Mapping):
+    if annotations is not None:
+        recorded = annotations.get(ORIGINAL_IMAGES_ANNOTATION, "{}")
+        if not isinstance(recorded, str):
+            key = ORIGINAL_IMAGES_ANNOTATION.replace("~", "~0").replace("/", "~1")
+            raise workloads.MalformedWorkloadError(
+                f"{metadata_pointer}/annotations/{key} is not a string"
+            )
         try:
-            earlier = json.loads(annotations.get(ORIGINAL_IMAGES_ANNOTATION, "{}"))
+            earlier = json.loads(recorded)
             if isinstance(earlier, dict):
                 merged.update({str(k): str(v) for k, v in earlier.items()})
-        except ValueError:
-            pass  # an admin's hand-edit: ours replaces it
+        except (ValueError, RecursionError):
+            pass  # an admin's hand-edit (or a nesting bomb): ours replaces it
     merged.update(originals)
     value = json.dumps(merged, separators=(",", ":"), sort_keys=True)
-    if not isinstance(metadata, Mapping):
+    if metadata is None:
         return [
             {
                 "op": "add",
@@ -389,7 +407,7 @@ def _annotation_patch(
                 "value": {"annotations": {ORIGINAL_IMAGES_ANNOTATION: value}},
             }
         ]
-    if not isinstance(annotations, Mapping):
+    if annotations is None:
         return [
             {
                 "op": "add",

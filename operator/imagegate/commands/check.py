@@ -23,6 +23,46 @@ from imagegate.policy import engine, model
 #: Until the Sigstore verifier lands in `check`, signature requirements cannot pass offline.
 OFFLINE_SIGNATURE_REASON = "imagegate check cannot verify signatures yet (the webhook can)"
 
+#: YAML aliases (`*name`) per file. Each alias may repeat a whole subtree, so a few nested ones
+#: make half a kilobyte mean gigabytes (the "billion laughs"); manifests rarely use any.
+MAX_ALIASES = 10
+#: Nesting of mappings and sequences, as for AdmissionReviews (admission/review.py): Kubernetes
+#: objects are far shallower, and PyYAML's composer recurses once per level.
+MAX_NESTING = 100
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """`SafeLoader` that refuses more than `MAX_ALIASES` aliases, recursive aliases, and
+    nesting past `MAX_NESTING`, before any of it is expanded or built."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._open_anchors: list[str | None] = []
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _Refused(f"has more than {MAX_ALIASES} YAML aliases (*name)")
+            if event.anchor in self._open_anchors:
+                raise _Refused(f"has a recursive YAML alias (*{event.anchor})")
+            return super().compose_node(parent, index)
+        if not isinstance(event, yaml.CollectionStartEvent):
+            return super().compose_node(parent, index)
+        if len(self._open_anchors) >= MAX_NESTING:
+            raise _Refused(f"nests deeper than {MAX_NESTING} levels")
+        self._open_anchors.append(event.anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open_anchors.pop()
+
+
+class _Refused(yaml.YAMLError):
+    """A YAML bound in `_BoundedLoader`; the message completes "FILE ..."."""
+
 
 def load_documents(sources: Sequence[str], stdin: TextIO) -> list[tuple[str, dict[str, Any]]]:
     """(origin, document) for every object in the files (`-` is stdin); Lists are unpacked."""
@@ -33,7 +73,9 @@ def load_documents(sources: Sequence[str], stdin: TextIO) -> list[tuple[str, dic
         except OSError as error:
             raise UsageError(f"cannot read {source}: {error.strerror}") from error
         try:
-            documents = list(yaml.safe_load_all(text))
+            documents = list(yaml.load_all(text, Loader=_BoundedLoader))
+        except _Refused as error:
+            raise UsageError(f"{source} {error}") from error
         except yaml.YAMLError as error:
             raise UsageError(f"{source} is not YAML or JSON: {error}".splitlines()[0]) from error
         for index, document in enumerate(documents):
@@ -45,8 +87,14 @@ def load_documents(sources: Sequence[str], stdin: TextIO) -> list[tuple[str, dic
     return found
 
 
+def _kind(document: Mapping[str, Any]) -> str:
+    """The document's kind when it is a string, else "": never `str()` of what a file holds."""
+    kind = document.get("kind")
+    return kind if isinstance(kind, str) else ""
+
+
 def _unpack(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    if str(document.get("kind", "")).endswith("List") and isinstance(document.get("items"), list):
+    if _kind(document).endswith("List") and isinstance(document.get("items"), list):
         for item in document["items"]:
             if isinstance(item, dict):
                 yield from _unpack(item)
@@ -59,7 +107,7 @@ def load_policies(paths: Sequence[str], stdin: TextIO) -> list[engine.CompiledPo
     for origin, document in load_documents(paths, stdin):
         if not model.is_policy_document(document):
             raise UsageError(
-                f"{origin}: {document.get('kind', 'an object')} is not an imagegate policy"
+                f"{origin}: {_kind(document) or 'an object'} is not an imagegate policy"
             )
         try:
             policies.append(policy_compile.compile_policy(model.parse_policy_document(document)))
@@ -89,11 +137,13 @@ def check_object(
     """One object's verdict, in the `-o json` shape of docs/design.md §6."""
     raw_metadata = obj.get("metadata")
     metadata: Mapping[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
-    namespace = str(metadata.get("namespace") or namespace)
+    own_namespace = metadata.get("namespace")
+    namespace = own_namespace if isinstance(own_namespace, str) and own_namespace else namespace
+    name = metadata.get("name")
     result: dict[str, Any] = {
-        "kind": obj.get("kind", ""),
+        "kind": _kind(obj),
         "namespace": namespace,
-        "name": metadata.get("name", ""),
+        "name": name if isinstance(name, str) else "",
         "allowed": True,
         "warnings": [],
         "images": [],

@@ -38,6 +38,13 @@ POD_SPEC_POINTERS: Mapping[tuple[str, str], str] = {
 }
 
 
+#: Images per object (containers of every list plus image volumes). The API server's 1.5 MB
+#: request bound and etcd's object bound allow a few thousand minimal containers, but no kubelet
+#: runs a pod of even hundreds (each is a process tree and a cgroup); past this, judging each
+#: image would cost the webhook seconds of CPU that its deadline cannot interrupt.
+MAX_IMAGES = 1000
+
+
 class MalformedWorkloadError(ImagegateError):
     """The object's pod spec is not shaped like one; the message names the field."""
 
@@ -136,6 +143,7 @@ def find_images(
     if pointer is None:
         return []
     spec = _at(obj, pointer)
+    _check_image_count(spec, pointer)
     found: list[ContainerImage] = []
     for list_name in CONTAINER_LISTS:
         containers = spec.get(list_name)
@@ -162,6 +170,16 @@ def find_images(
             )
     found += _image_volumes(spec, pointer)
     return found
+
+
+def _check_image_count(spec: Mapping[str, Any], pointer: str) -> None:
+    """`MalformedWorkloadError` past `MAX_IMAGES`, before any image is looked at."""
+    lists = [spec.get(name) for name in (*CONTAINER_LISTS, IMAGE_VOLUMES)]
+    count = sum(len(entries) for entries in lists if isinstance(entries, list))
+    if count > MAX_IMAGES:
+        raise MalformedWorkloadError(
+            f"{pointer} has {count} containers and volumes; imagegate judges at most {MAX_IMAGES}"
+        )
 
 
 def _image_volumes(spec: Mapping[str, Any], pointer: str) -> list[ContainerImage]:

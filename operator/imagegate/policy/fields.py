@@ -15,7 +15,7 @@ import pydantic
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
-from imagegate.core import keys
+from imagegate.core import keys, patterns
 from imagegate.policy import glob
 
 # Regular expressions valid in both Python `re` and Go RE2 (the API server's), all anchored.
@@ -85,11 +85,11 @@ def _check_glob(value: str) -> str:
 
 
 def _check_regexp(value: str) -> str:
+    # RE2, as the verifier matches with it (core/patterns.py): linear time, no backreferences.
     try:
-        re.compile(value)
-    except re.error as error:
-        raise ValueError(f"{value!r} is not a valid regular expression: {error}") from error
-    return value
+        return patterns.check(value)
+    except patterns.PatternError as error:
+        raise ValueError(error.user_message) from error
 
 
 def _check_public_key(value: str) -> str:

@@ -13,7 +13,6 @@ that fails raises the `failures.SignatureFailure` that says why.
 from __future__ import annotations
 
 import json
-import re
 
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
@@ -22,6 +21,7 @@ from sigstore.models import Bundle, TrustedRoot
 from sigstore.verify import Verifier
 from sigstore.verify.policy import VerificationPolicy
 
+from imagegate.core import patterns
 from imagegate.policy import model
 from imagegate.signatures import cosign
 from imagegate.signatures.failures import MalformedSignature, SignatureFailure, WrongIdentity
@@ -96,7 +96,7 @@ def _matches(value: str | None, exact: str | None, pattern: str | None) -> bool:
         return False
     if exact is not None:
         return value == exact
-    return pattern is not None and re.fullmatch(pattern, value) is not None
+    return pattern is not None and patterns.fullmatches(pattern, value)
 
 
 def verify_bundle(
