@@ -109,7 +109,7 @@ class OperatorConfig:
     kubeconfig: Path | None
     #: Certificate files (cert-manager, or the local test bed), or certificates made here.
     tls: server.TLSFiles | SelfManagedCertificates
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"  # nosec B104
     port: int = 8443
     deadline: float = server.DEFAULT_DEADLINE
     #: Where imagegate runs: ClusterImagePolicy secretRefs without a namespace read from here.

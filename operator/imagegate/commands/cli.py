@@ -170,10 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     certificates.add_argument(
         "--tls-dir",
         type=Path,
-        default=Path("/tmp/imagegate-tls"),
+        # The chart mounts an emptyDir at /tmp; certs.py writes the key 0600.
+        default=Path("/tmp/imagegate-tls"),  # nosec B108
         help="where to write the certificate files the server loads",
     )
-    run.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    run.add_argument(
+        "--host",
+        default="0.0.0.0",  # nosec B104
+        help="address to listen on",
+    )
     run.add_argument("--port", type=int, default=8443, help="HTTPS port of the webhooks")
     run.add_argument(
         "--health-port",

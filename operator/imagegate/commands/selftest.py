@@ -37,13 +37,17 @@ def _post(url: str, body: bytes, context: ssl.SSLContext, timeout: float) -> tup
         url, data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, context=context, timeout=timeout) as reply:
+        # run() accepts only https:// URLs, so no file: or custom scheme is ever opened.
+        with urllib.request.urlopen(request, context=context, timeout=timeout) as reply:  # nosec B310
             return int(reply.status), json.loads(reply.read())
     except urllib.error.HTTPError as error:
         return error.code, None
 
 
 def run(url: str, *, ca_file: Path | None, timeout: float = 10.0, out: TextIO = sys.stdout) -> int:
+    if not url.startswith("https://"):
+        out.write(f"FAILED: {url!r} is not an https:// URL (the webhooks serve HTTPS only)\n")
+        return 2
     context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     pod = {
         "apiVersion": "v1",

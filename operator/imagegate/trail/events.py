@@ -172,7 +172,8 @@ class EventRecorder:
             tracked.pending = 0
 
     def _create(self, entry: AuditEntry | None, tracked: _Tracked) -> None:
-        assert entry is not None
+        if entry is None:  # only a tracked entry that was seen is ever created
+            raise ValueError("an Event needs the entry it reports")
         pending, tracked.pending = tracked.pending, 0
         timestamp = tracked.last_seen
         body = client.CoreV1Event(
