@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
+from imagegate.registry import client
 from imagegate.signatures import cosign
 
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
@@ -330,3 +331,75 @@ def key_bundle(
             "signatures": [{"sig": base64.b64encode(sig).decode()} for sig in signatures],
         },
     }
+
+
+class Registry:
+    """Serves an image's signatures the way cosign stores them: `.sig` layers (legacy) and v0.3
+    bundles as referrers. Only what `cosign.find` asks for; no network."""
+
+    def __init__(
+        self,
+        legacy_layers: list[tuple[dict[str, Any], bytes]] | None = None,
+        bundles: list[bytes] | None = None,
+    ) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.manifests: dict[str, bytes] = {}
+        layers = []
+        for descriptor, blob in legacy_layers or []:
+            self.blobs[descriptor["digest"]] = blob
+            layers.append(descriptor)
+        self.sig_manifest = json.dumps({"layers": layers}).encode() if layers else None
+        self.referrer_digests = []
+        for raw in bundles or []:
+            blob_digest = self._digest(raw)
+            self.blobs[blob_digest] = raw
+            manifest = json.dumps(
+                {"layers": [{"mediaType": cosign.BUNDLE_V03, "digest": blob_digest}]}
+            ).encode()
+            self.manifests[self._digest(manifest)] = manifest
+            self.referrer_digests.append(self._digest(manifest))
+
+    @staticmethod
+    def _digest(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    async def manifest(self, _host: str, _repository: str, ref: str, **_: Any) -> tuple[bytes, Any]:
+        if ref.endswith(".sig"):
+            if self.sig_manifest is None:
+                raise client.ManifestUnknown(f"{ref} not found")
+            return self.sig_manifest, None
+        return self.manifests[ref], None
+
+    async def blob(self, _host: str, _repository: str, digest: str, **_: Any) -> bytes:
+        return self.blobs[digest]
+
+    async def referrers(self, *_: str, **__: Any) -> list[Any]:
+        return [
+            client.Descriptor(cosign.BUNDLE_V03, digest, 0, cosign.BUNDLE_V03)
+            for digest in self.referrer_digests
+        ]
+
+
+def sig_layer(
+    payload: bytes,
+    signature: bytes,
+    *,
+    certificate: str | None = None,
+    chain: str | None = None,
+    bundle: str | None = None,
+) -> tuple[dict[str, Any], bytes]:
+    """A `.sig` manifest layer and its blob, with cosign's annotations."""
+    annotations = {cosign.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()}
+    for name, value in (
+        (cosign.CERTIFICATE_ANNOTATION, certificate),
+        (cosign.CHAIN_ANNOTATION, chain),
+        (cosign.REKOR_ANNOTATION, bundle),
+    ):
+        if value is not None:
+            annotations[name] = value
+    descriptor = {
+        "mediaType": cosign.SIMPLE_SIGNING,
+        "digest": "sha256:" + hashlib.sha256(payload + signature).hexdigest(),
+        "annotations": annotations,
+    }
+    return descriptor, payload
