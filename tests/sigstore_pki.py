@@ -65,8 +65,13 @@ class Issued:
 
 
 def _builder(
-    subject: x509.Name, issuer: Issued | None, key: ec.EllipticCurvePrivateKey
+    subject: x509.Name,
+    issuer: Issued | None,
+    key: ec.EllipticCurvePrivateKey,
+    validity: tuple[datetime.datetime, datetime.datetime] | None = None,
 ) -> x509.CertificateBuilder:
+    hour = datetime.timedelta(hours=1)
+    not_before, not_after = validity or (NOW - hour, NOW + hour)
     public = key.public_key()
     signer_public = issuer.key.public_key() if issuer else public
     return (
@@ -75,8 +80,8 @@ def _builder(
         .issuer_name(issuer.certificate.subject if issuer else subject)
         .public_key(public)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(hours=1))
-        .not_valid_after(NOW + datetime.timedelta(hours=1))
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_public), critical=False
@@ -114,6 +119,8 @@ class Leaf:
     uris: list[str] = field(default_factory=list)
     extra: list[tuple[x509.ExtensionType, bool]] = field(default_factory=list)
     issuer_value: bytes | None = None
+    #: (not before, not after); by default an hour either side of NOW.
+    validity: tuple[datetime.datetime, datetime.datetime] | None = None
 
 
 def leaf(issuer: Issued, shape: Leaf | None = None) -> Issued:
@@ -125,7 +132,7 @@ def leaf(issuer: Issued, shape: Leaf | None = None) -> Issued:
     names += [x509.UniformResourceIdentifier(uri) for uri in shape.uris]
     names += shape.other_names
     builder = (
-        _builder(x509.Name([]), issuer, key)
+        _builder(x509.Name([]), issuer, key, shape.validity)
         .add_extension(x509.SubjectAlternativeName(names), critical=True)
         .add_extension(_key_usage(digital_signature=shape.digital_signature), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
