@@ -281,6 +281,16 @@ def _test_fulcio(directory: Path, subject: str, issuer: str) -> tuple[Path, Path
         .not_valid_after(now + datetime.timedelta(hours=1))
         .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(subject)]), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+        # Fulcio's profile, which the chain check holds leaves to: digital signatures only, and
+        # the key identifiers RFC 5280 path validation asks of a leaf.
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.certificate.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
         .add_extension(
             x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.57264.1.8"), issuer_der),
             critical=False,

@@ -139,33 +139,45 @@ async def _bundles(
                 found.append(_unreadable("bundle", "malformed signature: unreadable layer"))
                 continue
             raw = await client.blob(host, repository, layer["digest"], deadline=deadline)
-            found.append(_from_bundle(_json(raw), raw))
+            found += _from_bundle(_json(raw), raw)
     return found
 
 
-def _from_bundle(bundle: dict[str, Any], raw: bytes) -> FoundSignature:
+def _from_bundle(bundle: dict[str, Any], raw: bytes) -> list[FoundSignature]:
+    """One signature per signature of the bundle's DSSE envelope: any one of them, by the
+    authority, is a signature of the image (a valid one placed second counts too)."""
     envelope = bundle.get("dsseEnvelope")
     if bundle.get("mediaType") != BUNDLE_V03 or not isinstance(envelope, dict):
-        return _unreadable("bundle", "malformed signature: not a v0.3 bundle with a DSSE envelope")
+        return [
+            _unreadable("bundle", "malformed signature: not a v0.3 bundle with a DSSE envelope")
+        ]
     try:
         payload = base64.b64decode(envelope["payload"], validate=True)
-        signature = base64.b64decode(envelope["signatures"][0]["sig"], validate=True)
         payload_type = str(envelope["payloadType"])
+        listed = envelope["signatures"]
+        if not isinstance(listed, list) or not listed:
+            raise ValueError("no signatures")
+        signatures = [
+            base64.b64decode(entry["sig"], validate=True) for entry in listed[:MAX_SIGNATURES]
+        ]
     except (KeyError, IndexError, TypeError, ValueError, binascii.Error):
-        return _unreadable("bundle", "malformed signature: unreadable DSSE envelope")
+        return [_unreadable("bundle", "malformed signature: unreadable DSSE envelope")]
     material = bundle.get("verificationMaterial")
     material = material if isinstance(material, dict) else {}
     certificate = material.get("certificate")
     certificate = certificate.get("rawBytes") if isinstance(certificate, dict) else None
-    return FoundSignature(
-        "bundle",
-        pae(payload_type, payload),
-        signature,
-        payload if payload_type == IN_TOTO else b"",
-        _text(certificate),
-        material.get("tlogEntries") or None,
-        raw,
-    )
+    return [
+        FoundSignature(
+            "bundle",
+            pae(payload_type, payload),
+            signature,
+            payload if payload_type == IN_TOTO else b"",
+            _text(certificate),
+            material.get("tlogEntries") or None,
+            raw,
+        )
+        for signature in signatures
+    ]
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:

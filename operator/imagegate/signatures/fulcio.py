@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store
+from cryptography.x509.verification import VerificationError as X509VerificationError
 from sigstore.models import TrustedRoot
 
 from imagegate.policy import model
@@ -131,53 +133,70 @@ def _valid_then(certificate: x509.Certificate, when: datetime.datetime) -> bool:
     return certificate.not_valid_before_utc <= when <= certificate.not_valid_after_utc
 
 
-def _is_ca(certificate: x509.Certificate) -> bool:
-    try:
-        return bool(certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
 def _chain_to_root(
     leaf: x509.Certificate,
     chain: Sequence[x509.Certificate],
     anchors: Sequence[x509.Certificate],
     when: datetime.datetime,
 ) -> list[x509.Certificate]:
-    """The path leaf → … → trust anchor, every link checked; raises UntrustedCertificate when
-    there is none."""
+    """The path leaf → … → trust anchor, as cryptography's RFC 5280 path validation builds it at
+    `when` (what sigstore-python does for bundles); raises UntrustedCertificate when there is
+    none. The presented chain only offers intermediates: trust comes from `anchors` alone.
+    """
     if not _valid_then(leaf, when):
         raise UntrustedCertificate(
             "untrusted certificate: not valid when the log saw the signature"
         )
+    _check_signing_profile(leaf)
+    if not anchors:
+        raise UntrustedCertificate(
+            "untrusted CA: the certificate does not chain to a trusted root "
+            "(no Fulcio CA of the trust root was valid then)"
+        )
+    # Client verifiers require the client-auth EKU; Fulcio leaves carry code signing, checked
+    # above. Only the EKU rule is relaxed: the other WebPKI rules (basic constraints, path
+    # length, key usage, critical extensions) stay.
+    ca_policy = ExtensionPolicy.webpki_defaults_ca().may_be_present(
+        x509.ExtendedKeyUsage, Criticality.NON_CRITICAL, None
+    )
+    ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.ExtendedKeyUsage, Criticality.NON_CRITICAL, None
+    )
+    verifier = (
+        PolicyBuilder()
+        .store(Store(list(anchors)))
+        .time(when)
+        .max_chain_depth(MAX_CHAIN)
+        .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
+        .build_client_verifier()
+    )
+    try:
+        return list(verifier.verify(leaf, list(chain)).chain)
+    except (X509VerificationError, x509.UnsupportedGeneralNameType) as error:
+        detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise UntrustedCertificate(
+            f"untrusted CA: the certificate does not chain to a trusted root ({detail})"
+        ) from None
+
+
+def _check_signing_profile(leaf: x509.Certificate) -> None:
+    """Fulcio's profile for a signing certificate: a non-CA leaf for digital signatures and
+    code signing (what sigstore-python requires beside the path)."""
+    try:
+        basic = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        basic = None
+    if basic is not None and basic.ca:
+        raise UntrustedCertificate("untrusted certificate: a CA certificate, not a signer's")
+    try:
+        usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        raise UntrustedCertificate("untrusted certificate: no key usage") from None
+    if not usage.digital_signature:
+        raise UntrustedCertificate("untrusted certificate: not issued for digital signatures")
     try:
         usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         raise UntrustedCertificate("untrusted certificate: no extended key usage") from None
     if ExtendedKeyUsageOID.CODE_SIGNING not in usages:
         raise UntrustedCertificate("untrusted certificate: not issued for code signing")
-    anchor_bytes = {a.public_bytes(Encoding.DER) for a in anchors}
-    candidates = [*chain, *anchors]
-    path = [leaf]
-    current = leaf
-    for _ in range(MAX_CHAIN):
-        issuer = next(
-            (c for c in candidates if c.subject == current.issuer and _issued(current, c)), None
-        )
-        if issuer is None or not _is_ca(issuer) or not _valid_then(issuer, when):
-            raise UntrustedCertificate(
-                "untrusted CA: the certificate does not chain to the trust root's Fulcio CA"
-            )
-        path.append(issuer)
-        if issuer.public_bytes(Encoding.DER) in anchor_bytes:
-            return path
-        current = issuer
-    raise UntrustedCertificate("untrusted CA: certificate chain too long")
-
-
-def _issued(child: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        child.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError):
-        return False
-    return True

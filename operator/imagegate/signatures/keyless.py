@@ -29,6 +29,8 @@ from imagegate.signatures.failures import MalformedSignature, SignatureFailure, 
 #: Fulcio's issuer extensions: v2 is a DER UTF8String, v1 (deprecated) the raw bytes.
 OIDC_ISSUER_V2 = ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 OIDC_ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
+#: The otherName type Fulcio puts a username identity in (a DER UTF8String); no other counts.
+FULCIO_USERNAME = ObjectIdentifier("1.3.6.1.4.1.57264.1.7")
 
 
 class IdentityMismatch(SigstoreError):
@@ -45,7 +47,9 @@ def certificate_identities(certificate: x509.Certificate) -> list[str]:
     found += names.get_values_for_type(x509.UniformResourceIdentifier)
     found += names.get_values_for_type(x509.RFC822Name)
     for other in names.get_values_for_type(x509.OtherName):
-        found.append(_der_utf8(other.value))
+        text = _der_utf8(other.value) if other.type_id == FULCIO_USERNAME else None
+        if text is not None:
+            found.append(text)
     return found
 
 
@@ -60,19 +64,30 @@ def certificate_issuer(certificate: x509.Certificate) -> str | None:
     return None
 
 
-def _der_utf8(data: bytes) -> str:
-    # A short DER UTF8String: tag 0x0c, one or more length bytes, the text.
+def _der_utf8(data: bytes) -> str | None:
+    """The text of a DER UTF8String (tag 0x0c, definite length, the text, nothing after); None
+    when `data` is anything else, trailing bytes included."""
     if len(data) < 2 or data[0] != 0x0C:
-        return ""
+        return None
     length, offset = data[1], 2
     if length & 0x80:
         count = length & 0x7F
+        if not 1 <= count <= 4 or len(data) < 2 + count:
+            return None
         length, offset = int.from_bytes(data[2 : 2 + count], "big"), 2 + count
-    return data[offset : offset + length].decode(errors="replace")
+    if offset + length != len(data):
+        return None
+    try:
+        return data[offset:].decode()
+    except UnicodeDecodeError:
+        return None
 
 
-def _raw_utf8(data: bytes) -> str:
-    return data.decode(errors="replace")
+def _raw_utf8(data: bytes) -> str | None:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return None
 
 
 class IdentityPolicy(VerificationPolicy):

@@ -67,9 +67,7 @@ def verify_set(
         integrated_at = datetime.datetime.fromtimestamp(int(entry["integratedTime"]), datetime.UTC)
     except (ValueError, KeyError, TypeError, OverflowError, OSError, binascii.Error):
         raise _bad("the transparency log bundle is malformed") from None
-    log_key = _log_key(trusted_root, entry["logID"], integrated_at)
-    if log_key is None:
-        raise _bad("the log that signed it is not in the trust root (or was not valid then)")
+    log_key = _log_key(trusted_root, str(entry["logID"]), integrated_at)
     try:
         log_key.verify(signed_timestamp, canonical, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
@@ -88,60 +86,102 @@ def verify_bundle_entries(
     signer_der: bytes,
     trusted_root: Mapping[str, Any],
 ) -> None:
-    """Raises BadTransparencyLogEntry unless one of a v0.3 bundle's `tlogEntries` proves this
-    DSSE signature is logged.
+    """Raises BadTransparencyLogEntry unless every one of a v0.3 bundle's `tlogEntries` proves
+    this DSSE signature is logged.
 
+    Every entry, not any: a bundle carrying an entry that does not verify is malformed, and a
+    good entry beside it does not make it whole (sigstore-conformance).
     `payload` is the envelope's payload (the in-toto statement), not its PAE encoding.
     """
     if not isinstance(entries, list) or not entries:
         raise BadTransparencyLogEntry("no transparency log entry in the bundle")
-    reasons = []
-    for entry in entries:
+    for index, entry in enumerate(entries):
         try:
-            annotation = {
-                "SignedEntryTimestamp": entry["inclusionPromise"]["signedEntryTimestamp"],
-                "Payload": {
-                    "body": entry["canonicalizedBody"],
-                    "integratedTime": int(entry["integratedTime"]),
-                    "logIndex": int(entry["logIndex"]),
-                    "logID": base64.b64decode(entry["logId"]["keyId"], validate=True).hex(),
-                },
-            }
-        except (KeyError, TypeError, ValueError, binascii.Error):
-            reasons.append("bad SET: a bundle log entry has no usable inclusion promise")
-            continue
-        try:
-            verify_set(annotation, payload, signature, signer_der, trusted_root)
+            verify_set(_annotation_of(entry), payload, signature, signer_der, trusted_root)
         except BadTransparencyLogEntry as failure:
-            reasons.append(failure.user_message)
-            continue
-        return
-    raise BadTransparencyLogEntry("; ".join(sorted(set(reasons))))
+            which = f"log entry {index + 1} of {len(entries)}" if len(entries) > 1 else ""
+            raise BadTransparencyLogEntry(
+                f"{failure.user_message} ({which})" if which else failure.user_message
+            ) from None
+
+
+def _annotation_of(entry: object) -> dict[str, Any]:
+    """A bundle's log entry in the shape of the legacy annotation `verify_set` reads."""
+    if not isinstance(entry, dict):
+        raise _bad("a bundle log entry has no usable inclusion promise")
+    try:
+        kind_version = entry.get("kindVersion")
+        annotation = {
+            "SignedEntryTimestamp": entry["inclusionPromise"]["signedEntryTimestamp"],
+            "Payload": {
+                "body": entry["canonicalizedBody"],
+                "integratedTime": int(entry["integratedTime"]),
+                "logIndex": int(entry["logIndex"]),
+                "logID": base64.b64decode(entry["logId"]["keyId"], validate=True).hex(),
+            },
+        }
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise _bad("a bundle log entry has no usable inclusion promise") from None
+    if isinstance(kind_version, dict):
+        # The entry's declared kind must be the body's (sigstore-python reads the declared one).
+        try:
+            body = json.loads(base64.b64decode(entry["canonicalizedBody"], validate=True))
+        except (ValueError, binascii.Error):
+            raise _bad("the transparency log bundle is malformed") from None
+        declared = (kind_version.get("kind"), kind_version.get("version"))
+        if not isinstance(body, dict) or declared != (body.get("kind"), body.get("apiVersion")):
+            raise _bad("the log entry's kindVersion is not its body's")
+    return annotation
 
 
 def _log_key(
     trusted_root: Mapping[str, Any], log_id_hex: str, when: datetime.datetime
-) -> ec.EllipticCurvePublicKey | None:
+) -> ec.EllipticCurvePublicKey:
+    """The trust root's key for log `log_id_hex`, valid at `when`; raises why there is none.
+
+    A key without `validFor.start` is refused (as sigstore-conformance requires): with no start
+    it would vouch for entries dated before the key existed.
+    """
+    reason = "the log that signed it is not in the trust root (or was not valid then)"
     for log in trusted_root.get("tlogs", []):
         try:
             key_id = base64.b64decode(log["logId"]["keyId"]).hex()
             raw = base64.b64decode(log["publicKey"]["rawBytes"])
-        except (KeyError, TypeError, binascii.Error):
+            window = log["publicKey"].get("validFor") or {}
+        except (KeyError, TypeError, AttributeError, binascii.Error):
             continue
-        if key_id != log_id_hex or not valid_at(log["publicKey"].get("validFor", {}), when):
+        if key_id != log_id_hex:
             continue
-        key = serialization.load_der_public_key(raw)
+        if not isinstance(window, Mapping) or not window.get("start"):
+            reason = "the trust root's key for its log has no validFor.start (cannot be trusted)"
+            continue
+        if not valid_at(window, when):
+            continue
+        try:
+            key = serialization.load_der_public_key(raw)
+        except (ValueError, UnsupportedAlgorithm):
+            continue
         if isinstance(key, ec.EllipticCurvePublicKey):
             return key
-    return None
+    raise _bad(reason)
 
 
 def valid_at(window: Mapping[str, str], when: datetime.datetime) -> bool:
+    """Whether `when` falls in a trust root's `validFor`; an unreadable time is no window."""
+
     def parse(text: str | None) -> datetime.datetime | None:
         return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
-    start, end = parse(window.get("start")), parse(window.get("end"))
-    return (start is None or start <= when) and (end is None or when <= end)
+    try:
+        start, end = parse(window.get("start")), parse(window.get("end"))
+        return (start is None or start <= when) and (end is None or when <= end)
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
+#: The only entry version and hash cosign accepts for the kinds it logs.
+API_VERSION = "0.0.1"
+SHA256 = "sha256"
 
 
 def _check_body(
@@ -149,56 +189,96 @@ def _check_body(
 ) -> None:
     if not isinstance(body, Mapping):
         raise _bad("the log entry's body is malformed")
-    if body.get("kind") == "dsse":
+    kind = body.get("kind")
+    # `rekord` (cosign before 2022) carries the same fields as `hashedrekord`.
+    if kind not in ("hashedrekord", "rekord", "dsse"):
+        raise _bad(f"log entry kind {kind!r}, not hashedrekord, rekord or dsse")
+    if body.get("apiVersion") != API_VERSION:
+        raise _bad(f"log entry version {body.get('apiVersion')!r}, not {API_VERSION}")
+    if kind == "dsse":
         _check_dsse_body(body, payload, signature, signer_der)
         return
-    # `rekord` (cosign before 2022) carries the same fields as `hashedrekord`.
-    if body.get("kind") not in ("hashedrekord", "rekord"):
-        raise _bad(f"log entry kind {body.get('kind')!r}, not hashedrekord, rekord or dsse")
     spec = body.get("spec") or {}
     try:
+        logged_algorithm = spec["data"]["hash"]["algorithm"]
         logged_hash = spec["data"]["hash"]["value"]
         logged_signature = base64.b64decode(spec["signature"]["content"])
         logged_pem = base64.b64decode(spec["signature"]["publicKey"]["content"])
-        logged_der = _signer_der(logged_pem)
-    except (KeyError, TypeError, ValueError, UnsupportedAlgorithm, binascii.Error):
+    except (KeyError, TypeError, ValueError, binascii.Error):
         raise _bad("the log entry's body is malformed") from None
+    if logged_algorithm != SHA256:
+        raise _bad(f"the log entry's payload hash is {logged_algorithm!r}, not sha256")
     if logged_hash != hashlib.sha256(payload).hexdigest():
         raise _bad("the log entry is for another payload")
     if logged_signature != signature:
         raise _bad("the log entry is for another signature")
-    if logged_der != signer_der:
+    if not _names_signer(logged_pem, signer_der):
         raise _bad("the log entry names another key")
 
 
 def _check_dsse_body(
     body: Mapping[str, Any], payload: bytes, signature: bytes, signer_der: bytes
 ) -> None:
-    """A `dsse` entry logs the payload's hash and each (signature, verifier) of the envelope."""
+    """A `dsse` entry logs the payload's hash, the envelope's hash and each (signature,
+    verifier) of the envelope.
+
+    The envelope hash is over the envelope's JSON as submitted, which no one can reproduce from
+    the (re-serialised) bundle, so only its form is checked, as sigstore-python does.
+    """
     spec = body.get("spec") or {}
     try:
-        logged_hash = spec["payloadHash"]["value"]
+        payload_hash, envelope_hash = spec["payloadHash"], spec["envelopeHash"]
         logged = [
             (
                 base64.b64decode(entry["signature"], validate=True),
-                _signer_der(base64.b64decode(entry["verifier"], validate=True)),
+                base64.b64decode(entry["verifier"], validate=True),
             )
             for entry in spec["signatures"]
         ]
-    except (KeyError, TypeError, ValueError, UnsupportedAlgorithm, binascii.Error):
+        hashes_logged = [(payload_hash["algorithm"], payload_hash["value"])]
+        hashes_logged.append((envelope_hash["algorithm"], envelope_hash["value"]))
+    except (KeyError, TypeError, ValueError, binascii.Error):
         raise _bad("the log entry's body is malformed") from None
-    if logged_hash != hashlib.sha256(payload).hexdigest():
+    for algorithm, value in hashes_logged:
+        if algorithm != SHA256:
+            raise _bad(f"the log entry's hashes are {algorithm!r}, not sha256")
+        if not _is_sha256_hex(value):
+            raise _bad("the log entry's body is malformed")
+    if payload_hash["value"] != hashlib.sha256(payload).hexdigest():
         raise _bad("the log entry is for another payload")
-    if not any(logged_signature == signature for logged_signature, _ in logged):
+    signers = [verifier for logged_signature, verifier in logged if logged_signature == signature]
+    if not signers:
         raise _bad("the log entry is for another signature")
-    if (signature, signer_der) not in logged:
+    if not any(_names_signer(verifier, signer_der) for verifier in signers):
         raise _bad("the log entry names another key")
 
 
-def _signer_der(pem: bytes) -> bytes:
-    """DER of the key or certificate a hashedrekord entry carries (keyless entries log the cert)."""
-    if b"BEGIN CERTIFICATE" in pem:
-        return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
-    return serialization.load_pem_public_key(pem).public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+def _is_sha256_hex(value: object) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def _names_signer(logged_pem: bytes, signer_der: bytes) -> bool:
+    """Whether the key or certificate a log entry carries is the signer's.
+
+    `signer_der` is a certificate (keyless) or a public key (key signatures). A key signature
+    logged with a certificate (`cosign sign --key k --certificate c`) names its signer when the
+    certificate's key is that key, which is what cosign accepts.
+    """
+    try:
+        if b"BEGIN CERTIFICATE" in logged_pem:
+            certificate = x509.load_pem_x509_certificate(logged_pem)
+            key_der = certificate.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            return signer_der in (certificate.public_bytes(serialization.Encoding.DER), key_der)
+        key = serialization.load_pem_public_key(logged_pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return (
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        == signer_der
     )

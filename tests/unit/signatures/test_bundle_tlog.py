@@ -100,6 +100,7 @@ class PrivateLog:
             "apiVersion": "0.0.1",
             "kind": "dsse",
             "spec": {
+                "envelopeHash": {"algorithm": "sha256", "value": "00" * 32},
                 "payloadHash": {
                     "algorithm": "sha256",
                     "value": hashlib.sha256(payload).hexdigest(),
