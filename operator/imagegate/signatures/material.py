@@ -155,7 +155,6 @@ class KubernetesMaterial:
         _remember(self._cache, key, (min(now + NEGATIVE_TTL, until), good[1]))
         return good[1]
 
-
     def _read(self, kind: str, namespace: str, name: str) -> dict[str, str]:
         found: Any  # V1Secret.data is typed loosely by the client
         if kind == "Secret":
