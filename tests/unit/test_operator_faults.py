@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,33 @@ def test_a_spec_edit_recompiles_and_a_delete_forgets() -> None:
 
     asyncio.run(events())
     assert state.compilations == 3
+
+
+def test_an_older_compile_that_finishes_last_does_not_replace_a_newer_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state = state_counting_compilations()
+    edited = copy.deepcopy(POLICY)
+    edited["spec"]["sources"][0]["images"] = ["ghcr.io/**"]
+    release = threading.Event()
+    real = operator.compile_resource
+
+    def slow_for_the_first(document: Any) -> Any:
+        if document["spec"] == POLICY["spec"]:
+            release.wait(timeout=10)
+        return real(document)
+
+    monkeypatch.setattr(operator, "compile_resource", slow_for_the_first)
+
+    async def events() -> None:
+        older = asyncio.create_task(
+            operator._apply_policy_event(state, {"type": "ADDED", "object": POLICY})
+        )
+        await asyncio.sleep(0.05)  # the older compile is under way in its thread
+        await operator._apply_policy_event(state, {"type": "MODIFIED", "object": edited})
+        release.set()
+        await older
+
+    asyncio.run(events())
+    (policy,) = state.cache.policies()
+    assert "ghcr.io" in repr(policy)

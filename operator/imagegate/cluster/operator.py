@@ -473,13 +473,14 @@ async def _apply_policy_event(state: _State, event: Mapping[str, Any]) -> None:
     kind = body.get("kind") or model.CLUSTER_KIND
     namespace = metadata.get("namespace") if kind == model.NAMESPACED_KIND else None
     key: PolicyKey = (namespace, name)
-    token = state.compiling[key] = object()
     if event.get("type") == "DELETED":
+        state.compiling.pop(key, None)  # a compile still running for it is dropped
         state.compiled.pop(key, None)
         state.cache.set_policy(key, None)
         for listener in state.policy_listeners:
             listener()
         return
+    token = state.compiling[key] = object()
     document = {"apiVersion": model.API_VERSION, "kind": kind, **body}
     fingerprint = _fingerprint(document)
     previous = state.compiled.get(key)
