@@ -102,8 +102,23 @@ class TcpProxy:
         self._doomed |= self._open
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def refuse(self) -> None:
+        """An outage: close the listening socket (connections are refused) and abort open ones."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._writers):
+            _linger_zero(writer)
+            writer.transport.abort()
+
+    async def resume(self) -> None:
+        """The end of an outage: listen again, on the same port."""
+        if self._server is None:
+            await self.start()
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -244,6 +259,14 @@ class ThreadedProxy:
     @property
     def address(self) -> str:
         return self.proxy.address
+
+    def refuse(self) -> None:
+        """See `TcpProxy.refuse`."""
+        asyncio.run_coroutine_threadsafe(self.proxy.refuse(), self._loop).result(timeout=10)
+
+    def resume(self) -> None:
+        """See `TcpProxy.resume`."""
+        asyncio.run_coroutine_threadsafe(self.proxy.resume(), self._loop).result(timeout=10)
 
     def __enter__(self) -> TcpProxy:
         self._thread.start()

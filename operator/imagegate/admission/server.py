@@ -210,10 +210,23 @@ def build_health_app(
 
 
 class HealthServer:
+    """Serves the probe app; `unhealthy` (a reason) makes `/healthz` fail, so the kubelet restarts
+    a process that cannot get going (e.g. its start-up keeps failing)."""
+
     def __init__(self, app: web.Application, *, host: str, port: int) -> None:
+        self.unhealthy: str | None = None
+        app.middlewares.append(self._liveness)
         self._runner = web.AppRunner(app, access_log=None)
         self.host = host
         self.port = port
+
+    @web.middleware
+    async def _liveness(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path == "/healthz" and self.unhealthy is not None:
+            return web.Response(status=503, text=self.unhealthy)
+        return await handler(request)
 
     async def start(self) -> None:
         await self._runner.setup()

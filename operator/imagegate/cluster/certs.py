@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from cryptography import x509
 from kubernetes import client
 
@@ -119,6 +120,11 @@ class SelfManagedTLS:
                 await asyncio.to_thread(self.patch_ca_bundles, ca_pem)
             except (client.ApiException, ImagegateError) as error:
                 logger.warning("serving certificate check failed: %s", error)
+            except (urllib3.exceptions.HTTPError, OSError) as error:
+                # An API server outage: the files on disk still serve; check again next time.
+                logger.warning(
+                    "serving certificate check failed, the API server is unreachable: %r", error
+                )
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -10,6 +10,14 @@ or stored before it was installed) never switches enforcement off. An invalid ed
 good version this replica compiled (`Ready` reason `InvalidKeptPrevious`); a policy with no good
 version here (new, or an edit pending when this replica started) fails closed: every image in its
 scope is a violation saying why (`InvalidDenying`).
+
+Faults cost log lines, not admission: every background task is supervised (an exception is
+logged with the task's name and the task restarts after a backoff); a start-up that fails (the API
+server unreachable) is retried every `STARTUP_BACKOFF` seconds on the same health port, and
+`/healthz` fails once it has failed `STARTUP_FAILURES_UNHEALTHY` times in a row, so the kubelet
+restarts the container. Policies compile in a worker thread (a policy of thousands of globs takes
+seconds), and only when what compiling reads changed: status writes and metadata-only edits do
+not recompile.
 """
 
 from __future__ import annotations
@@ -17,8 +25,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import hashlib
+import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +49,7 @@ from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine, model
 from imagegate.registry import client as oci
 from imagegate.registry import pinning
+from imagegate.signatures import material as cluster_material
 from imagegate.signatures import verifier
 from imagegate.signatures.cache import VerdictCache
 from imagegate.signatures.material import KubernetesMaterial
@@ -93,6 +105,27 @@ class PolicyCache:
 
 compile_resource = policy_compile.compile_resource
 
+#: Seconds between start-up attempts (kopf's default, 60 s, leaves a replica down a minute).
+STARTUP_BACKOFF = 5.0
+#: After this many failed start-ups in a row, /healthz fails (about a minute at STARTUP_BACKOFF).
+STARTUP_FAILURES_UNHEALTHY = 12
+#: Seconds between a background task's failure and its restart: 1, 2, 5, then every 10.
+TASK_BACKOFFS = (1.0, 2.0, 5.0, 10.0)
+#: kopf's retries of one API request (its default 1, 1, 2, 3, 5, 8, 13, 21 s kept a watch away for
+#: 20 s after an API server restart): never more than 2 s between attempts.
+API_ERROR_BACKOFFS = (0.5, 1.0, 2.0, 2.0, 2.0)
+#: After a watch's retries are spent, kopf lists and watches again after this many seconds.
+WATCH_RECONNECT_BACKOFF = 1.0
+#: Connection timeout of kopf's requests and watches; and the server-side watch timeout, so a
+#: watch stalled by a middlebox is replaced within a minute.
+API_CONNECT_TIMEOUT = 5.0
+WATCH_SERVER_TIMEOUT = 60
+
+
+def _env_seconds(name: str, default: float) -> Callable[[], float]:
+    """A config default that an environment variable may override (tests shorten intervals)."""
+    return lambda: float(os.environ.get(name, default))
+
 
 @dataclass(frozen=True)
 class SelfManagedCertificates:
@@ -123,6 +156,28 @@ class OperatorConfig:
     events: bool = True
     policy_reports: bool = False
     scan_interval: float = 300.0
+    #: Secrets, ConfigMaps and ServiceAccounts (keys, trust roots, pull secrets): how long a read
+    #: is fresh, and how long past that it is still served while the API server is unreachable.
+    material_ttl: float = field(
+        default_factory=_env_seconds("IMAGEGATE_MATERIAL_TTL", cluster_material.TTL)
+    )
+    material_stale_for: float = field(
+        default_factory=_env_seconds("IMAGEGATE_MATERIAL_STALE_FOR", cluster_material.STALE_FOR)
+    )
+    #: Seconds between checks of a self-managed serving certificate (`--tls-secret`).
+    certificate_check_interval: float = field(
+        default_factory=_env_seconds("IMAGEGATE_CERTIFICATE_CHECK_INTERVAL", certs.CHECK_INTERVAL)
+    )
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """What a policy was last compiled from here, and the status that compiling gave."""
+
+    fingerprint: str
+    ready: str
+    reason: str
+    message: str
 
 
 @dataclass
@@ -140,6 +195,13 @@ class _State:
     flushers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     #: Told when a policy changes (the background scan), once it runs.
     policy_listeners: list[Callable[[], None]] = field(default_factory=list)
+    #: Per policy: what it was compiled from (an event with the same input is not recompiled).
+    compiled: dict[PolicyKey, _Compiled] = field(default_factory=dict)
+    #: Per policy: the latest event's token; a slower, older compile does not overwrite it.
+    compiling: dict[PolicyKey, object] = field(default_factory=dict)
+    #: How many policy compilations this replica ran (tests; the log says each one too).
+    compilations: int = 0
+    startup_failures: int = 0
 
     @property
     def ready(self) -> bool:
@@ -158,11 +220,12 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             return kopf.login_with_kubeconfig(**kwargs)
         return kopf.login_with_service_account(**kwargs)
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(registry=registry, backoff=STARTUP_BACKOFF)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.standalone = True
         settings.posting.enabled = False  # imagegate writes its own, rate-limited Events
-        await _start(state)
+        _bound_reconnects(settings)
+        await _attempt_start(state)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
@@ -197,10 +260,54 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     return registry
 
 
+def _bound_reconnects(settings: kopf.OperatorSettings) -> None:
+    """After an API server outage, watches (policy edits) resume within about 2 s of its return."""
+    settings.networking.error_backoffs = API_ERROR_BACKOFFS
+    settings.networking.connect_timeout = API_CONNECT_TIMEOUT
+    settings.watching.connect_timeout = API_CONNECT_TIMEOUT
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
+    settings.watching.reconnect_backoff = WATCH_RECONNECT_BACKOFF
+
+
+async def _attempt_start(state: _State) -> None:
+    """One start-up attempt (kopf retries a failed one); what it began is undone on failure."""
+    begun = [(kept, len(kept)) for kept in _started_lists(state)]
+    try:
+        await _start(state)
+    except BaseException as error:
+        for task in state.tasks[begun[0][1] :]:
+            task.cancel()
+        for close in state.closers[begun[1][1] :]:
+            await close()
+        for kept, length in begun:
+            del kept[length:]
+        if isinstance(error, Exception):
+            _count_startup_failure(state)
+        raise
+    state.startup_failures = 0
+    if state.health_server is not None:
+        state.health_server.unhealthy = None
+
+
+def _started_lists(state: _State) -> list[list[Any]]:
+    """What `_start` appends to (tasks and closers first)."""
+    return [state.tasks, state.closers, state.flushers, state.policy_listeners]
+
+
+def _count_startup_failure(state: _State) -> None:
+    state.startup_failures += 1
+    logger.error(
+        "start-up failed (%d in a row); retrying in %.0fs", state.startup_failures, STARTUP_BACKOFF
+    )
+    if state.startup_failures >= STARTUP_FAILURES_UNHEALTHY and state.health_server is not None:
+        state.health_server.unhealthy = f"start-up failed {state.startup_failures} times in a row"
+
+
 async def _start(state: _State) -> None:
     """Probes first (alive, not ready), then policies, certificates, and only then the webhook."""
     config = state.config
-    if config.health_port is not None:
+    # Once per process: a retried start-up reuses the port it already holds.
+    if config.health_port is not None and state.health_server is None:
         state.health_server = server.HealthServer(
             server.build_health_app(
                 ready=lambda: state.ready,
@@ -220,18 +327,20 @@ async def _start(state: _State) -> None:
     registry_client = oci.RegistryClient(
         session, insecure=config.insecure_registries, on_error=state.metrics.registry_error
     )
-    material = KubernetesMaterial(state.api)
+    material = KubernetesMaterial(
+        state.api, ttl=config.material_ttl, stale_for=config.material_stale_for
+    )
     keychains = credentials.ClusterKeychains(material, config.namespace)
     verdicts = VerdictCache()
     state.metrics.watch_cache(verdicts)
     counter = status.DenialCounter(state.api)
     recorders: list[audit.AuditRecorder] = [counter, state.metrics]
-    _background(state, counter.run())
+    _background(state, "denial counter", counter.run)
     state.flushers.append(counter.flush)
     if config.events:
         event_recorder = events.EventRecorder(state.api)
         recorders.append(event_recorder)
-        _background(state, event_recorder.run())
+        _background(state, "event recorder", event_recorder.run)
         state.flushers.append(event_recorder.flush)
     signatures = verifier.CosignVerifier(
         registry_client,
@@ -249,7 +358,7 @@ async def _start(state: _State) -> None:
             own_namespace=config.namespace,
         )
         state.policy_listeners.append(scanner.trigger)
-        _background(state, scanner.run(config.scan_interval))
+        _background(state, "policy report scan", lambda: scanner.run(config.scan_interval))
     app = server.build_app(
         validate=webhook.Validator(
             state.cache, signatures, recorders=recorders, keychains=keychains
@@ -287,12 +396,38 @@ async def _certificates(state: _State) -> server.TLSFiles:
     except client.ApiException as error:
         # The chart may be mid-install: the periodic check patches it a moment later.
         logger.warning("cannot set the webhooks' caBundle yet: %s (%s)", error.reason, error.status)
-    _background(state, managed.run())
+    _background(state, "certificate upkeep", lambda: managed.run(config.certificate_check_interval))
     return managed.files
 
 
-def _background(state: _State, work: Coroutine[Any, Any, None]) -> None:
-    state.tasks.append(asyncio.create_task(work))
+def _background(state: _State, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    state.tasks.append(asyncio.create_task(supervised(name, work), name=name))
+
+
+async def supervised(
+    name: str,
+    work: Callable[[], Coroutine[Any, Any, None]],
+    backoffs: Sequence[float] = TASK_BACKOFFS,
+) -> None:
+    """Run `work()` until it returns; when it raises, log that with `name` and run it again.
+
+    A task that dies silently is worse than one that crashes the process: certificates stop
+    renewing, counts stop being written, and nothing says so.
+    """
+    failures = 0
+    while True:
+        started = time.monotonic()
+        try:
+            await work()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A task that ran for a while before failing starts its backoff over.
+            failures = 1 if time.monotonic() - started > backoffs[-1] * 6 else failures + 1
+            delay = backoffs[min(failures, len(backoffs)) - 1]
+            logger.exception("background task %r failed; restarting it in %.0fs", name, delay)
+        await asyncio.sleep(delay)
 
 
 async def _load_everything(state: _State) -> None:
@@ -339,24 +474,69 @@ async def _apply_policy_event(state: _State, event: Mapping[str, Any]) -> None:
     namespace = metadata.get("namespace") if kind == model.NAMESPACED_KIND else None
     key: PolicyKey = (namespace, name)
     if event.get("type") == "DELETED":
+        state.compiling.pop(key, None)  # a compile still running for it is dropped
+        state.compiled.pop(key, None)
         state.cache.set_policy(key, None)
         for listener in state.policy_listeners:
             listener()
         return
+    token = state.compiling[key] = object()
     document = {"apiVersion": model.API_VERSION, "kind": kind, **body}
-    try:
-        compiled = compile_resource(document)
-    except ImagegateError as error:
-        await _keep_or_deny(state, key, document, error.user_message)
+    fingerprint = _fingerprint(document)
+    previous = state.compiled.get(key)
+    if previous is not None and previous.fingerprint == fingerprint:
+        # A status write or a metadata edit: nothing compiling reads has changed.
+        if not (previous.reason == "InvalidKeptPrevious" and _reported(body, "InvalidDenying")):
+            await _write_status(
+                state, namespace, body, previous.ready, previous.reason, previous.message
+            )
         return
+    try:
+        compiled = await _compile(state, name, document)
+    except ImagegateError as error:
+        if state.compiling.get(key) is token:
+            outcome = await _keep_or_deny(state, key, document, error.user_message)
+            state.compiled[key] = _Compiled(fingerprint, *outcome)
+        return
+    if state.compiling.get(key) is not token:
+        return  # a newer event for this policy arrived while this one compiled
     state.cache.set_policy(key, dataclasses.replace(compiled, uid=metadata.get("uid", "")))
+    state.compiled[key] = _Compiled(fingerprint, "True", "Compiled", "")
     for listener in state.policy_listeners:
         listener()
     await _write_status(state, namespace, body, "True", "Compiled", "")
 
 
-async def _keep_or_deny(state: _State, key: PolicyKey, body: Mapping[str, Any], error: str) -> None:
-    """An invalid policy: keep its last good version, or fail closed in its scope."""
+def _fingerprint(document: Mapping[str, Any]) -> str:
+    """A hash of what compiling reads: kind, name, namespace, uid and spec (not status)."""
+    metadata = document.get("metadata") or {}
+    read = [
+        document.get("kind"),
+        metadata.get("name"),
+        metadata.get("namespace"),
+        metadata.get("uid"),
+        document.get("spec"),
+    ]
+    return hashlib.sha256(json.dumps(read, sort_keys=True, default=str).encode()).hexdigest()
+
+
+async def _compile(state: _State, name: str, document: Mapping[str, Any]) -> engine.CompiledPolicy:
+    """Compile in a worker thread: the event loop goes on answering probes and admissions."""
+    state.compilations += 1
+    started = time.monotonic()
+    try:
+        return await asyncio.to_thread(compile_resource, document)
+    finally:
+        logger.info("compiled policy %s in %.2fs", name, time.monotonic() - started)
+
+
+async def _keep_or_deny(
+    state: _State, key: PolicyKey, body: Mapping[str, Any], error: str
+) -> tuple[str, str, str]:
+    """An invalid policy: keep its last good version, or fail closed in its scope.
+
+    Returns the status it reports: (ready, reason, message).
+    """
     name = body["metadata"]["name"]
     if state.cache.has_good_policy(key):
         logger.error("policy %s is invalid (previous version kept): %s", name, error)
@@ -364,7 +544,7 @@ async def _keep_or_deny(state: _State, key: PolicyKey, body: Mapping[str, Any], 
         # stricter report stands, or the two would overwrite each other's status forever.
         if not _reported(body, "InvalidDenying"):
             await _write_status(state, key[0], body, "False", "InvalidKeptPrevious", error)
-        return
+        return "False", "InvalidKeptPrevious", error
     broken = policy_compile.compile_broken(body, error)
     state.cache.set_policy(key, broken)
     for listener in state.policy_listeners:
@@ -376,6 +556,7 @@ async def _keep_or_deny(state: _State, key: PolicyKey, body: Mapping[str, Any], 
         "(by each replica that has no earlier good version of it)"
     )
     await _write_status(state, key[0], body, "False", "InvalidDenying", message)
+    return "False", "InvalidDenying", message
 
 
 def _reported(body: Mapping[str, Any], reason: str) -> bool:

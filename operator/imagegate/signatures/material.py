@@ -3,27 +3,53 @@
 Namespaces follow one rule: an ImagePolicy may only read objects in its own namespace (whatever
 its reference says), a ClusterImagePolicy reads the namespace its reference names, or
 imagegate's own namespace. Values are cached briefly, so a rotation is picked up within a minute.
+
+When the API server cannot be reached (a transport error, or a 5xx/429 answer), the last value
+read is served for up to `STALE_FOR` seconds past its freshness, so an API server outage or
+restart does not turn every signature-checked admission into a denial. A definite answer (404,
+403) is never papered over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import urllib3
 from kubernetes import client
 
 from imagegate.errors import ImagegateError
 
+logger = logging.getLogger(__name__)
+
 TTL = 60.0
 NEGATIVE_TTL = 10.0
+#: How long past its TTL a value is still served while the API server is unreachable.
+STALE_FOR = 300.0
+#: (connect, read) seconds per API call: a stalled API server must not eat the admission deadline.
+REQUEST_TIMEOUT = (2.0, 3.0)
 MAX_ENTRIES = 10_000
+#: What the client raises when it got no answer at all (refused, reset, timed out, TLS).
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError)
+
+
+CacheKey = tuple[str, str, str]  # (kind, namespace, name)
+Entry = TypeVar("Entry")
 
 
 class MaterialError(ImagegateError):
     """A Secret or key that the policy names cannot be read."""
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether a failed API call says nothing about the object (no answer, or a server error)."""
+    if isinstance(error, client.ApiException):
+        return error.status is None or error.status == 429 or int(error.status) >= 500
+    return isinstance(error, TRANSPORT_ERRORS)
 
 
 class SecretReader(Protocol):
@@ -47,15 +73,26 @@ class KubernetesMaterial:
     """Secrets, ConfigMaps and ServiceAccounts read through the API server, cached briefly.
 
     A failed read is cached too, for a shorter time, so a Pod naming a missing pull secret does
-    not turn every admission into an extra API call.
+    not turn every admission into an extra API call. While the API server is unreachable, the
+    last good value is served for `stale_for` seconds past its `ttl` (stale-if-error).
     """
 
     def __init__(
-        self, api: client.ApiClient, *, clock: Callable[[], float] = time.monotonic
+        self,
+        api: client.ApiClient,
+        *,
+        ttl: float = TTL,
+        stale_for: float = STALE_FOR,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._core = client.CoreV1Api(api)
+        self._ttl = ttl
+        self._stale_for = stale_for
         self._clock = clock
-        self._cache: dict[tuple[str, str, str], tuple[float, dict[str, str] | MaterialError]] = {}
+        self._cache: dict[CacheKey, tuple[float, dict[str, str] | MaterialError]] = {}
+        #: The last good read of each object and when it was made: what an outage is served.
+        self._good: dict[CacheKey, tuple[float, dict[str, str]]] = {}
+        self._serving_stale = False
 
     async def read(self, namespace: str, name: str, key: str) -> bytes:
         data = await self._data("Secret", namespace, name)
@@ -83,39 +120,76 @@ class KubernetesMaterial:
             return cached[1]
         try:
             data = await asyncio.to_thread(self._read, kind, namespace, name)
-        except client.ApiException as error:
-            failure = MaterialError(
-                f"cannot read {kind} {namespace}/{name}: {error.reason} ({error.status})"
-            )
-            self._remember(cache_key, (self._clock() + NEGATIVE_TTL, failure))
+        except (client.ApiException, urllib3.exceptions.HTTPError, OSError) as error:
+            if unreachable(error):
+                stale = self._stale(cache_key)
+                if stale is not None:
+                    return stale
+            failure = MaterialError(f"cannot read {kind} {namespace}/{name}: {_describe(error)}")
+            _remember(self._cache, cache_key, (self._clock() + NEGATIVE_TTL, failure))
             raise failure from error
-        self._remember(cache_key, (self._clock() + TTL, data))
+        if self._serving_stale:
+            self._serving_stale = False
+            logger.info("the API server answers again: Secrets and ConfigMaps are read afresh")
+        now = self._clock()
+        _remember(self._cache, cache_key, (now + self._ttl, data))
+        _remember(self._good, cache_key, (now, data))
         return data
 
-    def _remember(
-        self, key: tuple[str, str, str], value: tuple[float, dict[str, str] | MaterialError]
-    ) -> None:
-        # Bounded: Pods name pull secrets, and whoever writes a Pod can name a million.
-        self._cache.pop(key, None)
-        self._cache[key] = value
-        while len(self._cache) > MAX_ENTRIES:
-            del self._cache[next(iter(self._cache))]
+    def _stale(self, key: CacheKey) -> dict[str, str] | None:
+        """The last good value, while it is within `stale_for` past its TTL; logged once."""
+        good = self._good.get(key)
+        now = self._clock()
+        if good is None or good[0] + self._ttl + self._stale_for <= now:
+            return None
+        until = good[0] + self._ttl + self._stale_for
+        if not self._serving_stale:
+            self._serving_stale = True
+            logger.warning(
+                "the API server is unreachable: serving Secrets, ConfigMaps and ServiceAccounts "
+                "as last read, for up to %.0fs past their %.0fs freshness",
+                self._stale_for,
+                self._ttl,
+            )
+        # Retry the API server after a short while, not on every admission.
+        _remember(self._cache, key, (min(now + NEGATIVE_TTL, until), good[1]))
+        return good[1]
 
     def _read(self, kind: str, namespace: str, name: str) -> dict[str, str]:
         found: Any  # V1Secret.data is typed loosely by the client
         if kind == "Secret":
-            found = self._core.read_namespaced_secret(name, namespace).data
+            found = self._core.read_namespaced_secret(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT
+            ).data
             return dict(found or {})
         if kind == "ConfigMap":
-            found = self._core.read_namespaced_config_map(name, namespace).data
+            found = self._core.read_namespaced_config_map(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT
+            ).data
             return dict(found or {})
-        account = self._core.read_namespaced_service_account(name, namespace)
+        account = self._core.read_namespaced_service_account(
+            name, namespace, _request_timeout=REQUEST_TIMEOUT
+        )
         # Kept as data entries so that one cache serves all three kinds.
         return {
             f"pull/{index:04d}": ref.name
             for index, ref in enumerate(account.image_pull_secrets or [])
             if ref.name
         }
+
+
+def _remember(cache: dict[CacheKey, Entry], key: CacheKey, value: Entry) -> None:
+    # Bounded: Pods name pull secrets, and whoever writes a Pod can name a million.
+    cache.pop(key, None)
+    cache[key] = value
+    while len(cache) > MAX_ENTRIES:
+        del cache[next(iter(cache))]
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, client.ApiException):
+        return f"{error.reason} ({error.status})"
+    return f"the API server is unreachable ({type(error).__name__})"
 
 
 def _pick(data: dict[str, str], key: str, what: str) -> str:

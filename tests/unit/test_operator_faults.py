@@ -1,0 +1,149 @@
+"""The operator's pure parts of fault handling: supervised tasks, and compiling only on change."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from imagegate.admission import server
+from imagegate.cluster import operator
+from imagegate.signatures import material
+
+
+def test_a_failing_background_task_is_logged_by_name_and_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs: list[int] = []
+
+    async def flaky() -> None:
+        runs.append(1)
+        if len(runs) < 3:
+            raise ConnectionRefusedError("the API server is gone")
+
+    caplog.set_level(logging.ERROR, logger=operator.__name__)
+    asyncio.run(operator.supervised("certificate upkeep", flaky, backoffs=(0.0,)))
+    assert len(runs) == 3
+    failures = [r for r in caplog.records if "'certificate upkeep' failed" in r.message]
+    assert len(failures) == 2
+    assert all(r.exc_info is not None for r in failures)  # with the traceback
+
+
+def test_a_cancelled_background_task_stops() -> None:
+    async def forever() -> None:
+        await asyncio.sleep(3600)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(operator.supervised("scan", forever))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+
+
+def test_the_default_config_serves_cluster_material_through_a_minute_long_outage() -> None:
+    config = operator.OperatorConfig(None, server.TLSFiles(Path("c"), Path("k")))
+    assert config.material_stale_for == material.STALE_FOR >= 60.0
+    assert config.material_ttl == material.TTL
+
+
+class StatusWrites:
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+
+    def patch_status(self, namespace: str | None, name: str, patch: dict[str, Any]) -> None:
+        self.patches.append(patch)
+
+
+POLICY: dict[str, Any] = {
+    "kind": "ImagePolicy",
+    "metadata": {"name": "team", "namespace": "team", "uid": "u1", "generation": 1},
+    "spec": {"sources": [{"name": "cg", "images": ["cgr.dev/**"]}]},
+}
+
+
+def state_counting_compilations() -> operator._State:
+    api = client.ApiClient()
+    config = operator.OperatorConfig(None, server.TLSFiles(Path("c"), Path("k")))
+    writes: Any = StatusWrites()
+    return operator._State(config, api, operator.PolicyCache(api), writes)
+
+
+def with_status(body: dict[str, Any]) -> dict[str, Any]:
+    written = copy.deepcopy(body)
+    written["status"] = {
+        "observedGeneration": 1,
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Compiled", "message": ""},
+        ],
+    }
+    written["metadata"]["annotations"] = {"touched": "yes"}
+    return written
+
+
+def test_a_status_or_metadata_event_does_not_recompile_a_policy() -> None:
+    state = state_counting_compilations()
+
+    async def events() -> None:
+        await operator._apply_policy_event(state, {"type": "ADDED", "object": POLICY})
+        await operator._apply_policy_event(
+            state, {"type": "MODIFIED", "object": with_status(POLICY)}
+        )
+
+    asyncio.run(events())
+    assert state.compilations == 1
+    assert len(state.cache.policies()) == 1
+
+
+def test_a_spec_edit_recompiles_and_a_delete_forgets() -> None:
+    state = state_counting_compilations()
+    edited = copy.deepcopy(POLICY)
+    edited["spec"]["sources"][0]["images"] = ["ghcr.io/**"]
+    edited["metadata"]["generation"] = 2
+
+    async def events() -> None:
+        await operator._apply_policy_event(state, {"type": "ADDED", "object": POLICY})
+        await operator._apply_policy_event(state, {"type": "MODIFIED", "object": edited})
+        await operator._apply_policy_event(state, {"type": "DELETED", "object": edited})
+        await operator._apply_policy_event(state, {"type": "ADDED", "object": edited})
+
+    asyncio.run(events())
+    assert state.compilations == 3
+
+
+def test_an_older_compile_that_finishes_last_does_not_replace_a_newer_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state = state_counting_compilations()
+    edited = copy.deepcopy(POLICY)
+    edited["spec"]["sources"][0]["images"] = ["ghcr.io/**"]
+    release = threading.Event()
+    real = operator.compile_resource
+
+    def slow_for_the_first(document: Any) -> Any:
+        if document["spec"] == POLICY["spec"]:
+            release.wait(timeout=10)
+        return real(document)
+
+    monkeypatch.setattr(operator, "compile_resource", slow_for_the_first)
+
+    async def events() -> None:
+        older = asyncio.create_task(
+            operator._apply_policy_event(state, {"type": "ADDED", "object": POLICY})
+        )
+        await asyncio.sleep(0.05)  # the older compile is under way in its thread
+        await operator._apply_policy_event(state, {"type": "MODIFIED", "object": edited})
+        release.set()
+        await older
+
+    asyncio.run(events())
+    (policy,) = state.cache.policies()
+    assert "ghcr.io" in repr(policy)
