@@ -147,3 +147,20 @@ def test_an_older_compile_that_finishes_last_does_not_replace_a_newer_one(
     asyncio.run(events())
     (policy,) = state.cache.policies()
     assert "ghcr.io" in repr(policy)
+
+
+def test_kopf_reconnects_are_bounded_so_an_edit_arrives_soon_after_an_outage() -> None:
+    """kopf's defaults back off to 8 s and more between attempts (a 13 s outage delayed an edit
+    20 s); imagegate caps request retries at 2 s apart and re-lists watches after 1 s."""
+
+    class Section:
+        pass
+
+    settings: Any = Section()
+    settings.networking = Section()
+    settings.watching = Section()
+    operator._bound_reconnects(settings)
+    assert max(settings.networking.error_backoffs) <= 2.0
+    assert settings.watching.reconnect_backoff <= 1.0
+    assert settings.networking.connect_timeout <= 5.0
+    assert settings.watching.connect_timeout <= 5.0
