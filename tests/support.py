@@ -79,6 +79,29 @@ def push_random_image(
     ).stdout.strip()
 
 
+def push_key_signed_image(
+    crane: Path, cosign: Path, registry: str, repository: str, workdir: Path
+) -> tuple[str, str]:
+    """A fresh key pair in `workdir` (cosign.key, cosign.pub), and an image pushed to
+    `repository:v1` and signed with it (legacy .sig, no log); gives (image:v1, digest)."""
+    cosign_key_pair(cosign, workdir)
+    digest = push_random_image(crane, registry, repository, "v1", workdir)
+    cosign_sign(cosign, workdir / "cosign.key", f"{registry}/{repository}@{digest}")
+    return f"{registry}/{repository}:v1", digest
+
+
+def key_secret(api_core: Any, namespace: str, public_key: str, name: str = "cosign") -> None:
+    """A Secret holding `public_key` under `cosign.pub` (as `cosign generate-key-pair k8s://`)."""
+    from kubernetes import client
+
+    api_core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name), string_data={"cosign.pub": public_key}
+        ),
+    )
+
+
 def docker_config_json(registry: str, username: str, password: str) -> str:
     """A .dockerconfigjson / config.json granting `username` access to `registry`."""
     import base64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -85,26 +86,34 @@ def webhooks(api: client.ApiClient, operator: local.LocalOperator) -> Iterator[N
         yield
 
 
+@contextlib.contextmanager
+def fresh_namespace(
+    api: client.ApiClient, prefix: str, labels: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A namespace of its own for one test (`prefix-<random>`), deleted afterwards."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(api)
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels or {}))
+    )
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
+
+
 @pytest.fixture
 def namespace(api: client.ApiClient) -> Iterator[str]:
     """A fresh namespace the webhooks do not see, deleted afterwards."""
-    name = f"plain-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    yield name
-    core.delete_namespace(name)
+    with fresh_namespace(api, "plain") as name:
+        yield name
 
 
 @pytest.fixture
 def gated_namespace(api: client.ApiClient, webhooks: None) -> Iterator[str]:
     """A fresh namespace that the webhooks see."""
-    name = f"gated-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(api)
-    core.create_namespace(
-        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={E2E_LABEL: "on"}))
-    )
-    yield name
-    core.delete_namespace(name)
+    with fresh_namespace(api, "gated", {E2E_LABEL: "on"}) as name:
+        yield name
 
 
 PolicyFactory = Callable[..., dict[str, Any]]

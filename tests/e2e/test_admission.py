@@ -16,7 +16,7 @@ from kubernetes.client.rest import ApiException
 from imagegate.cluster import resources
 from imagegate.testbed import local
 from imagegate.testbed.registry import LocalRegistry
-from support import Cluster, cosign_key_pair, cosign_sign, push_random_image
+from support import Cluster, key_secret, push_key_signed_image, push_random_image
 
 from .conftest import PolicyFactory
 
@@ -304,10 +304,8 @@ def test_a_signature_policy_denies_unsigned_and_admits_signed_pinned(
     cosign: Path,
     tmp_path: Path,
 ) -> None:
-    cosign_key_pair(cosign, tmp_path)
-    signed = push_random_image(crane, registry.address, "e2e/signed", "v1", tmp_path)
+    _, signed = push_key_signed_image(crane, cosign, registry.address, "e2e/signed", tmp_path)
     unsigned = push_random_image(crane, registry.address, "e2e/unsigned", "v1", tmp_path)
-    cosign_sign(cosign, tmp_path / "cosign.key", f"{registry.address}/e2e/signed@{signed}")
     image_policy(
         gated_namespace,
         "signed-only",
@@ -349,16 +347,8 @@ def test_keys_can_come_from_a_secret_in_the_policys_namespace(
     cosign: Path,
     tmp_path: Path,
 ) -> None:
-    cosign_key_pair(cosign, tmp_path)
-    digest = push_random_image(crane, registry.address, "e2e/secret", "v1", tmp_path)
-    cosign_sign(cosign, tmp_path / "cosign.key", f"{registry.address}/e2e/secret@{digest}")
-    client.CoreV1Api(api).create_namespaced_secret(
-        gated_namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="cosign"),
-            string_data={"cosign.pub": (tmp_path / "cosign.pub").read_text()},
-        ),
-    )
+    _, digest = push_key_signed_image(crane, cosign, registry.address, "e2e/secret", tmp_path)
+    key_secret(client.CoreV1Api(api), gated_namespace, (tmp_path / "cosign.pub").read_text())
     image_policy(
         gated_namespace,
         "from-secret",

@@ -23,14 +23,7 @@ from imagegate.cluster import operator, resources
 from imagegate.testbed import local, processes
 from imagegate.testbed.registry import LocalRegistry
 from netproxy import ThreadedProxy
-from support import (
-    Cluster,
-    cosign_key_pair,
-    cosign_sign,
-    pod_review,
-    post_review,
-    push_random_image,
-)
+from support import Cluster, key_secret, pod_review, post_review, push_key_signed_image
 
 from .conftest import PolicyFactory
 
@@ -111,17 +104,8 @@ def test_a_key_signed_image_is_admitted_from_cache_while_the_api_server_is_unrea
     proxied_kubeconfig: Path,
     tmp_path: Path,
 ) -> None:
-    cosign_key_pair(cosign, tmp_path)
-    digest = push_random_image(crane, registry.address, "faults/keyed", "v1", tmp_path)
-    cosign_sign(cosign, tmp_path / "cosign.key", f"{registry.address}/faults/keyed@{digest}")
-    client.CoreV1Api(api).create_namespaced_secret(
-        namespace,
-        client.V1Secret(
-            metadata=client.V1ObjectMeta(name="cosign"),
-            string_data={"cosign.pub": (tmp_path / "cosign.pub").read_text()},
-        ),
-    )
-    image = f"{registry.address}/faults/keyed:v1"
+    image, _ = push_key_signed_image(crane, cosign, registry.address, "faults/keyed", tmp_path)
+    key_secret(client.CoreV1Api(api), namespace, (tmp_path / "cosign.pub").read_text())
     # A 1 s freshness, so the outage outlasts it many times over; the stale window is the default.
     with local.operator_process(
         proxied_kubeconfig,

@@ -14,7 +14,6 @@ connection), none of which a straight loopback connection ever shows.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from support import (
     push_random_image,
 )
 
-from .conftest import PolicyFactory
+from .conftest import PolicyFactory, fresh_namespace
 
 pytestmark = pytest.mark.controlplane
 
@@ -60,13 +59,8 @@ def proxied_webhooks(
 
 @pytest.fixture
 def wire_namespace(api: client.ApiClient, proxied_webhooks: TcpProxy) -> Iterator[str]:
-    name = f"wire-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(api)
-    core.create_namespace(
-        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={WIRE_LABEL: "on"}))
-    )
-    yield name
-    core.delete_namespace(name)
+    with fresh_namespace(api, "wire", {WIRE_LABEL: "on"}) as name:
+        yield name
 
 
 def big_pod(name: str, image: str, annotation_bytes: int) -> dict[str, Any]:

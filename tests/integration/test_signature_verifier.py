@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,24 @@ def keys_dir(cosign: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 sign = cosign_sign
+
+#: Pushes a fresh image to `repository` (tag v1) and, unless `bundle` is None, signs it with
+#: the signer key (a v0.3 bundle or a legacy .sig); gives (registry/repository, digest).
+Publish = Callable[..., tuple[str, str]]
+
+
+@pytest.fixture
+def publish(
+    registry: LocalRegistry, crane: Path, cosign: Path, keys_dir: Path, tmp_path: Path
+) -> Publish:
+    def push(repository: str, *, bundle: bool | None, tag: str = "v1") -> tuple[str, str]:
+        digest = push_random_image(crane, registry.address, repository, tag, tmp_path)
+        name = f"{registry.address}/{repository}"
+        if bundle is not None:
+            sign(cosign, keys_dir / "signer.key", f"{name}@{digest}", bundle=bundle)
+        return name, digest
+
+    return push
 
 
 def requirement(keys_dir: Path, *names: str, tlog: bool = False) -> model.Signatures:
@@ -51,54 +69,26 @@ async def verdict(verifier: CosignVerifier, image: str, needs: Any) -> engine.Si
 
 @pytest.mark.parametrize("bundle", [False, True], ids=["legacy-sig", "bundle-v0.3"])
 async def test_a_key_signed_image_verifies_and_reports_its_digest(
-    verifier: CosignVerifier,
-    registry: LocalRegistry,
-    crane: Path,
-    cosign: Path,
-    keys_dir: Path,
-    tmp_path: Path,
-    bundle: bool,
+    verifier: CosignVerifier, publish: Publish, keys_dir: Path, bundle: bool
 ) -> None:
-    digest = push_random_image(crane, registry.address, f"sig/ok-{int(bundle)}", "v1", tmp_path)
-    sign(
-        cosign,
-        keys_dir / "signer.key",
-        f"{registry.address}/sig/ok-{int(bundle)}@{digest}",
-        bundle=bundle,
-    )
-    result = await verdict(
-        verifier,
-        f"{registry.address}/sig/ok-{int(bundle)}:v1",
-        requirement(keys_dir, "stranger", "signer"),
-    )
+    name, digest = publish(f"sig/ok-{int(bundle)}", bundle=bundle)
+    result = await verdict(verifier, f"{name}:v1", requirement(keys_dir, "stranger", "signer"))
     assert result == engine.SignatureVerdict(True, digest=digest)
 
 
 async def test_the_wrong_key_names_each_authority_tried(
-    verifier: CosignVerifier,
-    registry: LocalRegistry,
-    crane: Path,
-    cosign: Path,
-    keys_dir: Path,
-    tmp_path: Path,
+    verifier: CosignVerifier, publish: Publish, keys_dir: Path
 ) -> None:
-    digest = push_random_image(crane, registry.address, "sig/wrong", "v1", tmp_path)
-    sign(cosign, keys_dir / "signer.key", f"{registry.address}/sig/wrong@{digest}", bundle=True)
-    result = await verdict(
-        verifier, f"{registry.address}/sig/wrong@{digest}", requirement(keys_dir, "stranger")
-    )
+    name, digest = publish("sig/wrong", bundle=True)
+    result = await verdict(verifier, f"{name}@{digest}", requirement(keys_dir, "stranger"))
     assert not result.verified
     assert result.reason == f"{digest}: keys[0]: signature does not verify with the key"
 
 
 async def test_unsigned_images_are_refused_under_key_and_keyless_requirements(
-    verifier: CosignVerifier,
-    registry: LocalRegistry,
-    crane: Path,
-    keys_dir: Path,
-    tmp_path: Path,
+    verifier: CosignVerifier, publish: Publish, keys_dir: Path, registry: LocalRegistry
 ) -> None:
-    digest = push_random_image(crane, registry.address, "sig/none", "v1", tmp_path)
+    _, digest = publish("sig/none", bundle=None)
     result = await verdict(
         verifier, f"{registry.address}/sig/none:v1", requirement(keys_dir, "signer")
     )
@@ -141,20 +131,10 @@ async def test_a_signature_copied_onto_another_image_is_refused(
 
 
 async def test_key_signatures_without_a_log_fail_when_the_log_is_required(
-    verifier: CosignVerifier,
-    registry: LocalRegistry,
-    crane: Path,
-    cosign: Path,
-    keys_dir: Path,
-    tmp_path: Path,
+    verifier: CosignVerifier, publish: Publish, keys_dir: Path
 ) -> None:
-    digest = push_random_image(crane, registry.address, "sig/tlog", "v1", tmp_path)
-    sign(cosign, keys_dir / "signer.key", f"{registry.address}/sig/tlog@{digest}", bundle=True)
-    result = await verdict(
-        verifier,
-        f"{registry.address}/sig/tlog@{digest}",
-        requirement(keys_dir, "signer", tlog=True),
-    )
+    name, digest = publish("sig/tlog", bundle=True)
+    result = await verdict(verifier, f"{name}@{digest}", requirement(keys_dir, "signer", tlog=True))
     assert "not in a transparency log" in result.reason
 
 
@@ -173,19 +153,13 @@ async def test_a_registry_that_is_down_is_a_refusal_with_the_reason(
 
 
 async def test_a_key_signature_does_not_satisfy_a_keyless_identity(
-    verifier: CosignVerifier,
-    registry: LocalRegistry,
-    crane: Path,
-    cosign: Path,
-    keys_dir: Path,
-    tmp_path: Path,
+    verifier: CosignVerifier, publish: Publish
 ) -> None:
-    digest = push_random_image(crane, registry.address, "sig/keyless", "v1", tmp_path)
-    sign(cosign, keys_dir / "signer.key", f"{registry.address}/sig/keyless@{digest}", bundle=True)
+    name, digest = publish("sig/keyless", bundle=True)
     keyless = model.Signatures.model_validate(
         {"keyless": [{"issuer": "https://i", "subject": "https://s"}]}
     )
-    result = await verdict(verifier, f"{registry.address}/sig/keyless@{digest}", keyless)
+    result = await verdict(verifier, f"{name}@{digest}", keyless)
     assert not result.verified
     assert result.reason == (
         f"{digest}: keyless[0]: the bundle was signed with a key, not a Fulcio certificate"
@@ -212,14 +186,9 @@ class Secrets:
 
 
 async def test_keys_from_secrets_and_the_namespace_an_image_policy_may_read(
-    registry: LocalRegistry,
-    crane: Path,
-    cosign: Path,
-    keys_dir: Path,
-    tmp_path: Path,
+    registry: LocalRegistry, publish: Publish, keys_dir: Path
 ) -> None:
-    digest = push_random_image(crane, registry.address, "sig/secret", "v1", tmp_path)
-    sign(cosign, keys_dir / "signer.key", f"{registry.address}/sig/secret@{digest}", bundle=True)
+    name, digest = publish("sig/secret", bundle=True)
     pem = (keys_dir / "signer.pub").read_bytes()
     secrets = Secrets(
         {("team-a", "cosign", "cosign.pub"): pem, ("ops", "cosign", "cosign.pub"): pem}
@@ -230,7 +199,7 @@ async def test_keys_from_secrets_and_the_namespace_an_image_policy_may_read(
             "requireTransparencyLog": False,
         }
     )
-    image = f"{registry.address}/sig/secret@{digest}"
+    image = f"{name}@{digest}"
     async with aiohttp.ClientSession() as session:
         client = oci.RegistryClient(session, insecure=frozenset({registry.address}))
         verifier = CosignVerifier(client, secrets=secrets, own_namespace="imagegate-system")
