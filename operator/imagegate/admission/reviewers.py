@@ -31,6 +31,8 @@ AUDIT_DETAIL = "detail"
 #: The share of the deadline `/mutate` may spend pinning: the rest is `/validate`'s, which the
 #: API server calls after it, within the same request.
 MUTATE_BUDGET_SHARE = 0.4
+#: Seconds before the end of the budget at which a failed lookup counts as out of time.
+LATE_MARGIN = 0.05
 
 
 class PolicySource(Protocol):
@@ -353,16 +355,20 @@ class Mutator:
         for task in (*pending, keychain):
             task.cancel()
         await asyncio.gather(*pending, keychain, return_exceptions=True)
+        # The client's deadline and the wait end together: an image failed by the one is as
+        # late as an image cut off by the other (the margin: the client gives up a hair early).
+        late = bool(pending) or (budget is not None and self._clock() >= until - LATE_MARGIN)
         found: list[tuple[engine.PlannedImage, str]] = []
         for image, task in zip(images, tasks, strict=True):
             if task in pending:
                 logger.warning("could not pin %s within %.1fs", image.final, budget)
             elif (error := task.exception()) is not None:  # validation will decide
                 logger.warning("could not resolve %s for pinning: %s", image.final, error)
-                warnings.append(f"imagegate: could not pin {image.final}: {error}")
+                if not late:
+                    warnings.append(f"imagegate: could not pin {image.final}: {error}")
             else:
                 found.append((image, task.result()))
-        if pending:
+        if late and len(found) < len(images):
             warnings.append(f"imagegate: could not pin within {budget:.1f}s; validation decides")
         return found
 
