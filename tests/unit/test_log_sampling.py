@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,3 +152,19 @@ def test_run_takes_the_flags_with_their_defaults() -> None:
         [*base, "--log-admits", "all", "--stale-digest-ttl", "60", "--mutate-budget", "2"]
     )
     assert (given.log_admits, given.stale_digest_ttl, given.mutate_budget) == ("all", 60.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--mutate-budget", "0"], ["--mutate-budget", "9"], ["--stale-digest-ttl", "-1"]],
+    ids=["budget-zero", "budget-past-deadline", "negative-ttl"],
+)
+def test_run_refuses_bounds_that_make_no_sense(
+    bad: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, key = tmp_path / "c", tmp_path / "k"
+    cert.write_text("c")
+    key.write_text("k")
+    status = cli.main(["run", "--tls-cert", str(cert), "--tls-key", str(key), *bad])
+    assert status == 2
+    assert bad[0] in capsys.readouterr().err

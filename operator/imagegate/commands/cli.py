@@ -69,6 +69,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.tls_cert.is_file() or not args.tls_key.is_file():
             raise UsageError(f"TLS files not found: {args.tls_cert}, {args.tls_key}")
         tls = server.TLSFiles(args.tls_cert, args.tls_key)
+    if args.mutate_budget is not None and not 0 < args.mutate_budget <= args.deadline:
+        raise UsageError("--mutate-budget must be more than 0 and at most --deadline")
+    if args.stale_digest_ttl < 0:
+        raise UsageError("--stale-digest-ttl must be 0 (never) or more")
     logs.configure(args.log_format)
     operator.run(
         operator.OperatorConfig(
