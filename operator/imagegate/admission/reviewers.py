@@ -8,15 +8,18 @@ answer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol
 
 from imagegate.admission import records as audit
 from imagegate.admission import review as admission
 from imagegate.core import reference, workloads
 from imagegate.policy import engine
+from imagegate.registry import staleness
 from imagegate.registry.keychain import Keychain
 
 logger = logging.getLogger(__name__)
@@ -25,6 +28,11 @@ ORIGINAL_IMAGES_ANNOTATION = "imagegate.dev/original-images"
 #: auditAnnotations keys (the API server prefixes them with the webhook's name).
 AUDIT_DECISION = "decision"
 AUDIT_DETAIL = "detail"
+#: The share of the deadline `/mutate` may spend pinning: the rest is `/validate`'s, which the
+#: API server calls after it, within the same request.
+MUTATE_BUDGET_SHARE = 0.4
+#: Seconds before the end of the budget at which a failed lookup counts as out of time.
+LATE_MARGIN = 0.05
 
 
 class PolicySource(Protocol):
@@ -142,11 +150,13 @@ class Validator:
         verifier: SignatureVerifier | None = None,
         recorders: Sequence[audit.AuditRecorder] = (),
         keychains: KeychainSource | None = None,
+        decisions: DecisionLog | None = None,
     ):
         self._policies = policies
         self._verifier = verifier
         self._recorders = tuple(recorders)
         self._keychains = keychains
+        self._decisions = decisions or DecisionLog()
 
     async def __call__(
         self, review: admission.AdmissionReview, deadline: float
@@ -159,16 +169,17 @@ class Validator:
         if scope is None:
             return admission.AdmissionResponse(uid=request.uid, allowed=True)
         images, policies = scope
-        decision = await judge(
-            images,
-            policies,
-            obj=request.object,
-            namespace=request.namespace,
-            group_kind=(request.kind.group, request.kind.kind),
-            verifier=self._verifier,
-            keychains=self._keychains,
-            deadline=deadline,
-        )
+        with staleness.collecting() as stale:
+            decision = await judge(
+                images,
+                policies,
+                obj=request.object,
+                namespace=request.namespace,
+                group_kind=(request.kind.group, request.kind.kind),
+                verifier=self._verifier,
+                keychains=self._keychains,
+                deadline=deadline,
+            )
         described = _describe_object(request)
         _record(
             self._recorders,
@@ -176,7 +187,10 @@ class Validator:
                 decision, request.namespace, described, dry_run=request.dry_run
             ),
         )
-        _log_decision("validate", request, described, decision.allowed, _audit_detail(decision))
+        warnings = (*decision.warnings(), *staleness.warnings(stale))
+        self._decisions.log(
+            "validate", request, described, decision.allowed, _audit_detail(decision), warnings
+        )
         annotations = {
             AUDIT_DECISION: "allowed" if decision.allowed else "denied",
             AUDIT_DETAIL: json.dumps(_audit_detail(decision), separators=(",", ":")),
@@ -185,20 +199,26 @@ class Validator:
             return admission.AdmissionResponse(
                 uid=request.uid,
                 allowed=True,
-                warnings=tuple(decision.warnings()),
+                warnings=warnings,
                 audit_annotations=annotations,
             )
         return admission.AdmissionResponse(
             uid=request.uid,
             allowed=False,
             message=decision.denial_message(),
-            warnings=tuple(decision.warnings()),
+            warnings=warnings,
             audit_annotations=annotations,
         )
 
 
 class Mutator:
-    """`/mutate`: rewrite to hardened equivalents and pin digests; never denies on policy."""
+    """`/mutate`: rewrite to hardened equivalents and pin digests; never denies on policy.
+
+    Pinning gets `budget` seconds of the deadline (default `MUTATE_BUDGET_SHARE` of it): a slow
+    registry then costs the Pod one short wait here, and `/validate`, which decides, keeps the
+    rest of its own deadline. Past the budget the images are admitted unpinned with a warning;
+    a registry never makes `/mutate` deny.
+    """
 
     def __init__(
         self,
@@ -206,11 +226,18 @@ class Mutator:
         resolver: DigestResolver | None = None,
         keychains: KeychainSource | None = None,
         recorders: Sequence[audit.AuditRecorder] = (),
+        *,
+        budget: float | None = None,
+        decisions: DecisionLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self._policies = policies
         self._resolver = resolver
         self._keychains = keychains
         self._recorders = tuple(recorders)
+        self._budget = budget
+        self._decisions = decisions or DecisionLog()
+        self._clock = clock
 
     async def __call__(
         self, review: admission.AdmissionReview, deadline: float
@@ -234,28 +261,21 @@ class Mutator:
         warnings: list[str] = []
         pinning = [p for p in policies if p.pin_digests and p.mode is engine.Mode.ENFORCE]
         if self._resolver is not None and pinning:
-            keychain: Keychain | None = None
-            for image in planned:
-                if image.final is None or image.final.digest is not None:
-                    continue
-                if not engine.trusted_by_sources(image.final, policies):
-                    continue  # validation denies it: no registry call for nothing
-                try:
-                    if keychain is None:
-                        keychain = await _keychain(
-                            self._keychains,
-                            request.object,
-                            request.namespace,
-                            (request.kind.group, request.kind.kind),
-                            policies,
-                        )
-                    digest = await self._resolver.resolve(image.final, deadline, keychain)
-                except Exception as error:  # validation will decide; pinning is best effort
-                    logger.warning("could not resolve %s for pinning: %s", image.final, error)
-                    warnings.append(f"imagegate: could not pin {image.final}: {error}")
-                    continue
-                # Keep the tag for readers: `repo:tag@digest` runs exactly `digest`.
-                finals[image.container.pointer] = _pinned(image, digest)
+            to_pin = [
+                image
+                for image in planned
+                if image.final is not None
+                and image.final.digest is None
+                # Validation denies an untrusted image: no registry call for nothing.
+                and engine.trusted_by_sources(image.final, policies)
+            ]
+            if to_pin:
+                with staleness.collecting() as stale:
+                    digests = await self._pin(request, policies, to_pin, deadline, warnings)
+                warnings += staleness.warnings(stale)
+                for image, digest in digests:
+                    # Keep the tag for readers: `repo:tag@digest` runs exactly `digest`.
+                    finals[image.container.pointer] = _pinned(image, digest)
         patch = _patch(request.object, planned, finals)
         rewritten = {
             f"{p.container.kind}/{p.container.container_name}": p.container.image
@@ -264,23 +284,27 @@ class Mutator:
         }
         annotations = {AUDIT_DECISION: "rewritten" if rewritten else "unchanged"}
         if rewritten:
-            annotations[AUDIT_DETAIL] = json.dumps(rewritten, separators=(",", ":"), sort_keys=True)
             described = _describe_object(request)
+            annotations[AUDIT_DETAIL] = json.dumps(rewritten, separators=(",", ":"), sort_keys=True)
             _record(
                 self._recorders,
                 audit.rewrite_entries(
                     planned, policies, request.namespace, described, dry_run=request.dry_run
                 ),
             )
-            _log_decision(
+        if rewritten or warnings:
+            self._decisions.log(
                 "mutate",
                 request,
-                described,
+                # Malformed metadata is validation's to deny; a warning is no reason to here.
+                _describe_object(request) if rewritten else _kind_and_name(request),
                 True,
                 [
                     {"container": key, "image": image, "outcome": "rewritten"}
                     for key, image in sorted(rewritten.items())
                 ],
+                warnings,
+                rewritten=bool(rewritten),
             )
         return admission.AdmissionResponse(
             uid=request.uid,
@@ -289,6 +313,70 @@ class Mutator:
             warnings=tuple(warnings),
             audit_annotations=annotations,
         )
+
+    async def _pin(
+        self,
+        request: admission.AdmissionRequest,
+        policies: Sequence[engine.CompiledPolicy],
+        images: Sequence[engine.PlannedImage],
+        deadline: float,
+        warnings: list[str],
+    ) -> list[tuple[engine.PlannedImage, str]]:
+        """The digests found within the budget, all images at once; each miss is a warning."""
+        resolver = self._resolver
+        if resolver is None:  # the caller checks; say so rather than pin with nothing
+            raise RuntimeError("pinning needs a digest resolver")
+        now = self._clock()
+        budget = self._budget
+        if budget is None and deadline:
+            budget = _budget_of(deadline - now)
+        # The registry client is given the budget as its deadline, so a Retry-After or a retry
+        # that would overrun it fails at once; the wait below also bounds what it does not
+        # (reading the pull Secrets). No deadline and no budget (tests, tools): no bound.
+        until = 0.0 if budget is None else now + budget
+        if deadline and budget is not None:
+            until = min(deadline, until)
+        keychain = asyncio.ensure_future(
+            _keychain(
+                self._keychains,
+                request.object,
+                request.namespace,
+                (request.kind.group, request.kind.kind),
+                policies,
+            )
+        )
+
+        async def pin(image: engine.PlannedImage) -> str:
+            if image.final is None:  # the caller passes only images with a final reference
+                raise ValueError(f"{image.container.pointer} has no reference to pin")
+            return await resolver.resolve(image.final, until, await asyncio.shield(keychain))
+
+        tasks = [asyncio.ensure_future(pin(image)) for image in images]
+        timeout = None if budget is None else max(0.0, until - self._clock())
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in (*pending, keychain):
+            task.cancel()
+        await asyncio.gather(*pending, keychain, return_exceptions=True)
+        # The client's deadline and the wait end together: an image failed by the one is as
+        # late as an image cut off by the other (the margin: the client gives up a hair early).
+        late = bool(pending) or (budget is not None and self._clock() >= until - LATE_MARGIN)
+        found: list[tuple[engine.PlannedImage, str]] = []
+        for image, task in zip(images, tasks, strict=True):
+            if task in pending:
+                logger.warning("could not pin %s within %.1fs", image.final, budget)
+            elif (error := task.exception()) is not None:  # validation will decide
+                logger.warning("could not resolve %s for pinning: %s", image.final, error)
+                if not late:
+                    warnings.append(f"imagegate: could not pin {image.final}: {error}")
+            else:
+                found.append((image, task.result()))
+        if late and len(found) < len(images):
+            warnings.append(f"imagegate: could not pin within {budget:.1f}s; validation decides")
+        return found
+
+
+def _budget_of(remaining: float) -> float:
+    return max(0.0, remaining) * MUTATE_BUDGET_SHARE
 
 
 def _record(recorders: Sequence[audit.AuditRecorder], entries: Sequence[audit.AuditEntry]) -> None:
@@ -300,12 +388,106 @@ def _record(recorders: Sequence[audit.AuditRecorder], entries: Sequence[audit.Au
                 logger.exception("audit recorder %s failed", type(recorder).__name__)
 
 
+#: `--log-admits`: which plain admissions (allowed, no warning, no rewrite) get a log line.
+AdmitLogging = Literal["none", "sampled", "all"]
+ADMIT_LOGGING: tuple[AdmitLogging, ...] = ("none", "sampled", "all")
+#: `sampled`: the first plain admission and every 100th after it.
+SAMPLE_EVERY = 100
+#: Seconds between the count lines that stand for the plain admissions not logged.
+COUNT_INTERVAL = 60.0
+
+
+class DecisionLog:
+    """One log line per denial, warning and rewrite; plain admissions as `admits` says.
+
+    At 165k admissions a line each is 87 MB of log saying "allowed" again and again. Denials,
+    warnings and rewrites are what people look for: always logged. Plain admissions are logged
+    all, one in `sample_every`, or none; unless all, a count line ("N admissions allowed in the
+    last 60 s") stands for them, written by `run()` (or by the next decision, when it is late).
+    With `--log-format json` each line is one JSON object (trail/logs.py).
+    """
+
+    def __init__(
+        self,
+        admits: AdmitLogging = "sampled",
+        *,
+        sample_every: int = SAMPLE_EVERY,
+        interval: float = COUNT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._admits = admits
+        self._every = max(1, sample_every)
+        self._interval = interval
+        self._clock = clock
+        self._window_start = clock()
+        self._allowed = 0  # plain admissions in this window
+        self._logged = 0  # of which logged
+        self._seen = 0  # plain admissions ever: the sample is every `_every`-th
+
+    def log(
+        self,
+        webhook: str,
+        request: admission.AdmissionRequest,
+        described: str,
+        allowed: bool,
+        images: Sequence[Mapping[str, Any]],
+        warnings: Sequence[str] = (),
+        *,
+        rewritten: bool = False,
+    ) -> None:
+        if allowed and not warnings and not rewritten and not self._log_plain():
+            return
+        _log_decision(webhook, request, described, allowed, images, warnings)
+
+    def _log_plain(self) -> bool:
+        """Whether this plain admission gets its line; counts it either way."""
+        if self._admits == "all":
+            return True
+        if self._clock() - self._window_start >= self._interval:
+            self.flush()
+        self._seen += 1
+        self._allowed += 1
+        sampled = self._admits == "sampled" and self._seen % self._every == 1 % self._every
+        self._logged += sampled
+        return sampled
+
+    def flush(self) -> None:
+        """The count line for the window now ending (none for an empty one); a new window."""
+        now = self._clock()
+        seconds = now - self._window_start
+        if self._allowed:
+            logger.info(
+                "%d admissions allowed in the last %.0f s (%d logged)",
+                self._allowed,
+                seconds,
+                self._logged,
+                extra={
+                    "admissions": {
+                        "allowed": self._allowed,
+                        "logged": self._logged,
+                        "seconds": round(seconds, 3),
+                    }
+                },
+            )
+        self._window_start, self._allowed, self._logged = now, 0, 0
+
+    async def run(self) -> None:
+        """Write the count line every `interval` seconds (a background task of the operator)."""
+        if self._admits == "all":
+            return
+        while True:
+            await asyncio.sleep(max(0.0, self._window_start + self._interval - self._clock()))
+            if self._clock() - self._window_start >= self._interval:
+                self.flush()
+
+
 def _log_decision(
     webhook: str,
     request: admission.AdmissionRequest,
     described: str,
     allowed: bool,
     images: Sequence[Mapping[str, Any]],
+    warnings: Sequence[str],
 ) -> None:
     """One log line per decision; with `--log-format json`, one JSON object (logs.py)."""
     logger.info(
@@ -326,6 +508,7 @@ def _log_decision(
                 "dryRun": request.dry_run,
                 "allowed": allowed,
                 "images": list(images),
+                "warnings": list(warnings),
             }
         },
     )
@@ -336,6 +519,11 @@ def _pinned(image: engine.PlannedImage, digest: str) -> str:
         # Pin what the user wrote, not its normalised form (`nginx:1.25@sha256:...`).
         return f"{image.container.image}@{digest}"
     return str(image.final.with_digest(digest)) if image.final else image.container.image
+
+
+def _kind_and_name(request: admission.AdmissionRequest) -> str:
+    """`Kind/name` from the request alone (never raises)."""
+    return f"{request.kind.kind}/{request.name or '*'}"
 
 
 def _describe_object(request: admission.AdmissionRequest) -> str:

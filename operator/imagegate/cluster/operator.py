@@ -48,7 +48,7 @@ from imagegate.errors import ImagegateError
 from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine, model
 from imagegate.registry import client as oci
-from imagegate.registry import pinning
+from imagegate.registry import pinning, staleness
 from imagegate.signatures import material as cluster_material
 from imagegate.signatures import verifier
 from imagegate.signatures.cache import VerdictCache
@@ -145,6 +145,12 @@ class OperatorConfig:
     host: str = "0.0.0.0"  # nosec B104
     port: int = 8443
     deadline: float = server.DEFAULT_DEADLINE
+    #: Seconds /mutate may spend pinning; None: `webhook.MUTATE_BUDGET_SHARE` of the deadline.
+    mutate_budget: float | None = None
+    #: How long a tag's digest and a positive verdict may be served while a registry is down.
+    stale_digest_ttl: float = staleness.STALE_TTL
+    #: Which plain admissions get a log line (denials, warnings, rewrites always do).
+    log_admits: webhook.AdmitLogging = "sampled"
     #: Where imagegate runs: ClusterImagePolicy secretRefs without a namespace read from here.
     namespace: str = field(
         default_factory=lambda: os.environ.get("POD_NAMESPACE", "imagegate-system")
@@ -331,7 +337,13 @@ async def _start(state: _State) -> None:
         state.api, ttl=config.material_ttl, stale_for=config.material_stale_for
     )
     keychains = credentials.ClusterKeychains(material, config.namespace)
-    verdicts = VerdictCache()
+    verdicts = VerdictCache(stale_ttl=config.stale_digest_ttl, on_stale=state.metrics.stale_verdict)
+    # One tag cache for both webhooks: what /mutate pinned, /validate verifies without asking.
+    resolver = pinning.CachingResolver(
+        registry_client, stale_ttl=config.stale_digest_ttl, on_stale=state.metrics.stale_digest
+    )
+    decisions = webhook.DecisionLog(config.log_admits)
+    _background(state, "admission count", decisions.run)
     state.metrics.watch_cache(verdicts)
     counter = status.DenialCounter(state.api)
     recorders: list[audit.AuditRecorder] = [counter, state.metrics]
@@ -348,6 +360,7 @@ async def _start(state: _State) -> None:
         secrets=material,
         own_namespace=config.namespace,
         observe_seconds=state.metrics.verified,
+        resolver=resolver,
     )
     if config.policy_reports:
         scanner = scan.PolicyReportScanner(
@@ -361,10 +374,15 @@ async def _start(state: _State) -> None:
         _background(state, "policy report scan", lambda: scanner.run(config.scan_interval))
     app = server.build_app(
         validate=webhook.Validator(
-            state.cache, signatures, recorders=recorders, keychains=keychains
+            state.cache, signatures, recorders=recorders, keychains=keychains, decisions=decisions
         ),
         mutate=webhook.Mutator(
-            state.cache, pinning.CachingResolver(registry_client), keychains, recorders
+            state.cache,
+            resolver,
+            keychains,
+            recorders,
+            budget=config.mutate_budget,
+            decisions=decisions,
         ),
         validate_policy=policyreview.PolicyReviewer(),
         deadline=config.deadline,

@@ -69,6 +69,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.tls_cert.is_file() or not args.tls_key.is_file():
             raise UsageError(f"TLS files not found: {args.tls_cert}, {args.tls_key}")
         tls = server.TLSFiles(args.tls_cert, args.tls_key)
+    if args.mutate_budget is not None and not 0 < args.mutate_budget <= args.deadline:
+        raise UsageError("--mutate-budget must be more than 0 and at most --deadline")
+    if args.stale_digest_ttl < 0:
+        raise UsageError("--stale-digest-ttl must be 0 (never) or more")
     logs.configure(args.log_format)
     operator.run(
         operator.OperatorConfig(
@@ -77,6 +81,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             deadline=args.deadline,
+            mutate_budget=args.mutate_budget,
+            stale_digest_ttl=args.stale_digest_ttl,
+            log_admits=args.log_admits,
             insecure_registries=frozenset(args.insecure_registry),
             health_port=args.health_port if args.health_port >= 0 else None,
             events=args.events,
@@ -188,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument(
+        "--log-admits",
+        choices=["none", "sampled", "all"],
+        default="sampled",
+        help="log lines for plain admissions (denials, warnings and rewrites are always "
+        "logged): none, sampled (1 in 100, plus a count line every 60 s) or all",
+    )
+    run.add_argument(
         "--no-events",
         dest="events",
         action="store_false",
@@ -206,6 +220,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=8.0,
         help="seconds per admission before denying; keep it below the webhook timeout",
+    )
+    run.add_argument(
+        "--mutate-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds /mutate may spend pinning digests before admitting unpinned with a "
+        "warning (default: 40%% of --deadline; /validate still decides)",
+    )
+    run.add_argument(
+        "--stale-digest-ttl",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="while a registry is unreachable, serve a tag's last verified digest and a "
+        "digest's last positive signature verdict for up to this long, with a warning "
+        "(0: never)",
     )
     run.add_argument(
         "--insecure-registry",

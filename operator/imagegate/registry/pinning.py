@@ -1,13 +1,21 @@
-"""Tag → digest for pinning, with a short-lived cache (tags move; digests do not)."""
+"""Tag → digest, with a short-lived cache (tags move; digests do not) shared by both webhooks.
+
+`/mutate` pins and `/validate` verifies the same tag: one resolver answers both, so what
+`/mutate` resolved `/validate` reuses instead of asking the registry again. While the registry
+is unreachable, the last digest verified for a tag is served for `stale_ttl` (staleness.py says
+why, and which errors count); each such answer is reported, so the admission warns about it.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from imagegate.core.reference import ImageReference
 from imagegate.registry import client as registry
+from imagegate.registry import staleness
 from imagegate.registry.keychain import Keychain
 
 #: Long enough to absorb a Deployment's burst of identical pods, short enough to follow a retag.
@@ -15,22 +23,33 @@ TAG_TTL = 30.0
 MAX_ENTRIES = 10_000
 
 
+@dataclass(frozen=True)
+class _Entry:
+    digest: str
+    verified_at: float
+
+
 class CachingResolver:
-    """A `webhook.DigestResolver` over a registry client (LRU, TTL, bounded)."""
+    """A `webhook.DigestResolver` over a registry client (LRU, TTL, stale-if-error, bounded)."""
 
     def __init__(
         self,
         client: registry.RegistryClient,
         *,
         ttl: float = TAG_TTL,
+        stale_ttl: float = staleness.STALE_TTL,
         max_entries: int = MAX_ENTRIES,
         clock: Callable[[], float] = time.monotonic,
+        on_stale: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_stale(registry)` is told of each digest served stale (metrics)."""
         self._client = client
         self._ttl = ttl
+        self._stale_ttl = stale_ttl
         self._max = max_entries
         self._clock = clock
-        self._cache: OrderedDict[ImageReference, tuple[float, str]] = OrderedDict()
+        self._on_stale = on_stale
+        self._cache: OrderedDict[ImageReference, _Entry] = OrderedDict()
 
     async def resolve(
         self, image: ImageReference, deadline: float, keychain: Keychain | None = None
@@ -42,13 +61,29 @@ class CachingResolver:
             return image.digest
         cached = self._cache.get(image)
         now = self._clock()
-        if cached is not None and cached[0] > now:
+        if cached is not None and now - cached.verified_at < self._ttl:
             self._cache.move_to_end(image)
-            return cached[1]
+            return cached.digest
         client = self._client.using(keychain) if keychain is not None else self._client
-        descriptor = await client.resolve(image, deadline=deadline or None)
-        self._cache[image] = (now + self._ttl, descriptor.digest)
+        try:
+            descriptor = await client.resolve(image, deadline=deadline or None)
+        except staleness.UNREACHABLE:
+            stale = self._stale(image, cached, now)
+            if stale is None:
+                raise
+            return stale
+        self._cache[image] = _Entry(descriptor.digest, now)
         self._cache.move_to_end(image)
         while len(self._cache) > self._max:
             self._cache.popitem(last=False)
         return descriptor.digest
+
+    def _stale(self, image: ImageReference, cached: _Entry | None, now: float) -> str | None:
+        """The last verified digest while it is young enough (reported); None: too old."""
+        if cached is None or now - cached.verified_at >= self._stale_ttl:
+            return None
+        age = now - cached.verified_at
+        staleness.report(staleness.StaleAnswer(image.registry, "digest", f"tag {image}", age))
+        if self._on_stale is not None:
+            self._on_stale(image.registry)
+        return cached.digest

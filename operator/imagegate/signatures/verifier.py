@@ -25,6 +25,7 @@ from imagegate.core import keys, reference
 from imagegate.errors import ImagegateError
 from imagegate.policy import engine, model
 from imagegate.registry import client as registry
+from imagegate.registry import pinning, staleness
 from imagegate.registry.keychain import Keychain
 from imagegate.signatures import authorities, cosign, material, roots
 from imagegate.signatures.cache import VerdictCache
@@ -62,9 +63,14 @@ class CosignVerifier:
         secrets: material.ClusterMaterial | None = None,
         own_namespace: str = "imagegate-system",
         observe_seconds: Callable[[float], None] | None = None,
+        resolver: pinning.CachingResolver | None = None,
     ) -> None:
-        """`observe_seconds` is told how long each verification that really ran took."""
+        """`observe_seconds` is told how long each verification that really ran took.
+
+        `resolver` finds the digest a tag names: give the one `/mutate` pins with, so both
+        webhooks share one tag cache (and its stale-if-error) instead of asking twice."""
         self._client = client
+        self._resolver = resolver or pinning.CachingResolver(client)
         self._cache = cache
         self._secrets = secrets
         self._own_namespace = own_namespace
@@ -80,12 +86,16 @@ class CosignVerifier:
         # not depend on who asks, and the kubelet still pulls with the Pod's own credentials.
         client = self._client.using(keychain) if keychain is not None else self._client
         verdicts = await asyncio.gather(
-            *(self._verify(client, check, deadline) for check in checks)
+            *(self._verify(client, keychain, check, deadline) for check in checks)
         )
         return dict(zip(checks, verdicts, strict=True))
 
     async def _verify(
-        self, client: registry.RegistryClient, check: engine.SignatureCheck, deadline: float
+        self,
+        client: registry.RegistryClient,
+        keychain: Keychain | None,
+        check: engine.SignatureCheck,
+        deadline: float,
     ) -> engine.SignatureVerdict:
         requirement = check.requirement
         if requirement is None:
@@ -94,7 +104,7 @@ class CosignVerifier:
             )
         image = reference.parse(check.image)
         try:
-            digest = image.digest or (await client.resolve(image, deadline=deadline)).digest
+            digest = await self._resolver.resolve(image, deadline, keychain)
         except FAILURES as error:
             return _failed(error, None)
         try:
@@ -115,12 +125,15 @@ class CosignVerifier:
                 )
             )
 
-        if self._cache is None:
-            return await verification()
         # Cached per digest (not tag), per whole requirement and per key material: a retag or a
         # rotated key in a Secret is a new question.
         key = (f"{image.name}@{digest}", (requirement, tuple(k.der for k in public_keys)))
-        return await self._cache.get_or_verify(key, verification)
+        try:
+            if self._cache is None:
+                return await verification()
+            return await self._cache.get_or_verify(key, verification, registry=image.registry)
+        except staleness.UNREACHABLE as error:  # and no positive verdict to serve stale
+            return _failed(error, digest)
 
     async def _timed(
         self, verification: Awaitable[engine.SignatureVerdict]
@@ -168,6 +181,8 @@ class CosignVerifier:
             )
             root = await self._root(requirement, policy_namespace)
             authorities.of_requirement(requirement, public_keys, root).verify(found, digest)
+        except staleness.UNREACHABLE:
+            raise  # no answer, not a verdict: the cache may serve an earlier one (cache.py)
         except FAILURES as error:
             return _failed(error, digest)
         return engine.SignatureVerdict(True, digest=digest)

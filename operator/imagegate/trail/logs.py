@@ -2,7 +2,9 @@
 
 The webhooks log one line per decision with the decision itself under `extra={"decision":
 ...}`; the JSON format puts it in the object, so a log pipeline can filter on
-`decision.allowed == false` without parsing prose.
+`decision.allowed == false` without parsing prose. Plain admissions are sampled
+(`--log-admits`, admission/reviewers.py `DecisionLog`); the count line that stands for them
+carries `admissions: {allowed, logged, seconds}`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 FORMATS = ("text", "json")
 #: Attributes of `extra` that become fields of the JSON line.
-STRUCTURED_FIELDS = ("decision",)
+STRUCTURED_FIELDS = ("decision", "admissions")
 
 
 class JsonFormatter(logging.Formatter):

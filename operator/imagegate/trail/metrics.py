@@ -53,6 +53,19 @@ class Metrics:
             ["registry", "error"],
             registry=self.registry,
         )
+        self.stale_digests = Counter(
+            "imagegate_stale_digests",
+            "Tags answered with their last verified digest because the registry was unreachable.",
+            ["registry"],
+            registry=self.registry,
+        )
+        self.stale_verdicts = Counter(
+            "imagegate_stale_verdicts",
+            "Positive signature verdicts served past their TTL because the registry was "
+            "unreachable.",
+            ["registry"],
+            registry=self.registry,
+        )
 
     def record(self, entry: audit.AuditEntry) -> None:
         if not entry.dry_run:
@@ -65,13 +78,21 @@ class Metrics:
         self.verification_seconds.observe(seconds)
 
     def registry_error(self, registry: str, error: str) -> None:
+        self.registry_errors.labels(self._registry_label(registry), error).inc()
+
+    def stale_digest(self, registry: str) -> None:
+        self.stale_digests.labels(self._registry_label(registry)).inc()
+
+    def stale_verdict(self, registry: str) -> None:
+        self.stale_verdicts.labels(self._registry_label(registry)).inc()
+
+    def _registry_label(self, registry: str) -> str:
         # Registry names come from whoever writes a Pod: bound the label's values.
         if registry not in self._registries:
             if len(self._registries) >= MAX_REGISTRY_LABELS:
-                registry = "other"
-            else:
-                self._registries.add(registry)
-        self.registry_errors.labels(registry, error).inc()
+                return "other"
+            self._registries.add(registry)
+        return registry
 
     def watch_cache(self, cache: VerdictCache) -> None:
         self.registry.register(_CacheCollector(cache))
