@@ -189,10 +189,13 @@ def test_no_password_or_token_reaches_the_operator_log(
     body = pod_body("logged", image)
     body["spec"]["imagePullSecrets"] = [{"name": "regcred"}]
     core.create_namespaced_pod(gated_namespace, body)
+    # Plain admits are sampled in the log (--log-admits); a denial is always logged.
+    with pytest.raises(ApiException):
+        core.create_namespaced_pod(gated_namespace, pod_body("refused", "evil.example/x:1"))
     user, password = PRIVATE_REGISTRY_USER
     basic = base64.b64encode(f"{user}:{password}".encode()).decode()
     log = operator.process.log_path.read_text()
-    # The log covers this admission (decision lines name the object), so it is the right one.
-    assert "Pod/logged" in log
+    # The log covers this namespace's admissions (decision lines name the object): the right one.
+    assert f"{gated_namespace}/Pod/refused" in log
     for secret in (password, basic):
         assert secret not in log
