@@ -10,6 +10,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from imagegate.policy import model
 from support import Cluster
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.usefixtures("crds")]
@@ -56,6 +57,14 @@ def test_presets_apply_with_kubectl_and_defaults_are_filled_in(
     assert created["spec"]["rewrites"][0]["tag"] == "latest"
 
 
+def test_a_catalog_rule_as_the_api_server_stores_it_still_parses(api: client.ApiClient) -> None:
+    rules = [{"catalog": "chainguard", "allowLatestOnly": True}, {"catalog": "dhi"}]
+    created = _create(api, {"rewrites": rules}, "catalog")
+    assert created["spec"]["rewrites"][1] == {"catalog": "dhi", "tag": "latest"}  # defaulted
+    spec = model.parse_spec(created["spec"])
+    assert [rule.catalog for rule in spec.rewrites] == ["chainguard", "dhi"]
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -88,6 +97,16 @@ def test_presets_apply_with_kubectl_and_defaults_are_filled_in(
             "name at least one authority",
         ),
         ({"sources": [{"name": "a", "images": ["x.io/*"], "typo": 1}]}, "typo"),
+        (
+            {"rewrites": [{"catalog": "dhi", "from": "docker.io/x/y", "to": "a.io/b"}]},
+            "set either from and to, or catalog",
+        ),
+        ({"rewrites": [{"from": "docker.io/x/y"}]}, "set either from and to, or catalog"),
+        ({"rewrites": [{"catalog": "dhi", "tag": "keep"}]}, "tag applies only with from and to"),
+        (
+            {"rewrites": [{"from": "docker.io/x/y", "to": "a.io/b", "allowLatestOnly": True}]},
+            "allowLatestOnly applies only with catalog",
+        ),
     ],
 )
 def test_bad_policies_are_refused_at_apply_time(

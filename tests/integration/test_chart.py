@@ -37,6 +37,7 @@ PRESETS = {
     "chainguardOnly": "chainguard-only.yaml",
     "trustedPublishers": "trusted-publishers.yaml",
     "rewriteToChainguard": "rewrite-to-chainguard.yaml",
+    "rewriteToDhi": "rewrite-to-dhi.yaml",
     "onboardingWarn": "onboarding-warn.yaml",
 }
 

@@ -192,8 +192,14 @@ def test_conflicting_fields_have_cel_rules_that_name_them() -> None:
     )
     assert rules[".spec.sources"][0]["message"] == "source names must be unique"
     assert rules[".spec"][0]["message"] == "a policy needs sources, rewrites, or both"
+    assert [rule["message"] for rule in rules[".spec.rewrites[]"]] == [
+        "set either from and to, or catalog",
+        "allowLatestOnly applies only with catalog",
+        "tag applies only with from and to: the catalogue maps tags itself",
+    ]
     assert set(rules) == {
         ".spec",
+        ".spec.rewrites[]",
         ".spec.namespaceSelector.matchExpressions[]",
         ".spec.sources",
         ".spec.sources[].signatures",

@@ -119,6 +119,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_catalog(args: argparse.Namespace) -> int:
+    from imagegate.commands import catalog
+
+    return catalog.run(args.search, target=args.target, output=args.output)
+
+
 def _cmd_selftest(args: argparse.Namespace) -> int:
     from imagegate.commands import selftest
 
@@ -289,6 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--reports", action="store_true", help="also list violations from the PolicyReports"
     )
     audit.set_defaults(handler=_cmd_audit)
+
+    catalog = commands.add_parser(
+        "catalog",
+        help="list and search the hardened equivalents that `rewrites: [{catalog: ...}]` uses",
+        description="Exit status: 0 some entry matches, 1 none.",
+    )
+    catalog.add_argument(
+        "search", nargs="?", default="", help="part of a source or target name (python, k8s.io)"
+    )
+    catalog.add_argument("--target", choices=["chainguard", "dhi"], default=None)
+    catalog.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    catalog.set_defaults(handler=_cmd_catalog)
 
     selftest = commands.add_parser(
         "selftest",

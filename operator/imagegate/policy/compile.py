@@ -79,7 +79,7 @@ def compile_spec(name: str, namespace: str | None, spec: model.PolicySpec) -> en
             )
             for source in spec.sources
         ),
-        rewrites=tuple(_rewrite(rule) for rule in spec.rewrites),
+        rewrites=_rewrites(spec.rewrites),
         pull_secrets=tuple((ref.namespace, ref.name) for ref in spec.pull_secrets),
     )
 
@@ -94,7 +94,20 @@ def _selector(selector: model.LabelSelector) -> selectors.LabelSelector:
     )
 
 
-def _rewrite(rule: model.Rewrite) -> engine.CompiledRewrite:
+def _rewrites(rules: tuple[model.Rewrite, ...]) -> tuple[engine.RewriteRule, ...]:
+    """From/to rules first, then catalogue rules: what a policy names overrides the catalogue."""
+    explicit = [_explicit(rule) for rule in rules if rule.catalog is None]
+    catalogued = [
+        engine.CatalogRewrite(rule.catalog, bool(rule.allow_latest_only))
+        for rule in rules
+        if rule.catalog is not None
+    ]
+    return (*explicit, *catalogued)
+
+
+def _explicit(rule: model.Rewrite) -> engine.CompiledRewrite:
+    if rule.from_ is None or rule.to is None:  # the model refuses this: never reached
+        raise model.PolicyError("a rewrite needs from and to, or catalog")
     # `to` is a repository (validated by the model); parse it to split off the registry.
     target = reference.parse(rule.to)
     return engine.CompiledRewrite(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from imagegate.core import reference
 from imagegate.core.workloads import ContainerImage
+from imagegate.policy import catalog as catalogue
 from imagegate.policy import glob, model, selectors
 from imagegate.policy.glob import CompiledGlob
 
@@ -37,6 +38,15 @@ KEEP_TAG = "keep"
 
 
 @dataclass(frozen=True)
+class Rewritten:
+    """What a rewrite rule makes of an image."""
+
+    image: reference.ImageReference
+    #: The original tag when the target could not carry its version (a latest-only catalogue).
+    dropped_version: str | None = None
+
+
+@dataclass(frozen=True)
 class CompiledRewrite:
     pattern: CompiledGlob
     registry: str
@@ -44,12 +54,32 @@ class CompiledRewrite:
     #: A fixed tag, or KEEP_TAG to carry the original tag over.
     tag: str
 
-    def apply(self, image: reference.ImageReference) -> reference.ImageReference | None:
+    def apply(self, image: reference.ImageReference) -> Rewritten | None:
         if not self.pattern.matches(image.name):
             return None
         tag = (image.tag or "latest") if self.tag == KEEP_TAG else self.tag
         # The digest named the old image; it means nothing for the new repository.
-        return reference.ImageReference(self.registry, self.repository, tag, None)
+        return Rewritten(reference.ImageReference(self.registry, self.repository, tag, None))
+
+
+@dataclass(frozen=True)
+class CatalogRewrite:
+    """`{catalog: dhi}`: every image the shipped catalogue knows, to its equivalent there."""
+
+    catalog: catalogue.CatalogName
+    #: Whether a target that serves only `latest` may drop the image's version.
+    allow_latest_only: bool = False
+
+    def apply(self, image: reference.ImageReference) -> Rewritten | None:
+        mapped = catalogue.map_image(image, self.catalog)
+        if mapped is None:
+            return None
+        if mapped.dropped_version is not None and not self.allow_latest_only:
+            return None  # a silent move from python:3.12 to :latest is what this rule prevents
+        return Rewritten(mapped.image, mapped.dropped_version)
+
+
+RewriteRule = CompiledRewrite | CatalogRewrite
 
 
 @dataclass(frozen=True)
@@ -77,7 +107,8 @@ class CompiledPolicy:
     selector: selectors.LabelSelector = field(default_factory=selectors.LabelSelector)
     pin_digests: bool = True
     sources: tuple[CompiledSource, ...] = ()
-    rewrites: tuple[CompiledRewrite, ...] = ()
+    #: Tried in order, first match wins (compile puts from/to rules before catalogue rules).
+    rewrites: tuple[RewriteRule, ...] = ()
     #: (namespace as written or None, name) of the policy's registry credential Secrets.
     pull_secrets: tuple[tuple[str | None, str], ...] = ()
     #: The resource's uid, so Events can point at it ("" when compiled from a file).
@@ -120,7 +151,9 @@ class PlannedImage:
     rewritten_by: str | None = None
     invalid_reason: str | None = None
     #: Rewrites that warn/audit policies would make: (policy, would-be image).
-    previews: tuple[tuple[CompiledPolicy, reference.ImageReference], ...] = ()
+    previews: tuple[tuple[CompiledPolicy, Rewritten], ...] = ()
+    #: The version the applied rewrite dropped (a latest-only catalogue), if any.
+    dropped_version: str | None = None
 
     @property
     def final_text(self) -> str:
@@ -144,7 +177,7 @@ def plan_rewrites(
         except reference.InvalidReferenceError as error:
             planned.append(PlannedImage(container, None, None, invalid_reason=error.user_message))
             continue
-        final, rewritten_by = original, None
+        final, rewritten_by, dropped = original, None, None
         previews = []
         for policy in policies:
             for rule in policy.rewrites:
@@ -153,12 +186,20 @@ def plan_rewrites(
                     continue
                 if policy.mode is Mode.ENFORCE and rewritten_by is None:
                     if apply:
-                        final, rewritten_by = target, policy.display_name
+                        final, rewritten_by = target.image, policy.display_name
+                        dropped = target.dropped_version
                 elif policy.mode is not Mode.ENFORCE:
                     previews.append((policy, target))
                 break  # first matching rule of a policy wins
         planned.append(
-            PlannedImage(container, original, final, rewritten_by, previews=tuple(previews))
+            PlannedImage(
+                container,
+                original,
+                final,
+                rewritten_by,
+                previews=tuple(previews),
+                dropped_version=dropped,
+            )
         )
     return planned
 
@@ -293,7 +334,8 @@ class Decision:
                 if policy.mode is Mode.WARN:
                     found.append(
                         f"{_where(image.planned.container)}: policy {policy.display_name} would "
-                        f"rewrite {image.planned.container.image} to {target}"
+                        f"rewrite {image.planned.container.image} to {target.image}"
+                        + _also(dropping(target.dropped_version))
                     )
         return found
 
@@ -357,8 +399,8 @@ def _suggest(image: PlannedImage, policies: Sequence[CompiledPolicy]) -> str | N
     for policy in policies:
         for rule in policy.rewrites:
             target = rule.apply(image.final)
-            if target is not None and target != image.final:
-                return str(target)
+            if target is not None and target.image != image.final:
+                return str(target.image)
     return None
 
 
@@ -366,11 +408,24 @@ def _where(container: ContainerImage) -> str:
     return container.where
 
 
+def dropping(version: str | None) -> str:
+    """What a rewrite to a latest-only target lost, for the texts that report it ("" if none)."""
+    if version is None:
+        return ""
+    return f"dropping version {version}, as the target serves only latest"
+
+
+def _also(clause: str) -> str:
+    return f", {clause}" if clause else ""
+
+
 def describe(image: ImageDecision, violation: Violation) -> str:
     """The sentence a denial, warning or report says about one violation."""
     verb = "denied" if violation.policy.mode is Mode.ENFORCE else "would be denied"
     planned = image.planned
-    rewritten = f" (rewritten to {planned.final})" if planned.rewritten_by else ""
+    rewritten = ""
+    if planned.rewritten_by:
+        rewritten = f" (rewritten to {planned.final}{_also(dropping(planned.dropped_version))})"
     text = (
         f"{_where(planned.container)} image {planned.container.image!r}{rewritten} "
         f"{verb} by policy {violation.policy.display_name}: {violation.reason}"

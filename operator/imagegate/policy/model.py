@@ -283,15 +283,66 @@ class Source(_Spec):
 
 
 class Rewrite(_Spec):
-    """Rewrite matching images to another repository (the mutating webhook, before validation)."""
+    """Rewrite matching images (the mutating webhook, before validation): to a repository named
+    here (`from`, `to`, `tag`), or to the hardened equivalent in imagegate's catalogue
+    (`catalog`; `imagegate catalog` lists it). Rules with `from` come first, so they override
+    the catalogue's entries."""
 
-    from_: Glob = pydantic.Field(alias="from")
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "has(self.catalog) ? !has(self.from) && !has(self.to) "
+                ": has(self.from) && has(self.to)",
+                "set either from and to, or catalog",
+            ),
+            (
+                "has(self.catalog) || !has(self.allowLatestOnly)",
+                "allowLatestOnly applies only with catalog",
+            ),
+            (
+                "!has(self.catalog) || !has(self.tag) || self.tag == 'latest'",
+                "tag applies only with from and to: the catalogue maps tags itself",
+            ),
+        )
+    )
+
+    from_: Glob | None = pydantic.Field(None, alias="from")
     """A glob over the normalised registry/repository of the original image."""
-    to: Repository
+    to: Repository | None = None
     """The repository to use instead, normalised and without tag or digest
     (cgr.dev/chainguard/python)."""
+    # With `catalog` the API server still defaults it to `latest`, which is accepted and unused.
     tag: Tag = "latest"
-    """The tag to use: a fixed tag, or `keep` to carry the original tag over."""
+    """With from and to: the tag to use, a fixed tag or `keep` to carry the original tag over."""
+    catalog: Literal["chainguard", "dhi"] | None = None
+    """Rewrite every image the catalogue knows to its equivalent in this catalogue: dhi keeps
+    the version (`python:3.12-slim` to `dhi.io/python:3.12`); chainguard's free images have only
+    `latest`, so the version is dropped, which needs allowLatestOnly."""
+    allow_latest_only: pydantic.StrictBool | None = pydantic.Field(None, alias="allowLatestOnly")
+    """With catalog: also rewrite to targets that serve only `latest`, dropping the version
+    (the warning says which). Without it such images are rewritten only when their tag is
+    latest."""
+
+    @pydantic.model_validator(mode="after")
+    def _one_kind(self) -> Rewrite:
+        explicit = self.from_ is not None or self.to is not None
+        if self.catalog is not None:
+            if explicit:
+                raise Problem("set either from and to, or catalog, not both")
+            if self.tag != "latest":
+                raise Problem(
+                    "tag applies only with from and to: the catalogue maps tags itself",
+                    at=("tag",),
+                )
+            return self
+        if self.from_ is None and self.to is None:
+            raise Problem("set either from and to, or catalog")
+        if self.from_ is None or self.to is None:
+            missing = "from" if self.from_ is None else "to"
+            raise Problem("required field is missing (or set catalog instead)", at=(missing,))
+        if self.allow_latest_only is not None:
+            raise Problem("allowLatestOnly applies only with catalog", at=("allowLatestOnly",))
+        return self
 
 
 class PolicySpec(_Spec):
