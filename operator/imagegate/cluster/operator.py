@@ -414,15 +414,22 @@ async def _certificates(state: _State) -> server.TLSFiles:
         service_name=config.tls.service_name,
         webhook_configuration=config.tls.webhook_configuration,
         directory=config.tls.directory,
+        # A rotation followed by `run` is served at once, not at the server's next look.
+        on_files_changed=lambda: _reload_certificates(state),
     )
-    ca_pem = await asyncio.to_thread(managed.ensure)
+    await asyncio.to_thread(managed.ensure)
     try:
-        await asyncio.to_thread(managed.patch_ca_bundles, ca_pem)
+        await asyncio.to_thread(managed.patch_ca_bundles, managed.bundle())
     except client.ApiException as error:
         # The chart may be mid-install: the periodic check patches it a moment later.
         logger.warning("cannot set the webhooks' caBundle yet: %s (%s)", error.reason, error.status)
     _background(state, "certificate upkeep", lambda: managed.run(config.certificate_check_interval))
     return managed.files
+
+
+def _reload_certificates(state: _State) -> None:
+    if state.webhook_server is not None:
+        state.webhook_server.reload_certificates()
 
 
 def _background(state: _State, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
