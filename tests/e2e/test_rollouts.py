@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from kubernetes import client
@@ -35,8 +34,6 @@ from support import Cluster, cosign_key_pair, pod_review, post_review, push_rand
 from .conftest import PolicyFactory
 
 pytestmark = pytest.mark.controlplane
-
-CHART_VALUES = Path(__file__).resolve().parents[2] / "charts" / "imagegate" / "values.yaml"
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -91,7 +88,8 @@ def test_sigterm_answers_the_request_in_flight_fails_readyz_and_exits_0(
     )
     push_random_image(crane, registry.address, "rollouts/slow", "v1", tmp_path)
     image = f"{stalling_registry.address}/rollouts/slow:v1"
-    grace = float(yaml.safe_load(CHART_VALUES.read_text())["terminationGracePeriodSeconds"])
+    # The chart's grace period with its defaults: max(30, drain 5 + webhook timeout 10 + 5).
+    grace = 30.0
     with local.operator_process(
         cluster.kubeconfig,
         tmp_path / "operator",
