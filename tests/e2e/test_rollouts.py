@@ -94,7 +94,7 @@ def test_sigterm_answers_the_request_in_flight_fails_readyz_and_exits_0(
         cluster.kubeconfig,
         tmp_path / "operator",
         insecure_registries=[stalling_registry.address],
-        env={"IMAGEGATE_DRAIN_DELAY": "2"},
+        env={"IMAGEGATE_DRAIN_DELAY": "4"},
     ) as running:
         image_policy(
             namespace,
@@ -138,14 +138,25 @@ def test_sigterm_answers_the_request_in_flight_fails_readyz_and_exits_0(
         signalled = time.monotonic()
         os.kill(pid, signal.SIGTERM)
         readiness: list[int | None] = []
+        during_drain: dict[str, Any] | None = None
+        first_503: float | None = None
         while running.process.exit_code() is None and time.monotonic() - signalled < grace:
             readiness.append(status_of(running.health_url + "/readyz"))
+            if readiness[-1] == 503 and first_503 is None:
+                first_503 = time.monotonic() - signalled
+                # Still served while the Service catches up (denied: not from a trusted source).
+                outside = pod_review(namespace, f"{registry.address}/rollouts/slow:v1", name="q")
+                outside_uid = outside["request"]["uid"]
+                during_drain = post_review(
+                    running.url + "/validate", outside, running.ssl_context()
+                )
             time.sleep(0.1)
         requester.join(timeout=15)
         exit_code = running.process.exit_code()
         exited_after = time.monotonic() - signalled
     print(
         f"SIGTERM drain: exit {exit_code} after {exited_after:.1f}s (grace {grace:.0f}s); "
+        f"/readyz 503 after {first_503}s; "
         f"/readyz polls: {readiness.count(200)} x 200, {readiness.count(503)} x 503; "
         f"answer: allowed={answers[0].get('allowed') if isinstance(answers[0], dict) else None}"
     )
@@ -155,6 +166,8 @@ def test_sigterm_answers_the_request_in_flight_fails_readyz_and_exits_0(
     assert answers[0]["uid"]  # an AdmissionReview answer, not a dropped connection
     assert 503 in readiness, readiness  # the Service took it out while it went on serving
     assert 200 not in readiness[readiness.index(503) :], readiness  # and never ready again
+    assert during_drain is not None
+    assert during_drain["uid"] == outside_uid  # a new request is answered during the drain delay
     assert exit_code == 0  # exited by itself, before the kubelet's SIGKILL at the grace period
 
 
