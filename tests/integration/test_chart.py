@@ -635,3 +635,22 @@ def test_network_policy_takes_webhook_peers_and_can_be_disabled(helm: Helm) -> N
     webhook = one(manifests, "NetworkPolicy")["spec"]["ingress"][0]
     assert webhook["from"] == [{"ipBlock": {"cidr": "10.0.0.0/24"}}]
     assert not find(helm.template("--set", "networkPolicy.enabled=false"), "NetworkPolicy")
+
+
+def test_the_drain_delay_is_passed_and_the_grace_period_covers_it(helm: Helm) -> None:
+    """SIGTERM drains in-process (no preStop: the image has no shell); the kubelet must wait."""
+    manifests = helm.template("--set", "drainDelaySeconds=7")
+    env = {item["name"]: item.get("value") for item in container(manifests)["env"]}
+    assert env["IMAGEGATE_DRAIN_DELAY"] == "7"
+    assert "lifecycle" not in container(manifests)
+    pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 30  # max(30, 7 + 10 + 5)
+    longer = helm.template("--set", "drainDelaySeconds=20")
+    assert (
+        one(longer, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 35
+    )
+    short = helm.run(
+        "template", "ig", str(CHART), "--set", "terminationGracePeriodSeconds=12"
+    )  # 5 s drain + 10 s webhook timeout do not fit in 12 s
+    assert short.returncode != 0
+    assert "terminationGracePeriodSeconds (12) must be at least" in short.stderr

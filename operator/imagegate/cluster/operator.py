@@ -170,6 +170,9 @@ class OperatorConfig:
     material_stale_for: float = field(
         default_factory=_env_seconds("IMAGEGATE_MATERIAL_STALE_FOR", cluster_material.STALE_FOR)
     )
+    #: On SIGTERM: seconds the webhook goes on serving with /readyz failing, so the Service
+    #: stops routing here first. The chart's terminationGracePeriodSeconds covers it + deadline.
+    drain_delay: float = field(default_factory=_env_seconds("IMAGEGATE_DRAIN_DELAY", 5.0))
     #: Seconds between checks of a self-managed serving certificate (`--tls-secret`).
     certificate_check_interval: float = field(
         default_factory=_env_seconds("IMAGEGATE_CERTIFICATE_CHECK_INTERVAL", certs.CHECK_INTERVAL)
@@ -208,10 +211,12 @@ class _State:
     #: How many policy compilations this replica ran (tests; the log says each one too).
     compilations: int = 0
     startup_failures: int = 0
+    #: Set on SIGTERM: /readyz fails from then on, so the Service stops sending new connections.
+    draining: bool = False
 
     @property
     def ready(self) -> bool:
-        return self.webhook_server is not None
+        return self.webhook_server is not None and not self.draining
 
 
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
@@ -235,19 +240,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
-        for task in state.tasks:
-            task.cancel()
-        for flush in state.flushers:
-            try:
-                await asyncio.wait_for(flush(), timeout=5)
-            except Exception as error:  # shutting down: say so, and go on stopping
-                logger.warning("final flush failed: %s", error)
-        if state.webhook_server is not None:
-            await state.webhook_server.stop()
-        if state.health_server is not None:
-            await state.health_server.stop()
-        for close in state.closers:
-            await close()
+        await shut_down(state)
 
     for plural in PLURALS.values():
 
@@ -264,6 +257,34 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             state.cache.set_namespace(name, None if deleted else body["metadata"].get("labels", {}))
 
     return registry
+
+
+async def shut_down(state: _State) -> None:
+    """SIGTERM (kopf runs this once its watches have stopped): drain, then stop.
+
+    /readyz fails first and the webhook goes on serving for `drain_delay` seconds, so the
+    endpoints controller takes this replica out of the Service before it stops listening (no
+    preStop hook: the image is distroless, there is no `sleep` to exec). Then no new connections
+    are accepted, requests in flight finish (bounded by the deadline), and the process exits.
+    """
+    state.draining = True
+    if state.webhook_server is not None:
+        state.webhook_server.drain()
+        logger.info("draining: /readyz fails; serving %.1fs more", state.config.drain_delay)
+        await asyncio.sleep(state.config.drain_delay)
+        await state.webhook_server.stop()  # waits for the requests in flight
+        logger.info("webhook server stopped; requests in flight were answered")
+    for task in state.tasks:
+        task.cancel()
+    for flush in state.flushers:
+        try:
+            await asyncio.wait_for(flush(), timeout=5)
+        except Exception as error:  # shutting down: say so, and go on stopping
+            logger.warning("final flush failed: %s", error)
+    if state.health_server is not None:
+        await state.health_server.stop()
+    for close in state.closers:
+        await close()
 
 
 def _bound_reconnects(settings: kopf.OperatorSettings) -> None:
@@ -315,11 +336,9 @@ async def _start(state: _State) -> None:
     # Once per process: a retried start-up reuses the port it already holds.
     if config.health_port is not None and state.health_server is None:
         state.health_server = server.HealthServer(
-            server.build_health_app(
-                ready=lambda: state.ready,
-                metrics=state.metrics.exposition,
-                metrics_type=metrics.CONTENT_TYPE,
-            ),
+            ready=lambda: state.ready,
+            metrics=state.metrics.exposition,
+            metrics_type=metrics.CONTENT_TYPE,
             host=config.host,
             port=config.health_port,
         )
@@ -388,7 +407,13 @@ async def _start(state: _State) -> None:
         deadline=config.deadline,
         observe=lambda name, response: state.metrics.admission(name, server.outcome(response)),
     )
-    webhook_server = server.WebhookServer(app, tls_files, host=config.host, port=config.port)
+    webhook_server = server.WebhookServer(
+        app,
+        tls_files,
+        host=config.host,
+        port=config.port,
+        shutdown_timeout=config.deadline + 1.0,
+    )
     await webhook_server.start()
     state.webhook_server = webhook_server
     logger.info(
@@ -407,15 +432,22 @@ async def _certificates(state: _State) -> server.TLSFiles:
         service_name=config.tls.service_name,
         webhook_configuration=config.tls.webhook_configuration,
         directory=config.tls.directory,
+        # A rotation followed by `run` is served at once, not at the server's next look.
+        on_files_changed=lambda: _reload_certificates(state),
     )
-    ca_pem = await asyncio.to_thread(managed.ensure)
+    await asyncio.to_thread(managed.ensure)
     try:
-        await asyncio.to_thread(managed.patch_ca_bundles, ca_pem)
+        await asyncio.to_thread(managed.patch_ca_bundles, managed.bundle())
     except client.ApiException as error:
         # The chart may be mid-install: the periodic check patches it a moment later.
         logger.warning("cannot set the webhooks' caBundle yet: %s (%s)", error.reason, error.status)
     _background(state, "certificate upkeep", lambda: managed.run(config.certificate_check_interval))
     return managed.files
+
+
+def _reload_certificates(state: _State) -> None:
+    if state.webhook_server is not None:
+        state.webhook_server.reload_certificates()
 
 
 def _background(state: _State, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
