@@ -18,7 +18,8 @@ import pytest
 
 from imagegate.admission import review as admission
 from imagegate.admission import reviewers
-from imagegate.admission.server import ConnectionBounds, TLSFiles, WebhookServer, build_app
+from imagegate.admission.connections import ConnectionBounds
+from imagegate.admission.server import TLSFiles, WebhookServer, build_app
 from imagegate.cluster import tls
 from imagegate.core import workloads
 from imagegate.policy import engine, model

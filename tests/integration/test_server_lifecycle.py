@@ -19,13 +19,9 @@ import aiohttp
 import pytest
 
 from imagegate.admission import review as admission
-from imagegate.admission.server import (
-    ConnectionBounds,
-    HealthServer,
-    TLSFiles,
-    WebhookServer,
-    build_app,
-)
+from imagegate.admission.connections import ConnectionBounds
+from imagegate.admission.health import HealthServer
+from imagegate.admission.server import TLSFiles, WebhookServer, build_app
 from imagegate.cluster import tls
 from netproxy import TcpProxy
 

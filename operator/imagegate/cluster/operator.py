@@ -39,10 +39,10 @@ import aiohttp
 import kopf
 from kubernetes import client
 
+from imagegate.admission import health, server
 from imagegate.admission import policies as policyreview
 from imagegate.admission import records as audit
 from imagegate.admission import reviewers as webhook
-from imagegate.admission import server
 from imagegate.cluster import certs, credentials, kube, resources, status
 from imagegate.errors import ImagegateError
 from imagegate.policy import compile as policy_compile
@@ -197,7 +197,7 @@ class _State:
     policy_api: resources.PolicyResources
     metrics: metrics.Metrics = field(default_factory=metrics.Metrics)
     webhook_server: server.WebhookServer | None = None
-    health_server: server.HealthServer | None = None
+    health_server: health.HealthServer | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     #: Written once more on shutdown, so a rolling update loses no counts or Events.
@@ -335,7 +335,7 @@ async def _start(state: _State) -> None:
     config = state.config
     # Once per process: a retried start-up reuses the port it already holds.
     if config.health_port is not None and state.health_server is None:
-        state.health_server = server.HealthServer(
+        state.health_server = health.HealthServer(
             ready=lambda: state.ready,
             metrics=state.metrics.exposition,
             metrics_type=metrics.CONTENT_TYPE,
