@@ -13,7 +13,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 
-from imagegate.policy import model
+from imagegate.policy import model, status
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,12 +146,12 @@ def test_the_design_example_parses() -> None:
 
 
 def test_the_design_example_status_fits_the_status_model() -> None:
-    status = model.PolicyStatus.model_validate(_design_example()["status"])
-    assert (status.observed_generation, status.denials) == (3, 12)
-    assert status.conditions[0].type == "Ready"
-    assert status.conditions[0].status == "True"
-    assert status.last_denial is not None
-    assert status.last_denial.image == "..."
+    written = status.PolicyStatus.model_validate(_design_example()["status"])
+    assert (written.observed_generation, written.denials) == (3, 12)
+    assert written.conditions[0].type == "Ready"
+    assert written.conditions[0].status == "True"
+    assert written.last_denial is not None
+    assert written.last_denial.image == "..."
 
 
 def test_defaults() -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from imagegate.policy import model
+from imagegate.policy import model, status
 
 CLUSTER_PLURAL = "clusterimagepolicies"
 NAMESPACED_PLURAL = "imagepolicies"
@@ -155,7 +155,7 @@ def _schema(kind: str) -> dict[str, Any]:
             "kind": {"type": "string", "description": kind},
             "metadata": {"type": "object"},
             "spec": structural(model.PolicySpec.model_json_schema(by_alias=True)),
-            "status": structural(model.PolicyStatus.model_json_schema(by_alias=True)),
+            "status": structural(status.PolicyStatus.model_json_schema(by_alias=True)),
         },
     }
 

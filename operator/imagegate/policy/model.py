@@ -70,7 +70,10 @@ def _size(field: str) -> str:
     return f"(has(self.{field}) ? size(self.{field}) : 0)"
 
 
-class _Spec(pydantic.BaseModel):
+class Spec(pydantic.BaseModel):
+    """The base of every model the CRD is made from: frozen, strict about unknown fields, and
+    documented by its attribute docstrings (they become the CRD's descriptions)."""
+
     model_config = pydantic.ConfigDict(
         frozen=True, extra="forbid", populate_by_name=True, use_attribute_docstrings=True
     )
@@ -79,7 +82,7 @@ class _Spec(pydantic.BaseModel):
 # --- namespaceSelector ------------------------------------------------------------------------
 
 
-class LabelSelectorRequirement(_Spec):
+class LabelSelectorRequirement(Spec):
     """A label requirement (metav1.LabelSelectorRequirement)."""
 
     model_config = pydantic.ConfigDict(
@@ -108,7 +111,7 @@ class LabelSelectorRequirement(_Spec):
         return self
 
 
-class LabelSelector(_Spec):
+class LabelSelector(Spec):
     """Which namespaces the policy applies in (metav1.LabelSelector); `{}` or omitted selects
     every namespace the webhook sees. The requirements are ANDed."""
 
@@ -128,7 +131,7 @@ class LabelSelector(_Spec):
 # --- signatures -------------------------------------------------------------------------------
 
 
-class KeylessAuthority(_Spec):
+class KeylessAuthority(Spec):
     """A keyless (Fulcio certificate) identity that may sign: an issuer and a subject, each
     given exactly or as a regular expression that must match the whole value."""
 
@@ -167,7 +170,7 @@ class KeylessAuthority(_Spec):
         return self
 
 
-class SecretKeyRef(_Spec):
+class SecretKeyRef(Spec):
     """A key in a Secret."""
 
     name: ObjectName
@@ -179,7 +182,7 @@ class SecretKeyRef(_Spec):
     """The key in the Secret's data (`cosign generate-key-pair k8s://...` writes cosign.pub)."""
 
 
-class KeyAuthority(_Spec):
+class KeyAuthority(Spec):
     """A public key that may sign (ECDSA P-256/P-384/P-521, RSA of 2048 to 4096 bits, or
     Ed25519): inline PEM, or from a Secret."""
 
@@ -206,7 +209,7 @@ class KeyAuthority(_Spec):
         return self
 
 
-class PullSecretRef(_Spec):
+class PullSecretRef(Spec):
     """A Secret of type kubernetes.io/dockerconfigjson (or dockercfg) with registry credentials."""
 
     name: ObjectName
@@ -216,7 +219,7 @@ class PullSecretRef(_Spec):
     ClusterImagePolicy."""
 
 
-class ConfigMapRef(_Spec):
+class ConfigMapRef(Spec):
     """A key in a ConfigMap."""
 
     name: ObjectName
@@ -228,7 +231,7 @@ class ConfigMapRef(_Spec):
     """The key in the ConfigMap's data."""
 
 
-class TrustRoot(_Spec):
+class TrustRoot(Spec):
     """A Sigstore trusted root (trusted_root.json) for keyless signatures, instead of the
     public-good instance's that imagegate ships (used offline either way)."""
 
@@ -236,7 +239,7 @@ class TrustRoot(_Spec):
     """The ConfigMap that holds trusted_root.json."""
 
 
-class Signatures(_Spec):
+class Signatures(Spec):
     """Signatures an image from this source must carry: at least one authority (keyless
     identities and keys together) must verify."""
 
@@ -270,7 +273,7 @@ class Signatures(_Spec):
 # --- the policy -------------------------------------------------------------------------------
 
 
-class Source(_Spec):
+class Source(Spec):
     """Images that are trusted when they match one of the globs and pass the signature check."""
 
     name: DnsLabel
@@ -282,7 +285,7 @@ class Source(_Spec):
     """Signatures to require; omitted: matching the globs is enough."""
 
 
-class Rewrite(_Spec):
+class Rewrite(Spec):
     """Rewrite matching images (the mutating webhook, before validation): to a repository named
     here (`from`, `to`, `tag`), or to the hardened equivalent in imagegate's catalogue
     (`catalog`; `imagegate catalog` lists it). Rules with `from` come first, so they override
@@ -345,7 +348,7 @@ class Rewrite(_Spec):
         return self
 
 
-class PolicySpec(_Spec):
+class PolicySpec(Spec):
     """Which images may run in the selected namespaces, and what to rewrite. Policies are ANDed,
     sources are ORed."""
 
@@ -398,59 +401,6 @@ class PolicySpec(_Spec):
         if not self.sources and not self.rewrites:
             raise Problem("a policy needs sources, rewrites, or both")
         return self
-
-
-# --- status -----------------------------------------------------------------------------------
-
-
-class Condition(_Spec):
-    """A condition of the policy (metav1.Condition)."""
-
-    type: str = pydantic.Field(min_length=1, max_length=316)
-    """The condition's type: Ready."""
-    status: Literal["True", "False", "Unknown"]
-    """Whether the condition holds."""
-    reason: str = ""
-    """A CamelCase word for why (Compiled, InvalidKeptPrevious, InvalidDenying)."""
-    message: str = ""
-    """What went wrong, naming the field, when the policy is not Ready."""
-    last_transition_time: str | None = pydantic.Field(None, alias="lastTransitionTime")
-    """When the status last changed (RFC 3339)."""
-
-
-class LastDenial(_Spec):
-    """The latest denial this policy made."""
-
-    time: str
-    """When (RFC 3339)."""
-    namespace: str = ""
-    """The namespace of the denied object."""
-    object: str = ""
-    """The denied object (Kind/name)."""
-    image: str = ""
-    """The image that was denied."""
-
-
-class PolicyStatus(_Spec):
-    """Written by the operator."""
-
-    observed_generation: pydantic.StrictInt | None = pydantic.Field(
-        None, alias="observedGeneration", ge=0
-    )
-    """The generation of the spec the operator last compiled."""
-    conditions: tuple[Condition, ...] = pydantic.Field(
-        (),
-        max_length=8,
-        json_schema_extra={
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["type"],
-        },
-    )
-    """Ready: whether the spec compiled and is being enforced."""
-    denials: pydantic.StrictInt = pydantic.Field(0, ge=0)
-    """Denials counted since the policy was created (enforce mode; dry runs not counted)."""
-    last_denial: LastDenial | None = pydantic.Field(None, alias="lastDenial")
-    """The latest denial."""
 
 
 # --- whole resources --------------------------------------------------------------------------
