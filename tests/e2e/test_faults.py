@@ -19,7 +19,7 @@ import yaml
 from kubernetes import client
 
 from imagegate.admission import server
-from imagegate.cluster import operator, resources
+from imagegate.cluster import operator, policies, resources
 from imagegate.testbed import local, processes
 from imagegate.testbed.registry import LocalRegistry
 from netproxy import ThreadedProxy
@@ -227,7 +227,7 @@ def test_healthz_fails_when_start_up_keeps_failing_and_the_port_is_kept(tmp_path
         port=0,
         health_port=processes.free_port(),
     )
-    state = operator._State(config, api, operator.PolicyCache(api), resources.PolicyResources(api))
+    state = operator._State(config, api, policies.PolicyWatch(api, resources.PolicyResources(api)))
 
     def healthz() -> int:
         url = f"http://127.0.0.1:{config.health_port}/healthz"

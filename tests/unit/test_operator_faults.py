@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client
 
 from imagegate.admission import server
-from imagegate.cluster import operator
+from imagegate.cluster import operator, policies
 from imagegate.signatures import material
 
 
@@ -70,11 +70,9 @@ POLICY: dict[str, Any] = {
 }
 
 
-def state_counting_compilations() -> operator._State:
-    api = client.ApiClient()
-    config = operator.OperatorConfig(None, server.TLSFiles(Path("c"), Path("k")))
+def watch_counting_compilations() -> policies.PolicyWatch:
     writes: Any = StatusWrites()
-    return operator._State(config, api, operator.PolicyCache(api), writes)
+    return policies.PolicyWatch(client.ApiClient(), writes)
 
 
 def with_status(body: dict[str, Any]) -> dict[str, Any]:
@@ -90,62 +88,58 @@ def with_status(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_status_or_metadata_event_does_not_recompile_a_policy() -> None:
-    state = state_counting_compilations()
+    watch = watch_counting_compilations()
 
     async def events() -> None:
-        await operator._apply_policy_event(state, {"type": "ADDED", "object": POLICY})
-        await operator._apply_policy_event(
-            state, {"type": "MODIFIED", "object": with_status(POLICY)}
-        )
+        await watch.apply({"type": "ADDED", "object": POLICY})
+        await watch.apply({"type": "MODIFIED", "object": with_status(POLICY)})
 
     asyncio.run(events())
-    assert state.compilations == 1
-    assert len(state.cache.policies()) == 1
+    assert watch.compilations == 1
+    assert len(watch.cache.policies()) == 1
 
 
 def test_a_spec_edit_recompiles_and_a_delete_forgets() -> None:
-    state = state_counting_compilations()
+    watch = watch_counting_compilations()
     edited = copy.deepcopy(POLICY)
     edited["spec"]["sources"][0]["images"] = ["ghcr.io/**"]
     edited["metadata"]["generation"] = 2
 
     async def events() -> None:
-        await operator._apply_policy_event(state, {"type": "ADDED", "object": POLICY})
-        await operator._apply_policy_event(state, {"type": "MODIFIED", "object": edited})
-        await operator._apply_policy_event(state, {"type": "DELETED", "object": edited})
-        await operator._apply_policy_event(state, {"type": "ADDED", "object": edited})
+        await watch.apply({"type": "ADDED", "object": POLICY})
+        await watch.apply({"type": "MODIFIED", "object": edited})
+        await watch.apply({"type": "DELETED", "object": edited})
+        await watch.apply({"type": "ADDED", "object": edited})
 
     asyncio.run(events())
-    assert state.compilations == 3
+    assert watch.compilations == 3
 
 
 def test_an_older_compile_that_finishes_last_does_not_replace_a_newer_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    state = state_counting_compilations()
+    watch = watch_counting_compilations()
     edited = copy.deepcopy(POLICY)
     edited["spec"]["sources"][0]["images"] = ["ghcr.io/**"]
     release = threading.Event()
-    real = operator.compile_resource
+    real = policies.compile_resource
 
     def slow_for_the_first(document: Any) -> Any:
         if document["spec"] == POLICY["spec"]:
             release.wait(timeout=10)
         return real(document)
 
-    monkeypatch.setattr(operator, "compile_resource", slow_for_the_first)
+    monkeypatch.setattr(policies, "compile_resource", slow_for_the_first)
 
     async def events() -> None:
-        older = asyncio.create_task(
-            operator._apply_policy_event(state, {"type": "ADDED", "object": POLICY})
-        )
+        older = asyncio.create_task(watch.apply({"type": "ADDED", "object": POLICY}))
         await asyncio.sleep(0.05)  # the older compile is under way in its thread
-        await operator._apply_policy_event(state, {"type": "MODIFIED", "object": edited})
+        await watch.apply({"type": "MODIFIED", "object": edited})
         release.set()
         await older
 
     asyncio.run(events())
-    (policy,) = state.cache.policies()
+    (policy,) = watch.cache.policies()
     assert "ghcr.io" in repr(policy)
 
 

@@ -2,31 +2,20 @@
 
 Start-up order is what keeps admission safe: the policies are listed and compiled *before* the
 webhook server starts, so the API server can never reach an imagegate that would admit because it
-has not read its policies yet (until then the call fails, and `failurePolicy: Fail` denies).
-
-A policy that fails to compile (the CRD schema and the `/validate-policy` webhook catch most
-mistakes at apply time, but a policy can still arrive unchecked: written while imagegate was down,
-or stored before it was installed) never switches enforcement off. An invalid edit keeps the last
-good version this replica compiled (`Ready` reason `InvalidKeptPrevious`); a policy with no good
-version here (new, or an edit pending when this replica started) fails closed: every image in its
-scope is a violation saying why (`InvalidDenying`).
+has not read its policies yet (until then the call fails, and `failurePolicy: Fail` denies). What
+a policy event does (compile off the event loop, keep or fail closed when invalid, write status)
+is policies.py's `PolicyWatch`.
 
 Faults cost log lines, not admission: every background task is supervised (an exception is
 logged with the task's name and the task restarts after a backoff); a start-up that fails (the API
 server unreachable) is retried every `STARTUP_BACKOFF` seconds on the same health port, and
 `/healthz` fails once it has failed `STARTUP_FAILURES_UNHEALTHY` times in a row, so the kubelet
-restarts the container. Policies compile in a worker thread (a policy of thousands of globs takes
-seconds), and only when what compiling reads changed: status writes and metadata-only edits do
-not recompile.
+restarts the container.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import datetime
-import hashlib
-import json
 import logging
 import os
 import time
@@ -43,10 +32,8 @@ from imagegate.admission import health, server
 from imagegate.admission import policies as policyreview
 from imagegate.admission import records as audit
 from imagegate.admission import reviewers as webhook
-from imagegate.cluster import certs, credentials, kube, resources, status
-from imagegate.errors import ImagegateError
-from imagegate.policy import compile as policy_compile
-from imagegate.policy import engine, model
+from imagegate.cluster import certs, credentials, kube, policies, resources, status
+from imagegate.policy import model
 from imagegate.registry import client as oci
 from imagegate.registry import pinning, staleness
 from imagegate.signatures import material as cluster_material
@@ -56,54 +43,6 @@ from imagegate.signatures.material import KubernetesMaterial
 from imagegate.trail import events, metrics, scan
 
 logger = logging.getLogger(__name__)
-
-PolicyKey = tuple[str | None, str]  # (namespace or None for cluster policies, name)
-PLURALS = {
-    model.CLUSTER_KIND: resources.CLUSTER_PLURAL,
-    model.NAMESPACED_KIND: resources.NAMESPACED_PLURAL,
-}
-
-
-class PolicyCache:
-    """The compiled policies and namespace labels the webhooks decide with (a `PolicySource`)."""
-
-    def __init__(self, api: client.ApiClient) -> None:
-        self._api = api
-        self._policies: dict[PolicyKey, engine.CompiledPolicy] = {}
-        self._labels: dict[str, dict[str, str]] = {}
-
-    def policies(self) -> Sequence[engine.CompiledPolicy]:
-        return tuple(self._policies.values())
-
-    async def namespace_labels(self, namespace: str) -> Mapping[str, str]:
-        labels = self._labels.get(namespace)
-        if labels is None:
-            # A namespace created a moment ago may not have reached the watch yet.
-            core = client.CoreV1Api(self._api)
-            found = await asyncio.to_thread(core.read_namespace, namespace)
-            labels = dict((found.metadata.labels if found.metadata else None) or {})
-            self._labels[namespace] = labels
-        return labels
-
-    def set_namespace(self, name: str, labels: Mapping[str, str] | None) -> None:
-        if labels is None:
-            self._labels.pop(name, None)
-        else:
-            self._labels[name] = dict(labels)
-
-    def set_policy(self, key: PolicyKey, compiled: engine.CompiledPolicy | None) -> None:
-        if compiled is None:
-            self._policies.pop(key, None)
-        else:
-            self._policies[key] = compiled
-
-    def has_good_policy(self, key: PolicyKey) -> bool:
-        """Whether a compiled (not broken) version of the policy is in force."""
-        found = self._policies.get(key)
-        return found is not None and found.broken is None
-
-
-compile_resource = policy_compile.compile_resource
 
 #: Seconds between start-up attempts (kopf's default, 60 s, leaves a replica down a minute).
 STARTUP_BACKOFF = 5.0
@@ -179,22 +118,12 @@ class OperatorConfig:
     )
 
 
-@dataclass(frozen=True)
-class _Compiled:
-    """What a policy was last compiled from here, and the status that compiling gave."""
-
-    fingerprint: str
-    ready: str
-    reason: str
-    message: str
-
-
 @dataclass
 class _State:
     config: OperatorConfig
     api: client.ApiClient
-    cache: PolicyCache
-    policy_api: resources.PolicyResources
+    #: The policies and namespace labels the webhooks decide with, and the events that fill them.
+    watch: policies.PolicyWatch
     metrics: metrics.Metrics = field(default_factory=metrics.Metrics)
     webhook_server: server.WebhookServer | None = None
     health_server: health.HealthServer | None = None
@@ -202,17 +131,13 @@ class _State:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     #: Written once more on shutdown, so a rolling update loses no counts or Events.
     flushers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    #: Told when a policy changes (the background scan), once it runs.
-    policy_listeners: list[Callable[[], None]] = field(default_factory=list)
-    #: Per policy: what it was compiled from (an event with the same input is not recompiled).
-    compiled: dict[PolicyKey, _Compiled] = field(default_factory=dict)
-    #: Per policy: the latest event's token; a slower, older compile does not overwrite it.
-    compiling: dict[PolicyKey, object] = field(default_factory=dict)
-    #: How many policy compilations this replica ran (tests; the log says each one too).
-    compilations: int = 0
     startup_failures: int = 0
     #: Set on SIGTERM: /readyz fails from then on, so the Service stops sending new connections.
     draining: bool = False
+
+    @property
+    def cache(self) -> policies.PolicyCache:
+        return self.watch.cache
 
     @property
     def ready(self) -> bool:
@@ -223,7 +148,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     """All handlers, bound to one operator's state (no module globals)."""
     registry = kopf.OperatorRegistry()
     api = kube.api_client(config.kubeconfig)
-    state = _State(config, api, PolicyCache(api), resources.PolicyResources(api))
+    state = _State(config, api, policies.PolicyWatch(api, resources.PolicyResources(api)))
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> Any:
@@ -242,11 +167,11 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     async def cleanup(**_: Any) -> None:
         await shut_down(state)
 
-    for plural in PLURALS.values():
+    for plural in policies.PLURALS.values():
 
         @kopf.on.event(model.GROUP, model.VERSION, plural, id=f"watch-{plural}", registry=registry)
         async def policy_event(event: Mapping[str, Any], **_: Any) -> None:
-            await _apply_policy_event(state, event)
+            await state.watch.apply(event)
 
     @kopf.on.event("", "v1", "namespaces", registry=registry)
     async def namespace_event(event: Mapping[str, Any], **_: Any) -> None:
@@ -318,7 +243,7 @@ async def _attempt_start(state: _State) -> None:
 
 def _started_lists(state: _State) -> list[list[Any]]:
     """What `_start` appends to (tasks and closers first)."""
-    return [state.tasks, state.closers, state.flushers, state.policy_listeners]
+    return [state.tasks, state.closers, state.flushers, state.watch.policy_listeners]
 
 
 def _count_startup_failure(state: _State) -> None:
@@ -344,7 +269,7 @@ async def _start(state: _State) -> None:
         )
         await state.health_server.start()
         logger.info("serving /healthz, /readyz and /metrics on port %d", state.health_server.port)
-    await _load_everything(state)
+    await state.watch.load()
     tls_files = await _certificates(state)
 
     session = aiohttp.ClientSession()
@@ -389,7 +314,7 @@ async def _start(state: _State) -> None:
             keychains=keychains,
             own_namespace=config.namespace,
         )
-        state.policy_listeners.append(scanner.trigger)
+        state.watch.policy_listeners.append(scanner.trigger)
         _background(state, "policy report scan", lambda: scanner.run(config.scan_interval))
     app = server.build_app(
         validate=webhook.Validator(
@@ -478,190 +403,6 @@ async def supervised(
             delay = backoffs[min(failures, len(backoffs)) - 1]
             logger.exception("background task %r failed; restarting it in %.0fs", name, delay)
         await asyncio.sleep(delay)
-
-
-async def _load_everything(state: _State) -> None:
-    """List namespaces and policies once, before the webhooks may answer."""
-    core = client.CoreV1Api(state.api)
-    namespaces = await asyncio.to_thread(core.list_namespace)
-    for namespace in namespaces.items:
-        if namespace.metadata is not None and namespace.metadata.name:
-            state.cache.set_namespace(namespace.metadata.name, namespace.metadata.labels or {})
-    objects = client.CustomObjectsApi(state.api)
-    for kind, plural in PLURALS.items():
-        try:
-            listed = await asyncio.to_thread(
-                objects.list_cluster_custom_object, model.GROUP, model.VERSION, plural
-            )
-        except client.ApiException as error:
-            if error.status != 404:
-                raise
-            # No CRD, so no policy of this kind can exist: admitting is the right answer, and
-            # refusing to start would deny every Pod in every namespace the webhook sees.
-            logger.error(
-                "the %s CRD is not installed (%s.%s): no %s can be enforced until it is; "
-                "install it from charts/imagegate/crds/",
-                kind,
-                plural,
-                model.GROUP,
-                kind,
-            )
-            continue
-        if not isinstance(listed, dict):
-            raise ImagegateError(f"listing {plural} returned {type(listed).__name__}")
-        for body in listed.get("items", []):
-            await _apply_policy_event(state, {"type": "ADDED", "object": {"kind": kind, **body}})
-    logger.info("loaded %d policies", len(state.cache.policies()))
-
-
-async def _apply_policy_event(state: _State, event: Mapping[str, Any]) -> None:
-    body = event.get("object") or {}
-    metadata = body.get("metadata", {})
-    name = metadata.get("name")
-    if not name:
-        return
-    kind = body.get("kind") or model.CLUSTER_KIND
-    namespace = metadata.get("namespace") if kind == model.NAMESPACED_KIND else None
-    key: PolicyKey = (namespace, name)
-    if event.get("type") == "DELETED":
-        state.compiling.pop(key, None)  # a compile still running for it is dropped
-        state.compiled.pop(key, None)
-        state.cache.set_policy(key, None)
-        for listener in state.policy_listeners:
-            listener()
-        return
-    token = state.compiling[key] = object()
-    document = {"apiVersion": model.API_VERSION, "kind": kind, **body}
-    fingerprint = _fingerprint(document)
-    previous = state.compiled.get(key)
-    if previous is not None and previous.fingerprint == fingerprint:
-        # A status write or a metadata edit: nothing compiling reads has changed.
-        if not (previous.reason == "InvalidKeptPrevious" and _reported(body, "InvalidDenying")):
-            await _write_status(
-                state, namespace, body, previous.ready, previous.reason, previous.message
-            )
-        return
-    try:
-        compiled = await _compile(state, name, document)
-    except ImagegateError as error:
-        if state.compiling.get(key) is token:
-            outcome = await _keep_or_deny(state, key, document, error.user_message)
-            state.compiled[key] = _Compiled(fingerprint, *outcome)
-        return
-    if state.compiling.get(key) is not token:
-        return  # a newer event for this policy arrived while this one compiled
-    state.cache.set_policy(key, dataclasses.replace(compiled, uid=metadata.get("uid", "")))
-    state.compiled[key] = _Compiled(fingerprint, "True", "Compiled", "")
-    for listener in state.policy_listeners:
-        listener()
-    await _write_status(state, namespace, body, "True", "Compiled", "")
-
-
-def _fingerprint(document: Mapping[str, Any]) -> str:
-    """A hash of what compiling reads: kind, name, namespace, uid and spec (not status)."""
-    metadata = document.get("metadata") or {}
-    read = [
-        document.get("kind"),
-        metadata.get("name"),
-        metadata.get("namespace"),
-        metadata.get("uid"),
-        document.get("spec"),
-    ]
-    return hashlib.sha256(json.dumps(read, sort_keys=True, default=str).encode()).hexdigest()
-
-
-async def _compile(state: _State, name: str, document: Mapping[str, Any]) -> engine.CompiledPolicy:
-    """Compile in a worker thread: the event loop goes on answering probes and admissions."""
-    state.compilations += 1
-    started = time.monotonic()
-    try:
-        return await asyncio.to_thread(compile_resource, document)
-    finally:
-        logger.info("compiled policy %s in %.2fs", name, time.monotonic() - started)
-
-
-async def _keep_or_deny(
-    state: _State, key: PolicyKey, body: Mapping[str, Any], error: str
-) -> tuple[str, str, str]:
-    """An invalid policy: keep its last good version, or fail closed in its scope.
-
-    Returns the status it reports: (ready, reason, message).
-    """
-    name = body["metadata"]["name"]
-    if state.cache.has_good_policy(key):
-        logger.error("policy %s is invalid (previous version kept): %s", name, error)
-        # Replicas disagree when one started after the bad edit (it has no good version): the
-        # stricter report stands, or the two would overwrite each other's status forever.
-        if not _reported(body, "InvalidDenying"):
-            await _write_status(state, key[0], body, "False", "InvalidKeptPrevious", error)
-        return "False", "InvalidKeptPrevious", error
-    broken = policy_compile.compile_broken(body, error)
-    state.cache.set_policy(key, broken)
-    for listener in state.policy_listeners:
-        listener()
-    verb = "denied" if broken.mode is engine.Mode.ENFORCE else f"a violation ({broken.mode})"
-    logger.error("policy %s is invalid (every image in its scope %s): %s", name, verb, error)
-    message = (
-        f"{error}; until it is fixed, every image in this policy's scope is {verb} "
-        "(by each replica that has no earlier good version of it)"
-    )
-    await _write_status(state, key[0], body, "False", "InvalidDenying", message)
-    return "False", "InvalidDenying", message
-
-
-def _reported(body: Mapping[str, Any], reason: str) -> bool:
-    """Whether the Ready condition already gives `reason` for this generation."""
-    written = body.get("status") or {}
-    ready: dict[str, Any] = next(
-        (c for c in written.get("conditions", []) if c.get("type") == "Ready"), {}
-    )
-    generation = body.get("metadata", {}).get("generation")
-    return written.get("observedGeneration") == generation and ready.get("reason") == reason
-
-
-async def _write_status(
-    state: _State,
-    namespace: str | None,
-    body: Mapping[str, Any],
-    ready: str,
-    reason: str,
-    message: str,
-) -> None:
-    """Patch observedGeneration and the Ready condition, only when they change (no event loop)."""
-    metadata = body.get("metadata", {})
-    written = body.get("status") or {}
-    generation = metadata.get("generation")
-    current: dict[str, Any] = next(
-        (c for c in written.get("conditions", []) if c.get("type") == "Ready"), {}
-    )
-    if (
-        written.get("observedGeneration") == generation
-        and current.get("status") == ready
-        and current.get("reason") == reason
-        and current.get("message", "") == message
-    ):
-        return
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    condition = {
-        "type": "Ready",
-        "status": ready,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": now
-        if current.get("status") != ready
-        else current.get("lastTransitionTime", now),
-    }
-    patch = {"status": {"observedGeneration": generation, "conditions": [condition]}}
-    try:
-        await asyncio.to_thread(
-            state.policy_api.patch_status,
-            namespace,
-            metadata["name"],
-            patch,
-        )
-    except client.ApiException as error:
-        # Status is for admins to read; admission does not depend on it.
-        logger.warning("cannot update the status of %s: %s", metadata["name"], error.reason)
 
 
 def run(config: OperatorConfig) -> None:
