@@ -239,7 +239,13 @@ class Tally:
             return
         problem = oracle.answer_problem(path, body, status, answer)
         if problem is not None:
-            kind = "untrusted admits" if problem.startswith("admitted") else "bad answers"
+            kind = (
+                "untrusted admits"
+                if problem.startswith("admitted")
+                else "internal errors"
+                if problem.startswith("denial with code")
+                else "bad answers"
+            )
             self.counts[kind] += 1
             self._keep(kind, path, body, problem)
         elif status >= 400:
@@ -323,6 +329,7 @@ async def run(args: argparse.Namespace) -> int:
         f"({counts['allowed']} allowed, {counts['judged admits']} of them judged images; "
         f"{counts['denied']} denied), {counts['4xx']} 4xx, {counts['5xx']} 5xx, "
         f"{counts['hangs']} hangs, {counts['connection errors']} connection errors, "
+        f"{counts['internal errors']} internal-error denials (500/504), "
         f"{counts['bad answers']} bad answers, {counts['untrusted admits']} untrusted admits"
         + ("" if complete else f"; STOPPED at the {args.max_seconds:.0f}s bound")
     )

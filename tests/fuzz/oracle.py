@@ -16,7 +16,8 @@ never with imagegate's parser, and encodes docs/design.md §4 for a policy that 
   old when the old object ran the same string in the same list under the same container name.
   (Computed here from `find_images` on both, not with `new_images`, the code under test.)
 
-Anything admitted outside these rules is an untrusted admit.
+Anything admitted outside these rules is an untrusted admit. And as no registry or verifier
+is involved, a denial coded 500 (the reviewer raised) or 504 (the deadline passed) is a bug too.
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ def answer_problem(path: str, body: bytes, status: int, answer: Any) -> str | No
         return f"answer uid {response.get('uid')!r} for request uid {uid!r}"
     if not isinstance(response.get("uid"), str) or not response["uid"]:
         return "answer without a uid"
-    if response["allowed"] and path == "/validate":
-        return untrusted_admit(body)
+    if response["allowed"]:
+        return untrusted_admit(body) if path == "/validate" else None
+    # A denial coded 500 is an exception the reviewer let escape, 504 a deadline that passed;
+    # neither may happen here (no registry, no verifier): every other denial names its reason.
+    status_code = (response.get("status") or {}).get("code")
+    if status_code in (500, 504):
+        return f"denial with code {status_code}: {(response.get('status') or {}).get('message')}"
     return None
