@@ -62,10 +62,11 @@ def judged_images(request: dict[str, Any]) -> list[str] | None:
     if request.get("subResource", "") not in JUDGED_SUBRESOURCES:
         return None
     kind = request.get("kind")
-    group_kind = (kind.get("group", ""), kind.get("kind")) if isinstance(kind, dict) else None
+    if not isinstance(kind, dict):
+        return None
+    group_kind = (str(kind.get("group", "")), str(kind.get("kind")))
     if group_kind not in workloads.POD_SPEC_POINTERS:
         return None
-    assert group_kind is not None
     found = workloads.find_images(obj, group_kind)
     old = request.get("oldObject")
     if request["operation"] == "UPDATE" and isinstance(old, dict):

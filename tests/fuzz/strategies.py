@@ -105,7 +105,7 @@ def _near_misses(trusted: str) -> list[str]:
 @st.composite
 def hostile_references(draw: st.DrawFn) -> str:
     hex_text = st.text(HEX + "ABCDEF", min_size=1, max_size=140)
-    return draw(
+    text: str = draw(
         st.one_of(
             hex_text.map(lambda h: "sha256:" + h),  # image IDs, any length
             hex_text.map(lambda h: "sha512:" + h),
@@ -121,6 +121,7 @@ def hostile_references(draw: st.DrawFn) -> str:
             st.sampled_from(["", ":", "@", "/", "a/", "/a", ":tag", "@sha256:", "a@", "a:"]),
         )
     )
+    return text
 
 
 def _edit(text: str) -> st.SearchStrategy[str]:
@@ -240,7 +241,7 @@ def built_reviews(draw: st.DrawFn, images: st.SearchStrategy[str] | None = None)
     if images is None:
         pool = draw(st.lists(trusted_references() | references(), min_size=1, max_size=4))
         images = st.sampled_from(pool) | references()
-    obj = workload(group_kind, draw(pod_specs(images)))
+    obj: dict[str, Any] | None = workload(group_kind, draw(pod_specs(images)))
     operation = draw(st.sampled_from(["CREATE", "UPDATE", "DELETE", "CONNECT"]))
     old = None
     if operation in ("UPDATE", "DELETE") and draw(st.booleans()):
@@ -271,8 +272,9 @@ def admissible_reviews(draw: st.DrawFn) -> dict[str, Any]:
         for p in paths(review)
         if p and p[-1] in ("image", "reference") and isinstance(_at(review, p), str)
     ]
-    if spots and draw(st.booleans()):
-        spot = draw(st.sampled_from(spots))
+    replace_one: bool = draw(st.booleans())
+    if spots and replace_one:
+        spot: tuple[Any, ...] = draw(st.sampled_from(spots))
         _at(review, spot[:-1])[spot[-1]] = draw(image_pool() | hostile_references())
     return review
 
@@ -378,7 +380,7 @@ _globs = st.one_of(
     st.sampled_from(["cgr.dev/chainguard/**", "**", "docker.io/library/*", "ghcr.io/*/app"]),
     st.text(st.sampled_from(list("ab*/.:-_[]?")), max_size=20),
 )
-_selectors = st.one_of(
+_selectors: st.SearchStrategy[dict[str, Any]] = st.one_of(
     st.just({}),
     st.fixed_dictionaries({"matchLabels": st.dictionaries(_component, _component, max_size=2)}),
     st.fixed_dictionaries(

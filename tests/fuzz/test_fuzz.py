@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz import harness, oracle, strategies
+from imagegate.admission import builder
 from imagegate.admission import review as admission
 from imagegate.commands import cli
 from imagegate.core import reference
@@ -73,7 +74,7 @@ BODIES = strategies.bodies(SEEDS)
 # --- the wire model --------------------------------------------------------------------------
 
 
-@examples(400)
+@examples(200)
 @given(body=BODIES)
 def test_parse_review_returns_a_review_or_raises_malformed(body: bytes) -> None:
     try:
@@ -164,7 +165,7 @@ def served(loop_thread: LoopThread) -> Iterator[Served]:
         loop_thread.run(server.stop(), timeout=10)
 
 
-@examples(500)
+@examples(300)
 @given(path=st.sampled_from(["/validate", "/validate", "/mutate"]), body=BODIES)
 def test_every_body_gets_an_answer_and_no_untrusted_image_is_admitted(
     served: Served, path: str, body: bytes
@@ -186,7 +187,7 @@ def test_every_body_gets_an_answer_and_no_untrusted_image_is_admitted(
 def test_the_oracle_tells_trusted_from_untrusted(served: Served, image: str) -> None:
     """Not a fuzz case: proves the property above can fail (an oracle that never objects is
     no test). The webhook denies the untrusted ones, and the oracle objects to admitting them."""
-    body = json.dumps(strategies.builder.review_for(strategies.builder.pod("p", image))).encode()
+    body = json.dumps(builder.review_for(builder.pod("p", image))).encode()
     status, answer = served.thread.run(served.post("/validate", body), timeout=10)
     assert status == 200
     assert answer["response"]["allowed"] is oracle.trusted(image)
@@ -227,7 +228,7 @@ def _run_check(policy: str, manifest: str) -> tuple[int, str, str]:
     return status, out.getvalue(), err.getvalue()
 
 
-@examples(150)
+@examples(100)
 @given(
     policy=st.just(strategies.POLICY) | strategies.policy_documents(),
     manifest=_manifests(),
@@ -252,7 +253,7 @@ def test_check_exits_0_1_or_2_and_says_why(policy: dict[str, Any], manifest: str
 # --- image references ------------------------------------------------------------------------
 
 
-@examples(2000)
+@examples(800)
 @given(text=strategies.references())
 def test_a_reference_parses_and_round_trips_or_is_refused(text: str) -> None:
     try:
@@ -283,7 +284,7 @@ def test_image_ids_are_always_refused(image_id: str) -> None:
 # --- policies --------------------------------------------------------------------------------
 
 
-@examples(400)
+@examples(200)
 @given(document=strategies.policy_documents())
 def test_a_policy_parses_and_compiles_or_is_refused_with_a_reason(document: Any) -> None:
     reason = ""
@@ -368,7 +369,7 @@ def test_the_unbroken_seeds_verify(
     assert _verdict(loop_thread, [], [seeds["v03"]], V03_DIGEST, KEYLESS).verified
 
 
-@examples(150)
+@examples(100)
 @given(data=st.data())
 def test_broken_signature_layers_never_raise_and_never_verify(
     loop_thread: LoopThread, signature_seeds: dict[str, Any], data: st.DataObject
