@@ -75,7 +75,7 @@ def valid_references(draw: st.DrawFn) -> str:
 @st.composite
 def trusted_references(draw: st.DrawFn) -> str:
     path = "/".join(draw(st.lists(_component, min_size=1, max_size=2)))
-    suffix = draw(st.sampled_from(["", ":latest", ":latest-dev", "@" + "a" * 64]))
+    suffix = draw(st.sampled_from(["", ":latest", ":latest-dev", "@sha256:" + "a" * 64]))
     return TRUSTED_PREFIX + path + suffix
 
 
@@ -279,6 +279,25 @@ def admissible_reviews(draw: st.DrawFn) -> dict[str, Any]:
     return review
 
 
+@st.composite
+def update_reviews(draw: st.DrawFn) -> dict[str, Any]:
+    """UPDATEs of a trusted workload where one image changes (to anything) and the rest stay:
+    what §4.7 judges (new images only) is exactly where a wrong "unchanged" would admit."""
+    group_kind = draw(st.sampled_from(KINDS))
+    old = workload(group_kind, draw(pod_specs(trusted_references())))
+    new = copy.deepcopy(old)
+    spots = [p for p in paths(new) if p and p[-1] in ("image", "reference")]
+    spots = [p for p in spots if isinstance(_at(new, p), str)]
+    if spots:
+        spot: tuple[Any, ...] = draw(st.sampled_from(spots))
+        _at(new, spot[:-1])[spot[-1]] = draw(image_pool() | references())
+        if draw(st.booleans()) and spot[-1] == "image":  # the container moves or is renamed
+            container = _at(new, spot[:-1])
+            container["name"] = draw(st.sampled_from(["app", "web", "side", "renamed"]))
+    sub_resource = draw(st.sampled_from(["", "", "ephemeralcontainers"]))
+    return builder.review_for(new, operation="UPDATE", old=old, sub_resource=sub_resource)
+
+
 def _at(document: Any, path: tuple[Any, ...]) -> Any:
     for key in path:
         document = document[key]
@@ -349,8 +368,9 @@ def _dumps(document: Any) -> bytes:
 @st.composite
 def bodies(draw: st.DrawFn, seeds: tuple[dict[str, Any], ...] = ()) -> bytes:
     """An AdmissionReview body: seeded or built, mutated, then maybe broken as bytes."""
-    # A third each: real, built, built to be admitted (one_of weighs its branches equally).
-    built = st.one_of(built_reviews(), admissible_reviews(), admissible_reviews())
+    # Real ones, built ones, ones built to be admitted and UPDATEs of one image (one_of weighs
+    # its branches equally).
+    built = st.one_of(built_reviews(), admissible_reviews(), update_reviews())
     seed = draw(st.one_of(st.sampled_from(seeds), built, built) if seeds else built)
     body = _dumps(draw(mutated(seed)))
     return draw(st.one_of(st.just(body), st.just(body), _byte_mutations(body)))
