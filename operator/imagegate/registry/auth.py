@@ -19,6 +19,8 @@ from imagegate.registry.keychain import Credentials
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 #: Tokens kept at most (one per registry, repository and credentials).
 MAX_TOKENS = 4096
+#: Longest a token is kept, whatever `expires_in` says (registries give minutes).
+MAX_TOKEN_SECONDS = 86_400
 
 
 def _basic(credentials: Credentials) -> str:
@@ -101,12 +103,14 @@ class Tokens:
                 if reply.status != 200:
                     raise RegistryUnavailable(f"{registry}'s token service answered {reply.status}")
                 data = await reply.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as error:
             raise RegistryUnavailable(f"{registry}'s token service failed: {error}") from error
         value = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
         if not isinstance(value, str) or not value:
             raise Unauthorized(f"{registry}'s token service sent no token")
         lifetime = data.get("expires_in", 60)
-        lifetime = float(lifetime) if isinstance(lifetime, int | float) and lifetime > 0 else 60.0
+        usable = isinstance(lifetime, int | float) and lifetime > 0
+        # At most a day: an integer of 400 digits has no float (OverflowError), and inf no end.
+        lifetime = float(min(lifetime, MAX_TOKEN_SECONDS)) if usable else 60.0
         # Refresh a little early so a token never expires in flight.
         self._keep(key, _Token(f"Bearer {value}", self._clock() + lifetime * 0.9))

@@ -273,7 +273,7 @@ class RegistryClient:
         try:
             index = json.loads(body)
             manifests = index.get("manifests") or []
-        except (ValueError, AttributeError) as error:
+        except (ValueError, AttributeError, RecursionError) as error:  # RecursionError: nesting
             raise RegistryError(f"referrers of {repository}@{digest}: not an OCI index") from error
         found = [Descriptor.from_json(entry) for entry in manifests]
         if artifact_type and not filtered:

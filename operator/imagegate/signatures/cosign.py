@@ -279,6 +279,6 @@ def verify_one_with_key(
 def _json(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # attacker's bytes: nesting past the recursion limit too
         return {}
     return value if isinstance(value, dict) else {}
