@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -220,12 +221,13 @@ async def test_the_scan_lists_in_pages_and_follows_continue_tokens(
     counts: all the namespace's Pods are in its report."""
     monkeypatch.setattr(scan, "PAGE_SIZE", 2)
     namespace = _namespace_with_pods(api, 5, "ghcr.io/acme/api:1")
-    requests: list[tuple[str, dict[str, Any]]] = []
+    requests: list[tuple[str, dict[str, str]]] = []
     call_api = api.call_api
 
-    def recording(resource_path: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        requests.append((resource_path, dict(kwargs.get("query_params") or [])))
-        return call_api(resource_path, method, *args, **kwargs)
+    def recording(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        parts = urllib.parse.urlsplit(url)
+        requests.append((parts.path, dict(urllib.parse.parse_qsl(parts.query))))
+        return call_api(method, url, *args, **kwargs)
 
     monkeypatch.setattr(api, "call_api", recording)
     try:
@@ -238,7 +240,7 @@ async def test_the_scan_lists_in_pages_and_follows_continue_tokens(
         assert names == {f"app-{n:04d}" for n in range(5)}
         pod_lists = [query for path, query in requests if path == "/api/v1/pods"]
         assert len(pod_lists) >= 3  # at least 5 Pods, 2 a page
-        assert all(query.get("limit") == 2 for query in pod_lists)
+        assert all(query.get("limit") == "2" for query in pod_lists)
         assert "continue" not in pod_lists[0]
         assert all(query.get("continue") for query in pod_lists[1:])
     finally:
