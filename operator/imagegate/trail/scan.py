@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubernetes import client
 
@@ -63,16 +63,26 @@ SCANNED: Mapping[tuple[str, str], tuple[str, str]] = {
 _SCANNED_KINDS = {kind for _, kind in SCANNED}
 
 
-@dataclass(frozen=True)
-class Result:
+#: The fields of a report row's object reference, in `Result.reference`'s order.
+REFERENCE_KEYS = ("apiVersion", "kind", "name", "namespace", "uid")
+
+
+class Result(NamedTuple):
+    """One report row: strings only, so that a scan can hold it as a plain tuple (see
+    `NamespaceResults`)."""
+
     policy: str
     rule: str
     result: str  # pass | fail | warn | error
     message: str
-    resource: Mapping[str, str]
+    reference: tuple[str, str, str, str, str]  # REFERENCE_KEYS
     image: str
     container: str
     path: str
+
+    @property
+    def resource(self) -> dict[str, str]:
+        return dict(zip(REFERENCE_KEYS, self.reference, strict=True))
 
     def to_json(self, timestamp: int) -> dict[str, Any]:
         return {
@@ -87,7 +97,7 @@ class Result:
             "source": "imagegate",
             "scored": True,
             "timestamp": {"seconds": timestamp, "nanos": 0},
-            "resources": [dict(self.resource)],
+            "resources": [self.resource],
             "properties": {"image": self.image, "container": self.container, "path": self.path},
         }
 
@@ -116,9 +126,20 @@ def object_reference(obj: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def reference_of(obj: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
+    found = object_reference(obj)
+    return (
+        found["apiVersion"],
+        found["kind"],
+        found["name"],
+        found["namespace"],
+        found["uid"],
+    )
+
+
 def results_for(obj: Mapping[str, Any], decision: engine.Decision) -> list[Result]:
     """The report rows of one object's decision: a row per (image, policy) judged."""
-    resource = object_reference(obj)
+    reference = reference_of(obj)
     rows = []
     for image in decision.images:
         container = image.planned.container
@@ -134,7 +155,7 @@ def results_for(obj: Mapping[str, Any], decision: engine.Decision) -> list[Resul
                 rule=container.container_name or container.pointer,
                 result=result,
                 message=message,
-                resource=resource,
+                reference=reference,
                 image=container.image,
                 container=container.container_name,
                 path=container.pointer,
@@ -166,32 +187,67 @@ def error_result(obj: Mapping[str, Any], message: str, *, rule: str = "scan") ->
         rule=rule,
         result="error",
         message=message,
-        resource=object_reference(obj),
+        reference=reference_of(obj),
         image="",
         container="",
         path="",
     )
 
 
-def report(namespace: str, results: Sequence[Result], now: datetime.datetime) -> dict[str, Any]:
-    """The PolicyReport body for one namespace; the summary counts every result, listed or not."""
-    ordered = sorted(
-        results,
-        key=lambda r: (
-            ("error", "fail", "warn", "pass").index(r.result),
-            r.resource["kind"],
-            r.resource["name"],
-            r.path,
-            r.policy,
-        ),
+def report_order(result: Result) -> tuple[int, str, str, str, str]:
+    """Worst first, then by object: the order a report lists its rows in."""
+    return (
+        ("error", "fail", "warn", "pass").index(result.result),
+        result.reference[1],  # kind
+        result.reference[2],  # name
+        result.path,
+        result.policy,
     )
+
+
+@dataclass
+class NamespaceResults:
+    """One namespace's results as its report will show them: every result counted, only the
+    MAX_RESULTS that are listed kept, as plain tuples of strings. The cyclic garbage collector
+    stops tracking those after its first pass over them (not Result objects, nor any other
+    tuple subclass): a full collection walking 100,000 rows stops the event loop for >100 ms."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def add(self, results: Sequence[Result]) -> None:
+        for result in results:
+            self.counts[result.result] = self.counts.get(result.result, 0) + 1
+            self.rows.append(tuple(result))
+        if len(self.rows) > 2 * MAX_RESULTS:
+            self.rows.sort(key=lambda row: report_order(Result._make(row)))
+            del self.rows[MAX_RESULTS:]
+
+    def listed(self) -> list[Result]:
+        return [Result._make(row) for row in self.rows]
+
+
+def report(
+    namespace: str,
+    results: Sequence[Result],
+    now: datetime.datetime,
+    *,
+    counts: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """The PolicyReport body for one namespace; the summary counts every result, listed or not
+    (`counts` when only some of the results are given)."""
+    ordered = sorted(results, key=report_order)[:MAX_RESULTS]
     summary = {key: 0 for key in ("pass", "fail", "warn", "error", "skip")}
-    for result in results:
-        summary[result.result] += 1
+    if counts is None:
+        for result in results:
+            summary[result.result] += 1
+    else:
+        summary.update(counts)
     timestamp = int(now.timestamp())
     annotations = {}
-    if len(ordered) > MAX_RESULTS:
-        annotations["imagegate.dev/truncated"] = f"{len(ordered) - MAX_RESULTS} results not listed"
+    unlisted = sum(summary.values()) - len(ordered)
+    if unlisted > 0:
+        annotations["imagegate.dev/truncated"] = f"{unlisted} results not listed"
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PolicyReport",
@@ -202,7 +258,7 @@ def report(namespace: str, results: Sequence[Result], now: datetime.datetime) ->
             "annotations": annotations,
         },
         "summary": summary,
-        "results": [r.to_json(timestamp) for r in ordered[:MAX_RESULTS]],
+        "results": [r.to_json(timestamp) for r in ordered],
     }
 
 
@@ -266,7 +322,7 @@ class PolicyReportScanner:
 
     async def scan_once(self) -> ScanSummary:
         summary = ScanSummary()
-        by_namespace: dict[str, list[Result]] = {}
+        by_namespace: dict[str, NamespaceResults] = {}
         #: Namespaces whose objects could not all be judged: their reports are kept, not deleted.
         keep: set[str] = set()
         read = 0
@@ -278,8 +334,8 @@ class PolicyReportScanner:
             await self._scan_object(obj, summary, by_namespace, keep)
         await self._write(by_namespace, summary, keep)
         for results in by_namespace.values():
-            for result in results:
-                summary.counts[result.result] = summary.counts.get(result.result, 0) + 1
+            for outcome, count in results.counts.items():
+                summary.counts[outcome] = summary.counts.get(outcome, 0) + count
         logger.info(
             "background scan: %d objects, %s",
             summary.objects,
@@ -291,7 +347,7 @@ class PolicyReportScanner:
         self,
         obj: dict[str, Any],
         summary: ScanSummary,
-        by_namespace: dict[str, list[Result]],
+        by_namespace: dict[str, NamespaceResults],
         keep: set[str],
     ) -> None:
         namespace = obj["metadata"].get("namespace", "")
@@ -319,7 +375,7 @@ class PolicyReportScanner:
                 error,
             )
             rows = [error_result(obj, f"could not be judged: {error!r}")]
-        by_namespace.setdefault(namespace, []).extend(rows)
+        by_namespace.setdefault(namespace, NamespaceResults()).add(rows)
 
     async def _judge(
         self, obj: Mapping[str, Any], namespace: str, policies: Sequence[engine.CompiledPolicy]
@@ -397,7 +453,7 @@ class PolicyReportScanner:
         return page
 
     async def _write(
-        self, by_namespace: Mapping[str, list[Result]], summary: ScanSummary, keep: set[str]
+        self, by_namespace: Mapping[str, NamespaceResults], summary: ScanSummary, keep: set[str]
     ) -> None:
         objects = client.CustomObjectsApi(self._api)
         try:
@@ -423,7 +479,7 @@ class PolicyReportScanner:
         for namespace, results in sorted(by_namespace.items()):
             try:
                 await asyncio.to_thread(
-                    self._put, objects, report, namespace, results, now, versions.get(namespace)
+                    self._put, objects, namespace, results, now, versions.get(namespace)
                 )
                 summary.written.append(namespace)
             except client.ApiException as error:
@@ -478,15 +534,14 @@ class PolicyReportScanner:
     @staticmethod
     def _put(
         objects: client.CustomObjectsApi,
-        build: Callable[[str, Sequence[Result], datetime.datetime], dict[str, Any]],
         namespace: str,
-        results: Sequence[Result],
+        results: NamespaceResults,
         now: datetime.datetime,
         version: str | None,
     ) -> None:
         """Create or replace one report, built here (off the event loop: a thousand rows take
         tens of milliseconds), and leave the stored copy the API server answers with unread."""
-        body = build(namespace, results, now)
+        body = report(namespace, results.listed(), now, counts=results.counts)
         response: Any
         if version is not None:
             body["metadata"]["resourceVersion"] = version
