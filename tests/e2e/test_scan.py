@@ -3,9 +3,13 @@ as violations in a PolicyReport once the policy is applied, follow its edits, an
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import io
+import itertools
 import json
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -194,3 +198,93 @@ async def test_one_object_that_cannot_be_judged_costs_no_other_report(
     finally:
         for name in (signed, plain):
             core.delete_namespace(name)
+
+
+def _namespace_with_pods(api: client.ApiClient, count: int, image: str) -> str:
+    core = client.CoreV1Api(api)
+    name = f"scan-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(
+            pool.map(
+                lambda n: core.create_namespaced_pod(name, pod_body(f"app-{n:04d}", image)),
+                range(count),
+            )
+        )
+    return name
+
+
+async def test_the_scan_lists_in_pages_and_follows_continue_tokens(
+    api: client.ApiClient, crds: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kind is read PAGE_SIZE objects at a time, never as one whole LIST, and every page
+    counts: all the namespace's Pods are in its report."""
+    monkeypatch.setattr(scan, "PAGE_SIZE", 2)
+    namespace = _namespace_with_pods(api, 5, "ghcr.io/acme/api:1")
+    requests: list[tuple[str, dict[str, str]]] = []
+    call_api = api.call_api
+
+    def recording(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        parts = urllib.parse.urlsplit(url)
+        requests.append((parts.path, dict(urllib.parse.parse_qsl(parts.query))))
+        return call_api(method, url, *args, **kwargs)
+
+    monkeypatch.setattr(api, "call_api", recording)
+    try:
+        scanner = scan.PolicyReportScanner(
+            api, _Policies(_policy(namespace, {"sources": [CHAINGUARD]}))
+        )
+        summary = await scanner.scan_once()
+        assert summary.complete
+        names = {r["resources"][0]["name"] for r in (report(api, namespace) or {})["results"]}
+        assert names == {f"app-{n:04d}" for n in range(5)}
+        pod_lists = [query for path, query in requests if path == "/api/v1/pods"]
+        assert len(pod_lists) >= 3  # at least 5 Pods, 2 a page
+        assert all(query.get("limit") == "2" for query in pod_lists)
+        assert "continue" not in pod_lists[0]
+        assert all(query.get("continue") for query in pod_lists[1:])
+    finally:
+        client.CoreV1Api(api).delete_namespace(namespace)
+
+
+class _LoopWatchingPolicies(_Policies):
+    """Records, for each object the scan reads (it asks for its namespace's labels first), how
+    often a coroutine running beside the scan has had a turn of the event loop."""
+
+    def __init__(self, *policies: engine.CompiledPolicy) -> None:
+        super().__init__(*policies)
+        self.turns = 0
+        self.turns_seen: list[int] = []
+
+    async def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        self.turns_seen.append(self.turns)
+        return {}
+
+
+async def test_the_scan_gives_the_event_loop_back_between_objects(
+    api: client.ApiClient, crds: None
+) -> None:
+    """Admission shares the operator's event loop with the scan: however many objects a page
+    holds, judged or skipped, another coroutine gets a turn every few objects."""
+    judged = _namespace_with_pods(api, 150, "ghcr.io/acme/api:1")
+    unscanned = _namespace_with_pods(api, 150, "ghcr.io/acme/api:1")  # no policy applies
+    policies = _LoopWatchingPolicies(_policy(judged, {"sources": [CHAINGUARD]}))
+    scanning = True
+
+    async def neighbour() -> None:
+        while scanning:
+            policies.turns += 1
+            await asyncio.sleep(0)
+
+    turning = asyncio.create_task(neighbour())
+    try:
+        summary = await scan.PolicyReportScanner(api, policies).scan_once()
+    finally:
+        scanning = False
+        await turning
+        for name in (judged, unscanned):
+            client.CoreV1Api(api).delete_namespace(name)
+    assert summary.objects >= 150
+    assert len(policies.turns_seen) >= 300
+    longest = max(len(list(run)) for _, run in itertools.groupby(policies.turns_seen))
+    assert longest <= 10, f"{longest} objects read without another coroutine having a turn"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 from typing import Any
 
 import pytest
@@ -156,3 +157,26 @@ def test_an_image_id_fails_the_report_where_official_images_are_trusted() -> Non
     [row] = scan.results_for(obj, decide(obj, official))
     assert row.result == "fail"
     assert "is an image ID, not a reference" in row.message
+
+
+def test_a_namespace_keeps_the_rows_its_report_lists_and_counts_every_one() -> None:
+    """A scan of many objects holds at most 2 * MAX_RESULTS rows a namespace, none of which the
+    cyclic garbage collector walks (its full passes stop the event loop admission runs on)."""
+    held = scan.NamespaceResults()
+    every = []
+    for index in range(3 * scan.MAX_RESULTS):
+        obj = with_namespace(deployment(f"ghcr.io/acme/app{index}:1"))
+        obj["metadata"]["name"] = f"web-{index:05d}"
+        rows = scan.results_for(obj, decide(obj, REWRITE))
+        held.add(rows)
+        every += rows
+    trusted = with_namespace(deployment("cgr.dev/chainguard/nginx:latest"))
+    held.add(scan.results_for(trusted, decide(trusted, REWRITE)))
+    every += scan.results_for(trusted, decide(trusted, REWRITE))
+    assert len(held.rows) <= 2 * scan.MAX_RESULTS
+    for _ in range(2):  # a tuple is untracked in the pass after its inner tuple is
+        gc.collect()
+    assert not any(gc.is_tracked(row) for row in held.rows)
+    assert scan.report("shop", held.listed(), NOW, counts=held.counts) == scan.report(
+        "shop", every, NOW
+    )

@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubernetes import client
 
@@ -40,6 +41,13 @@ CATEGORY = "Image provenance"
 MAX_RESULTS = 1000
 DEBOUNCE = 2.0
 OBJECT_DEADLINE = 10.0
+#: Objects per LIST request: a page is parsed in well under a millisecond per object, and a
+#: continue token stays valid for minutes (etcd compaction), far longer than a scan takes.
+PAGE_SIZE = 100
+#: Objects read between two returns to the event loop, where admission requests wait.
+YIELD_EVERY = 1
+#: Asks a LIST for PartialObjectMetadataList: each item's metadata, not the object.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
 #: (API group, kind) → (apiVersion, plural) of every kind with a pod spec that is scanned.
 SCANNED: Mapping[tuple[str, str], tuple[str, str]] = {
@@ -55,16 +63,26 @@ SCANNED: Mapping[tuple[str, str], tuple[str, str]] = {
 _SCANNED_KINDS = {kind for _, kind in SCANNED}
 
 
-@dataclass(frozen=True)
-class Result:
+#: The fields of a report row's object reference, in `Result.reference`'s order.
+REFERENCE_KEYS = ("apiVersion", "kind", "name", "namespace", "uid")
+
+
+class Result(NamedTuple):
+    """One report row: strings only, so that a scan can hold it as a plain tuple (see
+    `NamespaceResults`)."""
+
     policy: str
     rule: str
     result: str  # pass | fail | warn | error
     message: str
-    resource: Mapping[str, str]
+    reference: tuple[str, str, str, str, str]  # REFERENCE_KEYS
     image: str
     container: str
     path: str
+
+    @property
+    def resource(self) -> dict[str, str]:
+        return dict(zip(REFERENCE_KEYS, self.reference, strict=True))
 
     def to_json(self, timestamp: int) -> dict[str, Any]:
         return {
@@ -79,7 +97,7 @@ class Result:
             "source": "imagegate",
             "scored": True,
             "timestamp": {"seconds": timestamp, "nanos": 0},
-            "resources": [dict(self.resource)],
+            "resources": [self.resource],
             "properties": {"image": self.image, "container": self.container, "path": self.path},
         }
 
@@ -108,9 +126,20 @@ def object_reference(obj: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def reference_of(obj: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
+    found = object_reference(obj)
+    return (
+        found["apiVersion"],
+        found["kind"],
+        found["name"],
+        found["namespace"],
+        found["uid"],
+    )
+
+
 def results_for(obj: Mapping[str, Any], decision: engine.Decision) -> list[Result]:
     """The report rows of one object's decision: a row per (image, policy) judged."""
-    resource = object_reference(obj)
+    reference = reference_of(obj)
     rows = []
     for image in decision.images:
         container = image.planned.container
@@ -126,7 +155,7 @@ def results_for(obj: Mapping[str, Any], decision: engine.Decision) -> list[Resul
                 rule=container.container_name or container.pointer,
                 result=result,
                 message=message,
-                resource=resource,
+                reference=reference,
                 image=container.image,
                 container=container.container_name,
                 path=container.pointer,
@@ -158,32 +187,67 @@ def error_result(obj: Mapping[str, Any], message: str, *, rule: str = "scan") ->
         rule=rule,
         result="error",
         message=message,
-        resource=object_reference(obj),
+        reference=reference_of(obj),
         image="",
         container="",
         path="",
     )
 
 
-def report(namespace: str, results: Sequence[Result], now: datetime.datetime) -> dict[str, Any]:
-    """The PolicyReport body for one namespace; the summary counts every result, listed or not."""
-    ordered = sorted(
-        results,
-        key=lambda r: (
-            ("error", "fail", "warn", "pass").index(r.result),
-            r.resource["kind"],
-            r.resource["name"],
-            r.path,
-            r.policy,
-        ),
+def report_order(result: Result) -> tuple[int, str, str, str, str]:
+    """Worst first, then by object: the order a report lists its rows in."""
+    return (
+        ("error", "fail", "warn", "pass").index(result.result),
+        result.reference[1],  # kind
+        result.reference[2],  # name
+        result.path,
+        result.policy,
     )
+
+
+@dataclass
+class NamespaceResults:
+    """One namespace's results as its report will show them: every result counted, only the
+    MAX_RESULTS that are listed kept, as plain tuples of strings. The cyclic garbage collector
+    stops tracking those after its first pass over them (not Result objects, nor any other
+    tuple subclass): a full collection walking 100,000 rows stops the event loop for >100 ms."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def add(self, results: Sequence[Result]) -> None:
+        for result in results:
+            self.counts[result.result] = self.counts.get(result.result, 0) + 1
+            self.rows.append(tuple(result))
+        if len(self.rows) > 2 * MAX_RESULTS:
+            self.rows.sort(key=lambda row: report_order(Result._make(row)))
+            del self.rows[MAX_RESULTS:]
+
+    def listed(self) -> list[Result]:
+        return [Result._make(row) for row in self.rows]
+
+
+def report(
+    namespace: str,
+    results: Sequence[Result],
+    now: datetime.datetime,
+    *,
+    counts: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """The PolicyReport body for one namespace; the summary counts every result, listed or not
+    (`counts` when only some of the results are given)."""
+    ordered = sorted(results, key=report_order)[:MAX_RESULTS]
     summary = {key: 0 for key in ("pass", "fail", "warn", "error", "skip")}
-    for result in results:
-        summary[result.result] += 1
+    if counts is None:
+        for result in results:
+            summary[result.result] += 1
+    else:
+        summary.update(counts)
     timestamp = int(now.timestamp())
     annotations = {}
-    if len(ordered) > MAX_RESULTS:
-        annotations["imagegate.dev/truncated"] = f"{len(ordered) - MAX_RESULTS} results not listed"
+    unlisted = sum(summary.values()) - len(ordered)
+    if unlisted > 0:
+        annotations["imagegate.dev/truncated"] = f"{unlisted} results not listed"
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PolicyReport",
@@ -194,7 +258,7 @@ def report(namespace: str, results: Sequence[Result], now: datetime.datetime) ->
             "annotations": annotations,
         },
         "summary": summary,
-        "results": [r.to_json(timestamp) for r in ordered[:MAX_RESULTS]],
+        "results": [r.to_json(timestamp) for r in ordered],
     }
 
 
@@ -258,47 +322,60 @@ class PolicyReportScanner:
 
     async def scan_once(self) -> ScanSummary:
         summary = ScanSummary()
-        by_namespace: dict[str, list[Result]] = {}
+        by_namespace: dict[str, NamespaceResults] = {}
         #: Namespaces whose objects could not all be judged: their reports are kept, not deleted.
         keep: set[str] = set()
-        objects, summary.complete = await self._list_objects()
-        for obj in objects:
-            namespace = obj["metadata"].get("namespace", "")
-            try:
-                labels = await self._policies.namespace_labels(namespace)
-            except Exception as error:  # e.g. deleted since the list: judge it next cycle
-                logger.warning("background scan skips namespace %s: %s", namespace, error)
-                keep.add(namespace)
-                continue
-            if not scanned_namespace(namespace, labels, self._own_namespace):
-                continue
-            if controlled_by_scanned_kind(obj):
-                continue
-            policies = engine.applicable(self._policies.policies(), namespace, labels)
-            if not policies:
-                continue
-            summary.objects += 1
-            try:
-                rows = await self._judge(obj, namespace, policies)
-            except Exception as error:  # one object must not cost every namespace its report
-                logger.warning(
-                    "background scan cannot judge %s/%s: %r",
-                    namespace,
-                    obj["metadata"].get("name", ""),
-                    error,
-                )
-                rows = [error_result(obj, f"could not be judged: {error!r}")]
-            by_namespace.setdefault(namespace, []).extend(rows)
+        read = 0
+        async for obj in self._objects(summary):
+            if read % YIELD_EVERY == 0:
+                # judge() holds the loop while it runs: let admission in between objects.
+                await asyncio.sleep(0)
+            read += 1
+            await self._scan_object(obj, summary, by_namespace, keep)
         await self._write(by_namespace, summary, keep)
         for results in by_namespace.values():
-            for result in results:
-                summary.counts[result.result] = summary.counts.get(result.result, 0) + 1
+            for outcome, count in results.counts.items():
+                summary.counts[outcome] = summary.counts.get(outcome, 0) + count
         logger.info(
             "background scan: %d objects, %s",
             summary.objects,
             ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items())) or "no results",
         )
         return summary
+
+    async def _scan_object(
+        self,
+        obj: dict[str, Any],
+        summary: ScanSummary,
+        by_namespace: dict[str, NamespaceResults],
+        keep: set[str],
+    ) -> None:
+        namespace = obj["metadata"].get("namespace", "")
+        try:
+            labels = await self._policies.namespace_labels(namespace)
+        except Exception as error:  # e.g. deleted since the list: judge it next cycle
+            logger.warning("background scan skips namespace %s: %s", namespace, error)
+            keep.add(namespace)
+            return
+        if not scanned_namespace(namespace, labels, self._own_namespace):
+            return
+        if controlled_by_scanned_kind(obj):
+            return
+        policies = engine.applicable(self._policies.policies(), namespace, labels)
+        if not policies:
+            return
+        summary.objects += 1
+        try:
+            rows = await self._judge(obj, namespace, policies)
+        except Exception as error:  # one object must not cost every namespace its report
+            logger.warning(
+                "background scan cannot judge %s/%s: %r",
+                namespace,
+                obj["metadata"].get("name", ""),
+                error,
+            )
+            rows = [error_result(obj, f"could not be judged: {error!r}")]
+        by_namespace.setdefault(namespace, NamespaceResults()).add(rows)
 
     async def _judge(
         self, obj: Mapping[str, Any], namespace: str, policies: Sequence[engine.CompiledPolicy]
@@ -325,31 +402,37 @@ class PolicyReportScanner:
         )
         return results_for(obj, decision)
 
-    async def _list_objects(self) -> tuple[list[dict[str, Any]], bool]:
-        """Every scanned object as JSON, with apiVersion and kind set (lists omit them), and
-        whether every kind could be listed."""
-        found: list[dict[str, Any]] = []
-        complete = True
-        for (group, kind), (api_version, plural) in SCANNED.items():
-            try:
-                listed = await asyncio.to_thread(self._list, group, plural)
-            except client.ApiException as error:
-                logger.warning(
-                    "background scan cannot list %s: %s (%s)", plural, error.reason, error.status
-                )
-                complete = False
-                continue
-            for item in listed:
-                found.append({**item, "apiVersion": api_version, "kind": kind})
-        return found, complete
+    async def _objects(self, summary: ScanSummary) -> AsyncIterator[dict[str, Any]]:
+        """Every scanned object as raw JSON, with apiVersion and kind set (lists omit them),
+        PAGE_SIZE at a time: never a whole kind as client models, which holds the GIL for
+        seconds. A kind that cannot be listed, whole or in part, makes the summary incomplete."""
+        for (_, kind), (api_version, plural) in SCANNED.items():
+            token = ""
+            while True:
+                try:
+                    page = await asyncio.to_thread(self._fetch_page, plural, token)
+                except client.ApiException as error:
+                    logger.warning(
+                        "background scan cannot list %s: %s (%s)",
+                        plural,
+                        error.reason,
+                        error.status,
+                    )
+                    summary.complete = False
+                    break
+                for item in page.get("items") or []:
+                    yield {**item, "apiVersion": api_version, "kind": kind}
+                token = (page.get("metadata") or {}).get("continue") or ""
+                if not token:
+                    break
 
-    def _list(self, group: str, plural: str) -> list[dict[str, Any]]:
+    def _fetch_page(self, plural: str, token: str) -> dict[str, Any]:
         core, apps, batch = (
             client.CoreV1Api(self._api),
             client.AppsV1Api(self._api),
             client.BatchV1Api(self._api),
         )
-        lister: Callable[[], Any] = {
+        lister: Callable[..., Any] = {
             "pods": core.list_pod_for_all_namespaces,
             "replicationcontrollers": core.list_replication_controller_for_all_namespaces,
             "deployments": apps.list_deployment_for_all_namespaces,
@@ -359,24 +442,22 @@ class PolicyReportScanner:
             "jobs": batch.list_job_for_all_namespaces,
             "cronjobs": batch.list_cron_job_for_all_namespaces,
         }[plural]
-        items: list[dict[str, Any]] = self._api.sanitize_for_serialization(  # type: ignore[no-untyped-call]
-            lister().items
-        )
-        return items
+        arguments: dict[str, Any] = {"limit": PAGE_SIZE, "_preload_content": False}
+        if token:
+            arguments["_continue"] = token
+        response = lister(**arguments)
+        try:
+            page: dict[str, Any] = json.loads(response.data)
+        finally:
+            response.release_conn()
+        return page
 
     async def _write(
-        self, by_namespace: Mapping[str, list[Result]], summary: ScanSummary, keep: set[str]
+        self, by_namespace: Mapping[str, NamespaceResults], summary: ScanSummary, keep: set[str]
     ) -> None:
         objects = client.CustomObjectsApi(self._api)
-        existing: Any
         try:
-            existing = await asyncio.to_thread(
-                objects.list_cluster_custom_object,
-                GROUP,
-                VERSION,
-                PLURAL,
-                label_selector=audit.MANAGED_BY_SELECTOR,
-            )
+            existing = await asyncio.to_thread(self._report_metadata, objects)
         except client.ApiException as error:
             if error.status == 404:
                 if not self._crd_missing:
@@ -391,33 +472,15 @@ class PolicyReportScanner:
         self._crd_missing = False
         versions = {
             item["metadata"]["namespace"]: item["metadata"].get("resourceVersion")
-            for item in existing.get("items", [])
+            for item in existing.get("items") or []
             if item["metadata"].get("name") == REPORT_NAME
         }
         now = self._clock()
         for namespace, results in sorted(by_namespace.items()):
-            body = report(namespace, results, now)
             try:
-                if namespace in versions:
-                    body["metadata"]["resourceVersion"] = versions[namespace]
-                    await asyncio.to_thread(
-                        objects.replace_namespaced_custom_object,
-                        GROUP,
-                        VERSION,
-                        namespace,
-                        PLURAL,
-                        REPORT_NAME,
-                        body,
-                    )
-                else:
-                    await asyncio.to_thread(
-                        objects.create_namespaced_custom_object,
-                        GROUP,
-                        VERSION,
-                        namespace,
-                        PLURAL,
-                        body,
-                    )
+                await asyncio.to_thread(
+                    self._put, objects, namespace, results, now, versions.get(namespace)
+                )
                 summary.written.append(namespace)
             except client.ApiException as error:
                 # A conflict (another replica wrote it) is fine: the next cycle writes again.
@@ -449,3 +512,44 @@ class PolicyReportScanner:
                     logger.warning(
                         "cannot delete PolicyReport %s/%s: %s", namespace, REPORT_NAME, error.reason
                     )
+
+    @staticmethod
+    def _report_metadata(objects: client.CustomObjectsApi) -> dict[str, Any]:
+        """imagegate's PolicyReports, metadata only: whole reports would be up to MAX_RESULTS
+        rows each, parsed (holding the GIL) only to read their resourceVersions."""
+        response: Any = objects.list_cluster_custom_object(
+            GROUP,
+            VERSION,
+            PLURAL,
+            label_selector=audit.MANAGED_BY_SELECTOR,
+            _headers={"Accept": METADATA_ONLY},
+            _preload_content=False,
+        )
+        try:
+            found: dict[str, Any] = json.loads(response.data)
+        finally:
+            response.release_conn()
+        return found
+
+    @staticmethod
+    def _put(
+        objects: client.CustomObjectsApi,
+        namespace: str,
+        results: NamespaceResults,
+        now: datetime.datetime,
+        version: str | None,
+    ) -> None:
+        """Create or replace one report, built here (off the event loop: a thousand rows take
+        tens of milliseconds), and leave the stored copy the API server answers with unread."""
+        body = report(namespace, results.listed(), now, counts=results.counts)
+        response: Any
+        if version is not None:
+            body["metadata"]["resourceVersion"] = version
+            response = objects.replace_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, REPORT_NAME, body, _preload_content=False
+            )
+        else:
+            response = objects.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, body, _preload_content=False
+            )
+        response.release_conn()
