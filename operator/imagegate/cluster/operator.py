@@ -16,6 +16,7 @@ restarts the container.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -344,6 +345,10 @@ async def _start(state: _State) -> None:
     logger.info(
         "serving /mutate, /validate and /validate-policy on %s:%d", config.host, webhook_server.port
     )
+    # What start-up made (the kubernetes client's and pydantic's ~160,000 objects) lives as long
+    # as the process: out of the collector's reach, a full pass no longer walks it (80-130 ms a
+    # pass on 2 cores, several per background scan; bench/scan.py measures the difference).
+    gc.freeze()
 
 
 async def _certificates(state: _State) -> server.TLSFiles:

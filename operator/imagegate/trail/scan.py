@@ -407,10 +407,10 @@ class PolicyReportScanner:
         PAGE_SIZE at a time: never a whole kind as client models, which holds the GIL for
         seconds. A kind that cannot be listed, whole or in part, makes the summary incomplete."""
         for (_, kind), (api_version, plural) in SCANNED.items():
-            token = ""
+            continue_from = ""  # the list's `continue` token; "" asks for the first page
             while True:
                 try:
-                    page = await asyncio.to_thread(self._fetch_page, plural, token)
+                    page = await asyncio.to_thread(self._fetch_page, plural, continue_from)
                 except client.ApiException as error:
                     logger.warning(
                         "background scan cannot list %s: %s (%s)",
@@ -422,8 +422,8 @@ class PolicyReportScanner:
                     break
                 for item in page.get("items") or []:
                     yield {**item, "apiVersion": api_version, "kind": kind}
-                token = (page.get("metadata") or {}).get("continue") or ""
-                if not token:
+                continue_from = (page.get("metadata") or {}).get("continue") or ""
+                if not continue_from:
                     break
 
     def _fetch_page(self, plural: str, token: str) -> dict[str, Any]:
