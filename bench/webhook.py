@@ -85,8 +85,8 @@ def audited_app() -> web.Application:
     metrics = Metrics()
     handler = logging.FileHandler(os.devnull)
     handler.setFormatter(logs.JsonFormatter())
-    logging.getLogger("imagegate.admission.reviewers").addHandler(handler)
-    logging.getLogger("imagegate.admission.reviewers").setLevel(logging.INFO)
+    logging.getLogger("imagegate.admission.decisions").addHandler(handler)
+    logging.getLogger("imagegate.admission.decisions").setLevel(logging.INFO)
     return build_app(
         validate=webhook.Validator(source, recorders=[metrics]),
         mutate=webhook.Mutator(source, recorders=[metrics]),

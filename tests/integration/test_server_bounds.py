@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from imagegate.admission import patches, reviewers
 from imagegate.admission import review as admission
-from imagegate.admission import reviewers
 from imagegate.admission.connections import ConnectionBounds
 from imagegate.admission.server import TLSFiles, WebhookServer, build_app
 from imagegate.cluster import tls
@@ -357,7 +357,7 @@ async def test_metadata_that_is_not_an_object_is_denied_naming_it(
         ("not metadata", "/spec/template/metadata is not an object"),
         ({"annotations": ["a"]}, "/spec/template/metadata/annotations is not an object"),
         (
-            {"annotations": {reviewers.ORIGINAL_IMAGES_ANNOTATION: 5}},
+            {"annotations": {patches.ORIGINAL_IMAGES_ANNOTATION: 5}},
             "original-images is not a string",
         ),
     ],

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from imagegate.admission import builder, reviewers
+from imagegate.admission import builder, decisions, reviewers
 from imagegate.admission import review as admission
 from imagegate.commands import cli
 from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
 from imagegate.trail import logs
 
-LOGGER = "imagegate.admission.reviewers"
+LOGGER = "imagegate.admission.decisions"
 
 
 class Policies:
@@ -79,7 +79,7 @@ async def test_sampled_logs_one_plain_admission_in_100_and_every_denial(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = Clock()
-    log = reviewers.DecisionLog("sampled", clock=clock)
+    log = decisions.DecisionLog("sampled", clock=clock)
     validator = reviewers.Validator(Policies(policy("enforce", "enforce")), decisions=log)
     caplog.set_level(logging.INFO, logger=LOGGER)
     await admit_many(validator, 250, "ghcr.io/ours/app:1")
@@ -88,7 +88,7 @@ async def test_sampled_logs_one_plain_admission_in_100_and_every_denial(
     assert [r.decision["allowed"] for r in lines] == [True, True, True, False, False, False]
     assert [r.decision["uid"] for r in lines[:3]] == ["u-0", "u-100", "u-200"]
     assert count_lines(caplog) == []
-    clock.now += reviewers.COUNT_INTERVAL
+    clock.now += decisions.COUNT_INTERVAL
     log.flush()
     (count,) = count_lines(caplog)
     assert count.getMessage() == "250 admissions allowed in the last 60 s (3 logged)"
@@ -100,7 +100,7 @@ async def test_none_logs_no_plain_admission_but_counts_them_and_all_logs_each(
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     clock = Clock()
-    quiet = reviewers.DecisionLog("none", clock=clock)
+    quiet = decisions.DecisionLog("none", clock=clock)
     validator = reviewers.Validator(Policies(policy("enforce", "enforce")), decisions=quiet)
     await admit_many(validator, 10, "ghcr.io/ours/app:1")
     assert decision_lines(caplog) == []
@@ -111,7 +111,7 @@ async def test_none_logs_no_plain_admission_but_counts_them_and_all_logs_each(
 
     caplog.clear()
     loud = reviewers.Validator(
-        Policies(policy("enforce", "enforce")), decisions=reviewers.DecisionLog("all")
+        Policies(policy("enforce", "enforce")), decisions=decisions.DecisionLog("all")
     )
     await admit_many(loud, 10, "ghcr.io/ours/app:1")
     assert len(decision_lines(caplog)) == 10
@@ -119,7 +119,7 @@ async def test_none_logs_no_plain_admission_but_counts_them_and_all_logs_each(
 
 async def test_warnings_and_rewrites_are_always_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
-    quiet = reviewers.DecisionLog("none")
+    quiet = decisions.DecisionLog("none")
     warned = reviewers.Validator(Policies(policy("warn", "warn")), decisions=quiet)
     await admit_many(warned, 2, "docker.io/library/nginx:1")
     rewriter = reviewers.Mutator(Policies(policy("hard", "enforce", rewrite=True)), decisions=quiet)

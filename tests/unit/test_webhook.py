@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from imagegate.admission import builder
+from imagegate.admission import builder, patches
 from imagegate.admission import records as audit
 from imagegate.admission import review as admission
 from imagegate.admission import reviewers as webhook
@@ -108,7 +108,7 @@ async def test_mutation_rewrites_the_template_and_records_the_original() -> None
     mutated = apply_patch(obj, response)
     template = mutated["spec"]["template"]
     assert template["spec"]["containers"][0]["image"] == "cgr.dev/chainguard/python:latest"
-    assert json.loads(template["metadata"]["annotations"][webhook.ORIGINAL_IMAGES_ANNOTATION]) == {
+    assert json.loads(template["metadata"]["annotations"][patches.ORIGINAL_IMAGES_ANNOTATION]) == {
         "containers/app": "python:3.12"
     }
     assert response.audit_annotations["decision"] == "rewritten"
@@ -124,12 +124,12 @@ async def test_images_that_are_not_rewritten_are_left_exactly_as_written() -> No
 
 
 async def test_an_earlier_record_of_originals_is_kept() -> None:
-    earlier = {webhook.ORIGINAL_IMAGES_ANNOTATION: '{"initContainers/setup":"busybox"}', "a": "b"}
+    earlier = {patches.ORIGINAL_IMAGES_ANNOTATION: '{"initContainers/setup":"busybox"}', "a": "b"}
     obj = deployment("python:3.12", earlier)
     mutated = apply_patch(obj, await webhook.Mutator(Policies(REWRITE))(review(obj), deadline=0))
     annotations = mutated["spec"]["template"]["metadata"]["annotations"]
     assert annotations["a"] == "b"
-    assert json.loads(annotations[webhook.ORIGINAL_IMAGES_ANNOTATION]) == {
+    assert json.loads(annotations[patches.ORIGINAL_IMAGES_ANNOTATION]) == {
         "containers/app": "python:3.12",
         "initContainers/setup": "busybox",
     }
@@ -436,7 +436,7 @@ async def test_image_volumes_are_rewritten_and_pinned_like_containers(
     metadata = (
         mutated["metadata"] if group_kind == ("", "Pod") else pod_spec_parent(mutated, prefix)
     )
-    assert json.loads(metadata["annotations"][webhook.ORIGINAL_IMAGES_ANNOTATION]) == {
+    assert json.loads(metadata["annotations"][patches.ORIGINAL_IMAGES_ANNOTATION]) == {
         "volumes/payload": "python:3.12"
     }
 
@@ -522,7 +522,7 @@ async def test_an_annotation_on_a_deployment_emits_no_patch() -> None:
         review(annotated, operation="UPDATE", old=old), 0
     )
     assert (response.patch, resolver.asked) == ((), [])
-    assert webhook.ORIGINAL_IMAGES_ANNOTATION not in json.dumps(response.to_review())
+    assert patches.ORIGINAL_IMAGES_ANNOTATION not in json.dumps(response.to_review())
 
 
 async def test_changing_one_of_two_images_judges_and_pins_only_that_one() -> None:
@@ -549,7 +549,7 @@ async def test_a_changed_image_is_still_rewritten_on_update() -> None:
     response = await webhook.Mutator(Policies(REWRITE))(review(new, operation="UPDATE", old=old), 0)
     template = apply_patch(new, response)["spec"]["template"]
     assert template["spec"]["containers"][0]["image"] == "cgr.dev/chainguard/python:latest"
-    assert json.loads(template["metadata"]["annotations"][webhook.ORIGINAL_IMAGES_ANNOTATION]) == {
+    assert json.loads(template["metadata"]["annotations"][patches.ORIGINAL_IMAGES_ANNOTATION]) == {
         "containers/app": "python:3.13"
     }
 

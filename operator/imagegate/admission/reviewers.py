@@ -13,8 +13,10 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
+from imagegate.admission import decisions as decision_log
+from imagegate.admission import patches
 from imagegate.admission import records as audit
 from imagegate.admission import review as admission
 from imagegate.core import reference, workloads
@@ -24,7 +26,6 @@ from imagegate.registry.keychain import Keychain
 
 logger = logging.getLogger(__name__)
 
-ORIGINAL_IMAGES_ANNOTATION = "imagegate.dev/original-images"
 #: auditAnnotations keys (the API server prefixes them with the webhook's name).
 AUDIT_DECISION = "decision"
 AUDIT_DETAIL = "detail"
@@ -150,13 +151,13 @@ class Validator:
         verifier: SignatureVerifier | None = None,
         recorders: Sequence[audit.AuditRecorder] = (),
         keychains: KeychainSource | None = None,
-        decisions: DecisionLog | None = None,
+        decisions: decision_log.DecisionLog | None = None,
     ):
         self._policies = policies
         self._verifier = verifier
         self._recorders = tuple(recorders)
         self._keychains = keychains
-        self._decisions = decisions or DecisionLog()
+        self._decisions = decisions or decision_log.DecisionLog()
 
     async def __call__(
         self, review: admission.AdmissionReview, deadline: float
@@ -228,7 +229,7 @@ class Mutator:
         recorders: Sequence[audit.AuditRecorder] = (),
         *,
         budget: float | None = None,
-        decisions: DecisionLog | None = None,
+        decisions: decision_log.DecisionLog | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self._policies = policies
@@ -236,7 +237,7 @@ class Mutator:
         self._keychains = keychains
         self._recorders = tuple(recorders)
         self._budget = budget
-        self._decisions = decisions or DecisionLog()
+        self._decisions = decisions or decision_log.DecisionLog()
         self._clock = clock
 
     async def __call__(
@@ -275,8 +276,8 @@ class Mutator:
                 warnings += staleness.warnings(stale)
                 for image, digest in digests:
                     # Keep the tag for readers: `repo:tag@digest` runs exactly `digest`.
-                    finals[image.container.pointer] = _pinned(image, digest)
-        patch = _patch(request.object, planned, finals)
+                    finals[image.container.pointer] = patches.pinned(image, digest)
+        patch = patches.patch(request.object, planned, finals)
         rewritten = {
             f"{p.container.kind}/{p.container.container_name}": p.container.image
             for p in planned
@@ -388,139 +389,6 @@ def _record(recorders: Sequence[audit.AuditRecorder], entries: Sequence[audit.Au
                 logger.exception("audit recorder %s failed", type(recorder).__name__)
 
 
-#: `--log-admits`: which plain admissions (allowed, no warning, no rewrite) get a log line.
-AdmitLogging = Literal["none", "sampled", "all"]
-ADMIT_LOGGING: tuple[AdmitLogging, ...] = ("none", "sampled", "all")
-#: `sampled`: the first plain admission and every 100th after it.
-SAMPLE_EVERY = 100
-#: Seconds between the count lines that stand for the plain admissions not logged.
-COUNT_INTERVAL = 60.0
-
-
-class DecisionLog:
-    """One log line per denial, warning and rewrite; plain admissions as `admits` says.
-
-    At 165k admissions a line each is 87 MB of log saying "allowed" again and again. Denials,
-    warnings and rewrites are what people look for: always logged. Plain admissions are logged
-    all, one in `sample_every`, or none; unless all, a count line ("N admissions allowed in the
-    last 60 s") stands for them, written by `run()` (or by the next decision, when it is late).
-    With `--log-format json` each line is one JSON object (trail/logs.py).
-    """
-
-    def __init__(
-        self,
-        admits: AdmitLogging = "sampled",
-        *,
-        sample_every: int = SAMPLE_EVERY,
-        interval: float = COUNT_INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._admits = admits
-        self._every = max(1, sample_every)
-        self._interval = interval
-        self._clock = clock
-        self._window_start = clock()
-        self._allowed = 0  # plain admissions in this window
-        self._logged = 0  # of which logged
-        self._seen = 0  # plain admissions ever: the sample is every `_every`-th
-
-    def log(
-        self,
-        webhook: str,
-        request: admission.AdmissionRequest,
-        described: str,
-        allowed: bool,
-        images: Sequence[Mapping[str, Any]],
-        warnings: Sequence[str] = (),
-        *,
-        rewritten: bool = False,
-    ) -> None:
-        if allowed and not warnings and not rewritten and not self._log_plain():
-            return
-        _log_decision(webhook, request, described, allowed, images, warnings)
-
-    def _log_plain(self) -> bool:
-        """Whether this plain admission gets its line; counts it either way."""
-        if self._admits == "all":
-            return True
-        if self._clock() - self._window_start >= self._interval:
-            self.flush()
-        self._seen += 1
-        self._allowed += 1
-        sampled = self._admits == "sampled" and self._seen % self._every == 1 % self._every
-        self._logged += sampled
-        return sampled
-
-    def flush(self) -> None:
-        """The count line for the window now ending (none for an empty one); a new window."""
-        now = self._clock()
-        seconds = now - self._window_start
-        if self._allowed:
-            logger.info(
-                "%d admissions allowed in the last %.0f s (%d logged)",
-                self._allowed,
-                seconds,
-                self._logged,
-                extra={
-                    "admissions": {
-                        "allowed": self._allowed,
-                        "logged": self._logged,
-                        "seconds": round(seconds, 3),
-                    }
-                },
-            )
-        self._window_start, self._allowed, self._logged = now, 0, 0
-
-    async def run(self) -> None:
-        """Write the count line every `interval` seconds (a background task of the operator)."""
-        if self._admits == "all":
-            return
-        while True:
-            await asyncio.sleep(max(0.0, self._window_start + self._interval - self._clock()))
-            if self._clock() - self._window_start >= self._interval:
-                self.flush()
-
-
-def _log_decision(
-    webhook: str,
-    request: admission.AdmissionRequest,
-    described: str,
-    allowed: bool,
-    images: Sequence[Mapping[str, Any]],
-    warnings: Sequence[str],
-) -> None:
-    """One log line per decision; with `--log-format json`, one JSON object (logs.py)."""
-    logger.info(
-        "%s %s %s/%s: %s",
-        webhook,
-        request.operation,
-        request.namespace,
-        described,
-        "allowed" if allowed else "denied",
-        extra={
-            "decision": {
-                "webhook": webhook,
-                "uid": request.uid,
-                "operation": request.operation,
-                "namespace": request.namespace,
-                "object": described,
-                "user": request.user_info.username,
-                "dryRun": request.dry_run,
-                "allowed": allowed,
-                "images": list(images),
-                "warnings": list(warnings),
-            }
-        },
-    )
-
-
-def _pinned(image: engine.PlannedImage, digest: str) -> str:
-    if image.rewritten_by is None and image.original is not None:
-        # Pin what the user wrote, not its normalised form (`nginx:1.25@sha256:...`).
-        return f"{image.container.image}@{digest}"
-    return str(image.final.with_digest(digest)) if image.final else image.container.image
-
-
 def _kind_and_name(request: admission.AdmissionRequest) -> str:
     """`Kind/name` from the request alone (never raises)."""
     return f"{request.kind.kind}/{request.name or '*'}"
@@ -538,83 +406,6 @@ def _describe_object(request: admission.AdmissionRequest) -> str:
             raise workloads.MalformedWorkloadError(f"/metadata/{field} is not a string")
     name = request.name or metadata.get("name") or (metadata.get("generateName", "") + "*")
     return f"{request.kind.kind}/{name}"
-
-
-def _patch(
-    obj: Mapping[str, Any], planned: Sequence[engine.PlannedImage], finals: Mapping[str, str]
-) -> list[dict[str, Any]]:
-    operations: list[dict[str, Any]] = [
-        {"op": "replace", "path": image.container.pointer, "value": finals[image.container.pointer]}
-        for image in planned
-        if finals[image.container.pointer] != image.container.image
-    ]
-    originals = {
-        f"{p.container.kind}/{p.container.container_name}": p.container.image
-        for p in planned
-        if p.rewritten_by is not None
-    }
-    if originals:
-        operations += _annotation_patch(obj, planned, originals)
-    return operations
-
-
-def _annotation_patch(
-    obj: Mapping[str, Any], planned: Sequence[engine.PlannedImage], originals: Mapping[str, str]
-) -> list[dict[str, Any]]:
-    """Record the originals on the pod (template) metadata, merging with earlier records."""
-    # ".../spec/containers/0/image" → "" for a Pod, "/spec/template" for a Deployment, ...
-    pod_spec = planned[0].container.pointer.rsplit("/spec/", 1)[0]
-    metadata_pointer = (pod_spec + "/metadata") if pod_spec else "/metadata"
-    metadata = _resolve(obj, metadata_pointer)
-    if metadata is not None and not isinstance(metadata, Mapping):
-        raise workloads.MalformedWorkloadError(f"{metadata_pointer} is not an object")
-    annotations = metadata.get("annotations") if metadata is not None else None
-    if annotations is not None and not isinstance(annotations, Mapping):
-        raise workloads.MalformedWorkloadError(f"{metadata_pointer}/annotations is not an object")
-    merged: dict[str, str] = {}
-    if annotations is not None:
-        recorded = annotations.get(ORIGINAL_IMAGES_ANNOTATION, "{}")
-        if not isinstance(recorded, str):
-            key = ORIGINAL_IMAGES_ANNOTATION.replace("~", "~0").replace("/", "~1")
-            raise workloads.MalformedWorkloadError(
-                f"{metadata_pointer}/annotations/{key} is not a string"
-            )
-        try:
-            earlier = json.loads(recorded)
-            if isinstance(earlier, dict):
-                merged.update({str(k): str(v) for k, v in earlier.items()})
-        except (ValueError, RecursionError):
-            pass  # an admin's hand-edit (or a nesting bomb): ours replaces it
-    merged.update(originals)
-    value = json.dumps(merged, separators=(",", ":"), sort_keys=True)
-    if metadata is None:
-        return [
-            {
-                "op": "add",
-                "path": metadata_pointer,
-                "value": {"annotations": {ORIGINAL_IMAGES_ANNOTATION: value}},
-            }
-        ]
-    if annotations is None:
-        return [
-            {
-                "op": "add",
-                "path": f"{metadata_pointer}/annotations",
-                "value": {ORIGINAL_IMAGES_ANNOTATION: value},
-            }
-        ]
-    # `add` replaces an existing member, so it serves both a first record and a later one.
-    key = ORIGINAL_IMAGES_ANNOTATION.replace("~", "~0").replace("/", "~1")
-    return [{"op": "add", "path": f"{metadata_pointer}/annotations/{key}", "value": value}]
-
-
-def _resolve(obj: Mapping[str, Any], pointer: str) -> Any:
-    node: Any = obj
-    for part in pointer.strip("/").split("/"):
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(part.replace("~1", "/").replace("~0", "~"))
-    return node
 
 
 def _audit_detail(decision: engine.Decision) -> list[dict[str, Any]]:

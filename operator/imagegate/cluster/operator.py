@@ -29,7 +29,7 @@ import aiohttp
 import kopf
 from kubernetes import client
 
-from imagegate.admission import health, server
+from imagegate.admission import decisions, health, server
 from imagegate.admission import policies as policyreview
 from imagegate.admission import records as audit
 from imagegate.admission import reviewers as webhook
@@ -90,7 +90,7 @@ class OperatorConfig:
     #: How long a tag's digest and a positive verdict may be served while a registry is down.
     stale_digest_ttl: float = staleness.STALE_TTL
     #: Which plain admissions get a log line (denials, warnings, rewrites always do).
-    log_admits: webhook.AdmitLogging = "sampled"
+    log_admits: decisions.AdmitLogging = "sampled"
     #: Where imagegate runs: ClusterImagePolicy secretRefs without a namespace read from here.
     namespace: str = field(
         default_factory=lambda: os.environ.get("POD_NAMESPACE", "imagegate-system")
@@ -287,8 +287,8 @@ async def _start(state: _State) -> None:
     resolver = pinning.CachingResolver(
         registry_client, stale_ttl=config.stale_digest_ttl, on_stale=state.metrics.stale_digest
     )
-    decisions = webhook.DecisionLog(config.log_admits)
-    _background(state, "admission count", decisions.run)
+    decision_log = decisions.DecisionLog(config.log_admits)
+    _background(state, "admission count", decision_log.run)
     state.metrics.watch_cache(verdicts)
     counter = status.DenialCounter(state.api)
     recorders: list[audit.AuditRecorder] = [counter, state.metrics]
@@ -319,7 +319,11 @@ async def _start(state: _State) -> None:
         _background(state, "policy report scan", lambda: scanner.run(config.scan_interval))
     app = server.build_app(
         validate=webhook.Validator(
-            state.cache, signatures, recorders=recorders, keychains=keychains, decisions=decisions
+            state.cache,
+            signatures,
+            recorders=recorders,
+            keychains=keychains,
+            decisions=decision_log,
         ),
         mutate=webhook.Mutator(
             state.cache,
@@ -327,7 +331,7 @@ async def _start(state: _State) -> None:
             keychains,
             recorders,
             budget=config.mutate_budget,
-            decisions=decisions,
+            decisions=decision_log,
         ),
         validate_policy=policyreview.PolicyReviewer(),
         deadline=config.deadline,
