@@ -22,7 +22,7 @@ from imagegate.commands import audit as trail
 from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
 from imagegate.testbed import local
-from imagegate.trail import scan
+from imagegate.trail import reports, scan
 from support import Cluster
 
 from .conftest import PolicyFactory
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.controlplane
 def report(api: client.ApiClient, namespace: str) -> dict[str, Any] | None:
     try:
         found: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
-            scan.GROUP, scan.VERSION, namespace, scan.PLURAL, scan.REPORT_NAME
+            reports.GROUP, reports.VERSION, namespace, reports.PLURAL, reports.REPORT_NAME
         )
     except client.ApiException as error:
         if error.status == 404:

@@ -11,7 +11,7 @@ import pytest
 from imagegate.admission import reviewers as webhook
 from imagegate.core import workloads
 from imagegate.policy import engine
-from imagegate.trail import scan
+from imagegate.trail import reports, scan
 
 from .test_webhook import REWRITE, Policies, deployment, policy, review
 
@@ -31,7 +31,7 @@ def with_namespace(obj: dict[str, Any]) -> dict[str, Any]:
 
 def test_enforce_violations_fail_warn_and_audit_ones_warn_trusted_images_pass() -> None:
     obj = with_namespace(deployment("ghcr.io/acme/billing:2"))
-    rows = scan.results_for(obj, decide(obj, REWRITE, WARN))
+    rows = reports.results_for(obj, decide(obj, REWRITE, WARN))
     assert sorted((r.policy, r.result) for r in rows) == [("hardened", "fail"), ("preview", "warn")]
     fail = next(r for r in rows if r.result == "fail")
     assert fail.message.startswith("container 'app' image 'ghcr.io/acme/billing:2' denied by")
@@ -45,9 +45,9 @@ def test_enforce_violations_fail_warn_and_audit_ones_warn_trusted_images_pass() 
     assert (fail.path, fail.container) == ("/spec/template/spec/containers/0/image", "app")
 
     trusted = with_namespace(deployment("cgr.dev/chainguard/nginx:latest"))
-    assert [(r.policy, r.result) for r in scan.results_for(trusted, decide(trusted, REWRITE))] == [
-        ("hardened", "pass")
-    ]
+    assert [
+        (r.policy, r.result) for r in reports.results_for(trusted, decide(trusted, REWRITE))
+    ] == [("hardened", "pass")]
 
 
 async def test_the_scan_reaches_the_webhooks_verdict() -> None:
@@ -55,7 +55,7 @@ async def test_the_scan_reaches_the_webhooks_verdict() -> None:
     for image in ("python:3.12", "ghcr.io/x/y:1", "cgr.dev/chainguard/python:latest"):
         obj = deployment(image)
         response = await webhook.Validator(Policies(REWRITE))(review(obj), 0)
-        failed = any(r.result == "fail" for r in scan.results_for(obj, decide(obj, REWRITE)))
+        failed = any(r.result == "fail" for r in reports.results_for(obj, decide(obj, REWRITE)))
         assert failed is (not response.allowed), image
 
 
@@ -74,17 +74,17 @@ def test_a_missing_verdict_or_registry_error_is_an_error_row_not_a_pass() -> Non
     planned = engine.plan_rewrites(workloads.find_images(obj), [signed], apply=False)
     checks = engine.signature_checks(planned, [signed])
     verdicts = {check: engine.SignatureVerdict(False, "registry error: 503") for check in checks}
-    [row] = scan.results_for(obj, engine.evaluate(planned, [signed], verdicts))
+    [row] = reports.results_for(obj, engine.evaluate(planned, [signed], verdicts))
     assert row.result == "error"
 
 
 def test_objects_controlled_by_a_scanned_kind_are_skipped() -> None:
     owned = {"metadata": {"ownerReferences": [{"kind": "ReplicaSet", "controller": True}]}}
-    assert scan.controlled_by_scanned_kind(owned)
+    assert reports.controlled_by_scanned_kind(owned)
     by_operator = {"metadata": {"ownerReferences": [{"kind": "MyApp", "controller": True}]}}
-    assert not scan.controlled_by_scanned_kind(by_operator)
+    assert not reports.controlled_by_scanned_kind(by_operator)
     not_controller = {"metadata": {"ownerReferences": [{"kind": "Deployment"}]}}
-    assert not scan.controlled_by_scanned_kind(not_controller)
+    assert not reports.controlled_by_scanned_kind(not_controller)
 
 
 @pytest.mark.parametrize(
@@ -104,21 +104,21 @@ def test_namespaces_the_webhook_never_sees_are_not_scanned(
 
 def test_the_report_is_ordered_counted_and_capped() -> None:
     rows = []
-    for index in range(scan.MAX_RESULTS + 5):
+    for index in range(reports.MAX_RESULTS + 5):
         obj = with_namespace(deployment(f"ghcr.io/acme/app{index}:1"))
         obj["metadata"]["name"] = f"web-{index:05d}"
-        rows += scan.results_for(obj, decide(obj, REWRITE))
+        rows += reports.results_for(obj, decide(obj, REWRITE))
     trusted = with_namespace(deployment("cgr.dev/chainguard/nginx:latest"))
-    rows += scan.results_for(trusted, decide(trusted, REWRITE))
-    body = scan.report("shop", rows, NOW)
+    rows += reports.results_for(trusted, decide(trusted, REWRITE))
+    body = reports.report("shop", rows, NOW)
     assert body["summary"] == {
         "pass": 1,
-        "fail": scan.MAX_RESULTS + 5,
+        "fail": reports.MAX_RESULTS + 5,
         "warn": 0,
         "error": 0,
         "skip": 0,
     }
-    assert len(body["results"]) == scan.MAX_RESULTS
+    assert len(body["results"]) == reports.MAX_RESULTS
     assert body["metadata"]["annotations"] == {"imagegate.dev/truncated": "6 results not listed"}
     names = [r["resources"][0]["name"] for r in body["results"]]
     assert names == sorted(names)
@@ -131,7 +131,7 @@ def test_a_malformed_object_is_an_error_row() -> None:
     obj["spec"]["template"]["spec"]["containers"] = "junk"
     with pytest.raises(workloads.MalformedWorkloadError) as caught:
         workloads.find_images(obj)
-    row = scan.malformed_result(obj, caught.value)
+    row = reports.malformed_result(obj, caught.value)
     assert row.result == "error"
     assert "not a list" in row.message
 
@@ -142,7 +142,7 @@ def test_an_untrusted_image_volume_fails_the_report() -> None:
     obj["spec"]["template"]["spec"]["volumes"] = [
         {"name": "payload", "image": {"reference": "evil.example/payload:1"}}
     ]
-    rows = scan.results_for(obj, decide(obj, official))
+    rows = reports.results_for(obj, decide(obj, official))
     assert sorted((r.container, r.result) for r in rows) == [("app", "pass"), ("payload", "fail")]
     fail = next(r for r in rows if r.result == "fail")
     assert fail.path == "/spec/template/spec/volumes/0/image/reference"
@@ -154,7 +154,7 @@ def test_an_untrusted_image_volume_fails_the_report() -> None:
 def test_an_image_id_fails_the_report_where_official_images_are_trusted() -> None:
     official = policy("official", sources=[{"name": "o", "images": ["docker.io/library/*"]}])
     obj = with_namespace(deployment("sha256:" + "ab" * 32))
-    [row] = scan.results_for(obj, decide(obj, official))
+    [row] = reports.results_for(obj, decide(obj, official))
     assert row.result == "fail"
     assert "is an image ID, not a reference" in row.message
 
@@ -162,21 +162,21 @@ def test_an_image_id_fails_the_report_where_official_images_are_trusted() -> Non
 def test_a_namespace_keeps_the_rows_its_report_lists_and_counts_every_one() -> None:
     """A scan of many objects holds at most 2 * MAX_RESULTS rows a namespace, none of which the
     cyclic garbage collector walks (its full passes stop the event loop admission runs on)."""
-    held = scan.NamespaceResults()
+    held = reports.NamespaceResults()
     every = []
-    for index in range(3 * scan.MAX_RESULTS):
+    for index in range(3 * reports.MAX_RESULTS):
         obj = with_namespace(deployment(f"ghcr.io/acme/app{index}:1"))
         obj["metadata"]["name"] = f"web-{index:05d}"
-        rows = scan.results_for(obj, decide(obj, REWRITE))
+        rows = reports.results_for(obj, decide(obj, REWRITE))
         held.add(rows)
         every += rows
     trusted = with_namespace(deployment("cgr.dev/chainguard/nginx:latest"))
-    held.add(scan.results_for(trusted, decide(trusted, REWRITE)))
-    every += scan.results_for(trusted, decide(trusted, REWRITE))
-    assert len(held.rows) <= 2 * scan.MAX_RESULTS
+    held.add(reports.results_for(trusted, decide(trusted, REWRITE)))
+    every += reports.results_for(trusted, decide(trusted, REWRITE))
+    assert len(held.rows) <= 2 * reports.MAX_RESULTS
     for _ in range(2):  # a tuple is untracked in the pass after its inner tuple is
         gc.collect()
     assert not any(gc.is_tracked(row) for row in held.rows)
-    assert scan.report("shop", held.listed(), NOW, counts=held.counts) == scan.report(
+    assert reports.report("shop", held.listed(), NOW, counts=held.counts) == reports.report(
         "shop", every, NOW
     )

@@ -25,7 +25,8 @@ from kubernetes import client
 from imagegate.admission import records as audit
 from imagegate.cluster import kube
 from imagegate.errors import UsageError
-from imagegate.trail import events, scan
+from imagegate.trail import events
+from imagegate.trail import reports as policy_reports
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -150,7 +151,10 @@ def run(
         found: Any
         try:
             found = client.CustomObjectsApi(api).list_cluster_custom_object(
-                scan.GROUP, scan.VERSION, scan.PLURAL, label_selector=audit.MANAGED_BY_SELECTOR
+                policy_reports.GROUP,
+                policy_reports.VERSION,
+                policy_reports.PLURAL,
+                label_selector=audit.MANAGED_BY_SELECTOR,
             )
         except client.ApiException as error:
             if error.status != 404:

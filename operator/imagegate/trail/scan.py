@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from kubernetes import client
 
@@ -31,14 +31,10 @@ from imagegate.admission import records as audit
 from imagegate.admission import reviewers as webhook
 from imagegate.core import workloads
 from imagegate.policy import engine
+from imagegate.trail import reports
 
 logger = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "wgpolicyk8s.io", "v1alpha2", "policyreports"
-REPORT_NAME = "imagegate"
-CATEGORY = "Image provenance"
-#: etcd objects are capped at ~1.5 MiB; a report this long is already past reading.
-MAX_RESULTS = 1000
 DEBOUNCE = 2.0
 OBJECT_DEADLINE = 10.0
 #: Objects per LIST request: a page is parsed in well under a millisecond per object, and a
@@ -48,218 +44,6 @@ PAGE_SIZE = 100
 YIELD_EVERY = 1
 #: Asks a LIST for PartialObjectMetadataList: each item's metadata, not the object.
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
-
-#: (API group, kind) → (apiVersion, plural) of every kind with a pod spec that is scanned.
-SCANNED: Mapping[tuple[str, str], tuple[str, str]] = {
-    ("", "Pod"): ("v1", "pods"),
-    ("", "ReplicationController"): ("v1", "replicationcontrollers"),
-    ("apps", "Deployment"): ("apps/v1", "deployments"),
-    ("apps", "StatefulSet"): ("apps/v1", "statefulsets"),
-    ("apps", "DaemonSet"): ("apps/v1", "daemonsets"),
-    ("apps", "ReplicaSet"): ("apps/v1", "replicasets"),
-    ("batch", "Job"): ("batch/v1", "jobs"),
-    ("batch", "CronJob"): ("batch/v1", "cronjobs"),
-}
-_SCANNED_KINDS = {kind for _, kind in SCANNED}
-
-
-#: The fields of a report row's object reference, in `Result.reference`'s order.
-REFERENCE_KEYS = ("apiVersion", "kind", "name", "namespace", "uid")
-
-
-class Result(NamedTuple):
-    """One report row: strings only, so that a scan can hold it as a plain tuple (see
-    `NamespaceResults`)."""
-
-    policy: str
-    rule: str
-    result: str  # pass | fail | warn | error
-    message: str
-    reference: tuple[str, str, str, str, str]  # REFERENCE_KEYS
-    image: str
-    container: str
-    path: str
-
-    @property
-    def resource(self) -> dict[str, str]:
-        return dict(zip(REFERENCE_KEYS, self.reference, strict=True))
-
-    def to_json(self, timestamp: int) -> dict[str, Any]:
-        return {
-            "policy": self.policy,
-            "rule": self.rule,
-            "result": self.result,
-            "message": self.message,
-            "severity": {"fail": "high", "error": "high", "warn": "medium"}.get(
-                self.result, "info"
-            ),
-            "category": CATEGORY,
-            "source": "imagegate",
-            "scored": True,
-            "timestamp": {"seconds": timestamp, "nanos": 0},
-            "resources": [self.resource],
-            "properties": {"image": self.image, "container": self.container, "path": self.path},
-        }
-
-
-# -- pure -----------------------------------------------------------------------------------------
-
-
-def controlled_by_scanned_kind(obj: Mapping[str, Any]) -> bool:
-    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(
-        isinstance(owner, Mapping)
-        and owner.get("controller")
-        and owner.get("kind") in _SCANNED_KINDS
-        for owner in owners
-    )
-
-
-def object_reference(obj: Mapping[str, Any]) -> dict[str, str]:
-    metadata = obj.get("metadata") or {}
-    return {
-        "apiVersion": str(obj.get("apiVersion", "")),
-        "kind": str(obj.get("kind", "")),
-        "name": str(metadata.get("name", "")),
-        "namespace": str(metadata.get("namespace", "")),
-        "uid": str(metadata.get("uid", "")),
-    }
-
-
-def reference_of(obj: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
-    found = object_reference(obj)
-    return (
-        found["apiVersion"],
-        found["kind"],
-        found["name"],
-        found["namespace"],
-        found["uid"],
-    )
-
-
-def results_for(obj: Mapping[str, Any], decision: engine.Decision) -> list[Result]:
-    """The report rows of one object's decision: a row per (image, policy) judged."""
-    reference = reference_of(obj)
-    rows = []
-    for image in decision.images:
-        container = image.planned.container
-
-        def row(
-            policy: str,
-            result: str,
-            message: str,
-            container: workloads.ContainerImage = container,
-        ) -> Result:
-            return Result(
-                policy=policy,
-                rule=container.container_name or container.pointer,
-                result=result,
-                message=message,
-                reference=reference,
-                image=container.image,
-                container=container.container_name,
-                path=container.pointer,
-            )
-
-        for violation in image.violations:
-            if "registry error" in violation.reason:
-                outcome = "error"  # not a verdict on the image: nobody could look
-            elif violation.policy.mode is engine.Mode.ENFORCE:
-                outcome = "fail"
-            else:
-                outcome = "warn"
-            rows.append(
-                row(violation.policy.display_name, outcome, engine.describe(image, violation))
-            )
-        for policy, source in image.trusted_by:
-            rows.append(row(policy, "pass", f"{container.image!r} is from source {source}"))
-    return rows
-
-
-def malformed_result(obj: Mapping[str, Any], error: workloads.MalformedWorkloadError) -> Result:
-    return error_result(obj, f"cannot read the pod spec: {error.user_message}", rule="pod-spec")
-
-
-def error_result(obj: Mapping[str, Any], message: str, *, rule: str = "scan") -> Result:
-    """One object that could not be judged: a row that says so, never a missing row or a pass."""
-    return Result(
-        policy="imagegate",
-        rule=rule,
-        result="error",
-        message=message,
-        reference=reference_of(obj),
-        image="",
-        container="",
-        path="",
-    )
-
-
-def report_order(result: Result) -> tuple[int, str, str, str, str]:
-    """Worst first, then by object: the order a report lists its rows in."""
-    return (
-        ("error", "fail", "warn", "pass").index(result.result),
-        result.reference[1],  # kind
-        result.reference[2],  # name
-        result.path,
-        result.policy,
-    )
-
-
-@dataclass
-class NamespaceResults:
-    """One namespace's results as its report will show them: every result counted, only the
-    MAX_RESULTS that are listed kept, as plain tuples of strings. The cyclic garbage collector
-    stops tracking those after its first pass over them (not Result objects, nor any other
-    tuple subclass): a full collection walking 100,000 rows stops the event loop for >100 ms."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-
-    def add(self, results: Sequence[Result]) -> None:
-        for result in results:
-            self.counts[result.result] = self.counts.get(result.result, 0) + 1
-            self.rows.append(tuple(result))
-        if len(self.rows) > 2 * MAX_RESULTS:
-            self.rows.sort(key=lambda row: report_order(Result._make(row)))
-            del self.rows[MAX_RESULTS:]
-
-    def listed(self) -> list[Result]:
-        return [Result._make(row) for row in self.rows]
-
-
-def report(
-    namespace: str,
-    results: Sequence[Result],
-    now: datetime.datetime,
-    *,
-    counts: Mapping[str, int] | None = None,
-) -> dict[str, Any]:
-    """The PolicyReport body for one namespace; the summary counts every result, listed or not
-    (`counts` when only some of the results are given)."""
-    ordered = sorted(results, key=report_order)[:MAX_RESULTS]
-    summary = {key: 0 for key in ("pass", "fail", "warn", "error", "skip")}
-    if counts is None:
-        for result in results:
-            summary[result.result] += 1
-    else:
-        summary.update(counts)
-    timestamp = int(now.timestamp())
-    annotations = {}
-    unlisted = sum(summary.values()) - len(ordered)
-    if unlisted > 0:
-        annotations["imagegate.dev/truncated"] = f"{unlisted} results not listed"
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "PolicyReport",
-        "metadata": {
-            "name": REPORT_NAME,
-            "namespace": namespace,
-            "labels": dict(audit.MANAGED_BY),
-            "annotations": annotations,
-        },
-        "summary": summary,
-        "results": [r.to_json(timestamp) for r in ordered],
-    }
 
 
 def scanned_namespace(name: str, labels: Mapping[str, str], own_namespace: str) -> bool:
@@ -322,7 +106,7 @@ class PolicyReportScanner:
 
     async def scan_once(self) -> ScanSummary:
         summary = ScanSummary()
-        by_namespace: dict[str, NamespaceResults] = {}
+        by_namespace: dict[str, reports.NamespaceResults] = {}
         #: Namespaces whose objects could not all be judged: their reports are kept, not deleted.
         keep: set[str] = set()
         read = 0
@@ -347,7 +131,7 @@ class PolicyReportScanner:
         self,
         obj: dict[str, Any],
         summary: ScanSummary,
-        by_namespace: dict[str, NamespaceResults],
+        by_namespace: dict[str, reports.NamespaceResults],
         keep: set[str],
     ) -> None:
         namespace = obj["metadata"].get("namespace", "")
@@ -359,7 +143,7 @@ class PolicyReportScanner:
             return
         if not scanned_namespace(namespace, labels, self._own_namespace):
             return
-        if controlled_by_scanned_kind(obj):
+        if reports.controlled_by_scanned_kind(obj):
             return
         policies = engine.applicable(self._policies.policies(), namespace, labels)
         if not policies:
@@ -367,24 +151,24 @@ class PolicyReportScanner:
         summary.objects += 1
         try:
             rows = await self._judge(obj, namespace, policies)
-        except Exception as error:  # one object must not cost every namespace its report
+        except Exception as error:  # one object must not cost every namespace its reports.report
             logger.warning(
                 "background scan cannot judge %s/%s: %r",
                 namespace,
                 obj["metadata"].get("name", ""),
                 error,
             )
-            rows = [error_result(obj, f"could not be judged: {error!r}")]
-        by_namespace.setdefault(namespace, NamespaceResults()).add(rows)
+            rows = [reports.error_result(obj, f"could not be judged: {error!r}")]
+        by_namespace.setdefault(namespace, reports.NamespaceResults()).add(rows)
 
     async def _judge(
         self, obj: Mapping[str, Any], namespace: str, policies: Sequence[engine.CompiledPolicy]
-    ) -> list[Result]:
+    ) -> list[reports.Result]:
         group_kind = (str(obj.get("apiVersion", "")).rpartition("/")[0], str(obj.get("kind")))
         try:
             images = workloads.find_images(obj, group_kind)
         except workloads.MalformedWorkloadError as error:
-            return [malformed_result(obj, error)]
+            return [reports.malformed_result(obj, error)]
         # The verifier keeps to the deadline; the timeout is for one that does not, so a hung
         # registry call cannot stall every later object (the webhook has server.py's).
         decision = await asyncio.wait_for(
@@ -400,13 +184,13 @@ class PolicyReportScanner:
             ),
             OBJECT_DEADLINE + 1,
         )
-        return results_for(obj, decision)
+        return reports.results_for(obj, decision)
 
     async def _objects(self, summary: ScanSummary) -> AsyncIterator[dict[str, Any]]:
         """Every scanned object as raw JSON, with apiVersion and kind set (lists omit them),
         PAGE_SIZE at a time: never a whole kind as client models, which holds the GIL for
         seconds. A kind that cannot be listed, whole or in part, makes the summary incomplete."""
-        for (_, kind), (api_version, plural) in SCANNED.items():
+        for (_, kind), (api_version, plural) in reports.SCANNED.items():
             continue_from = ""  # the list's `continue` token; "" asks for the first page
             while True:
                 try:
@@ -453,7 +237,10 @@ class PolicyReportScanner:
         return page
 
     async def _write(
-        self, by_namespace: Mapping[str, NamespaceResults], summary: ScanSummary, keep: set[str]
+        self,
+        by_namespace: Mapping[str, reports.NamespaceResults],
+        summary: ScanSummary,
+        keep: set[str],
     ) -> None:
         objects = client.CustomObjectsApi(self._api)
         try:
@@ -473,7 +260,7 @@ class PolicyReportScanner:
         versions = {
             item["metadata"]["namespace"]: item["metadata"].get("resourceVersion")
             for item in existing.get("items") or []
-            if item["metadata"].get("name") == REPORT_NAME
+            if item["metadata"].get("name") == reports.REPORT_NAME
         }
         now = self._clock()
         for namespace, results in sorted(by_namespace.items()):
@@ -487,7 +274,7 @@ class PolicyReportScanner:
                 logger.warning(
                     "cannot write PolicyReport %s/%s: %s (%s)",
                     namespace,
-                    REPORT_NAME,
+                    reports.REPORT_NAME,
                     error.reason,
                     error.status,
                 )
@@ -500,17 +287,20 @@ class PolicyReportScanner:
             try:
                 await asyncio.to_thread(
                     objects.delete_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
+                    reports.GROUP,
+                    reports.VERSION,
                     namespace,
-                    PLURAL,
-                    REPORT_NAME,
+                    reports.PLURAL,
+                    reports.REPORT_NAME,
                 )
                 summary.deleted.append(namespace)
             except client.ApiException as error:
                 if error.status != 404:
                     logger.warning(
-                        "cannot delete PolicyReport %s/%s: %s", namespace, REPORT_NAME, error.reason
+                        "cannot delete PolicyReport %s/%s: %s",
+                        namespace,
+                        reports.REPORT_NAME,
+                        error.reason,
                     )
 
     @staticmethod
@@ -518,9 +308,9 @@ class PolicyReportScanner:
         """imagegate's PolicyReports, metadata only: whole reports would be up to MAX_RESULTS
         rows each, parsed (holding the GIL) only to read their resourceVersions."""
         response: Any = objects.list_cluster_custom_object(
-            GROUP,
-            VERSION,
-            PLURAL,
+            reports.GROUP,
+            reports.VERSION,
+            reports.PLURAL,
             label_selector=audit.MANAGED_BY_SELECTOR,
             _headers={"Accept": METADATA_ONLY},
             _preload_content=False,
@@ -535,21 +325,32 @@ class PolicyReportScanner:
     def _put(
         objects: client.CustomObjectsApi,
         namespace: str,
-        results: NamespaceResults,
+        results: reports.NamespaceResults,
         now: datetime.datetime,
         version: str | None,
     ) -> None:
         """Create or replace one report, built here (off the event loop: a thousand rows take
         tens of milliseconds), and leave the stored copy the API server answers with unread."""
-        body = report(namespace, results.listed(), now, counts=results.counts)
+        body = reports.report(namespace, results.listed(), now, counts=results.counts)
         response: Any
         if version is not None:
             body["metadata"]["resourceVersion"] = version
             response = objects.replace_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, REPORT_NAME, body, _preload_content=False
+                reports.GROUP,
+                reports.VERSION,
+                namespace,
+                reports.PLURAL,
+                reports.REPORT_NAME,
+                body,
+                _preload_content=False,
             )
         else:
             response = objects.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, body, _preload_content=False
+                reports.GROUP,
+                reports.VERSION,
+                namespace,
+                reports.PLURAL,
+                body,
+                _preload_content=False,
             )
         response.release_conn()

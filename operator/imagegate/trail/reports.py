@@ -1,0 +1,231 @@
+"""The scan's PolicyReports: one row per judged image (`Result`), and the `wgpolicyk8s.io/v1alpha2`
+PolicyReport body for a namespace. Pure: the scanner (scan.py) lists, judges and writes."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from imagegate.admission import records as audit
+from imagegate.core import workloads
+from imagegate.policy import engine
+
+GROUP, VERSION, PLURAL = "wgpolicyk8s.io", "v1alpha2", "policyreports"
+REPORT_NAME = "imagegate"
+CATEGORY = "Image provenance"
+#: etcd objects are capped at ~1.5 MiB; a report this long is already past reading.
+MAX_RESULTS = 1000
+
+#: (API group, kind) → (apiVersion, plural) of every kind with a pod spec that is scanned.
+SCANNED: Mapping[tuple[str, str], tuple[str, str]] = {
+    ("", "Pod"): ("v1", "pods"),
+    ("", "ReplicationController"): ("v1", "replicationcontrollers"),
+    ("apps", "Deployment"): ("apps/v1", "deployments"),
+    ("apps", "StatefulSet"): ("apps/v1", "statefulsets"),
+    ("apps", "DaemonSet"): ("apps/v1", "daemonsets"),
+    ("apps", "ReplicaSet"): ("apps/v1", "replicasets"),
+    ("batch", "Job"): ("batch/v1", "jobs"),
+    ("batch", "CronJob"): ("batch/v1", "cronjobs"),
+}
+_SCANNED_KINDS = {kind for _, kind in SCANNED}
+
+
+#: The fields of a report row's object reference, in `Result.reference`'s order.
+REFERENCE_KEYS = ("apiVersion", "kind", "name", "namespace", "uid")
+
+
+class Result(NamedTuple):
+    """One report row: strings only, so that a scan can hold it as a plain tuple (see
+    `NamespaceResults`)."""
+
+    policy: str
+    rule: str
+    result: str  # pass | fail | warn | error
+    message: str
+    reference: tuple[str, str, str, str, str]  # REFERENCE_KEYS
+    image: str
+    container: str
+    path: str
+
+    @property
+    def resource(self) -> dict[str, str]:
+        return dict(zip(REFERENCE_KEYS, self.reference, strict=True))
+
+    def to_json(self, timestamp: int) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "rule": self.rule,
+            "result": self.result,
+            "message": self.message,
+            "severity": {"fail": "high", "error": "high", "warn": "medium"}.get(
+                self.result, "info"
+            ),
+            "category": CATEGORY,
+            "source": "imagegate",
+            "scored": True,
+            "timestamp": {"seconds": timestamp, "nanos": 0},
+            "resources": [self.resource],
+            "properties": {"image": self.image, "container": self.container, "path": self.path},
+        }
+
+
+# -- pure -----------------------------------------------------------------------------------------
+
+
+def controlled_by_scanned_kind(obj: Mapping[str, Any]) -> bool:
+    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(
+        isinstance(owner, Mapping)
+        and owner.get("controller")
+        and owner.get("kind") in _SCANNED_KINDS
+        for owner in owners
+    )
+
+
+def object_reference(obj: Mapping[str, Any]) -> dict[str, str]:
+    metadata = obj.get("metadata") or {}
+    return {
+        "apiVersion": str(obj.get("apiVersion", "")),
+        "kind": str(obj.get("kind", "")),
+        "name": str(metadata.get("name", "")),
+        "namespace": str(metadata.get("namespace", "")),
+        "uid": str(metadata.get("uid", "")),
+    }
+
+
+def reference_of(obj: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
+    found = object_reference(obj)
+    return (
+        found["apiVersion"],
+        found["kind"],
+        found["name"],
+        found["namespace"],
+        found["uid"],
+    )
+
+
+def results_for(obj: Mapping[str, Any], decision: engine.Decision) -> list[Result]:
+    """The report rows of one object's decision: a row per (image, policy) judged."""
+    reference = reference_of(obj)
+    rows = []
+    for image in decision.images:
+        container = image.planned.container
+
+        def row(
+            policy: str,
+            result: str,
+            message: str,
+            container: workloads.ContainerImage = container,
+        ) -> Result:
+            return Result(
+                policy=policy,
+                rule=container.container_name or container.pointer,
+                result=result,
+                message=message,
+                reference=reference,
+                image=container.image,
+                container=container.container_name,
+                path=container.pointer,
+            )
+
+        for violation in image.violations:
+            if "registry error" in violation.reason:
+                outcome = "error"  # not a verdict on the image: nobody could look
+            elif violation.policy.mode is engine.Mode.ENFORCE:
+                outcome = "fail"
+            else:
+                outcome = "warn"
+            rows.append(
+                row(violation.policy.display_name, outcome, engine.describe(image, violation))
+            )
+        for policy, source in image.trusted_by:
+            rows.append(row(policy, "pass", f"{container.image!r} is from source {source}"))
+    return rows
+
+
+def malformed_result(obj: Mapping[str, Any], error: workloads.MalformedWorkloadError) -> Result:
+    return error_result(obj, f"cannot read the pod spec: {error.user_message}", rule="pod-spec")
+
+
+def error_result(obj: Mapping[str, Any], message: str, *, rule: str = "scan") -> Result:
+    """One object that could not be judged: a row that says so, never a missing row or a pass."""
+    return Result(
+        policy="imagegate",
+        rule=rule,
+        result="error",
+        message=message,
+        reference=reference_of(obj),
+        image="",
+        container="",
+        path="",
+    )
+
+
+def report_order(result: Result) -> tuple[int, str, str, str, str]:
+    """Worst first, then by object: the order a report lists its rows in."""
+    return (
+        ("error", "fail", "warn", "pass").index(result.result),
+        result.reference[1],  # kind
+        result.reference[2],  # name
+        result.path,
+        result.policy,
+    )
+
+
+@dataclass
+class NamespaceResults:
+    """One namespace's results as its report will show them: every result counted, only the
+    MAX_RESULTS that are listed kept, as plain tuples of strings. The cyclic garbage collector
+    stops tracking those after its first pass over them (not Result objects, nor any other
+    tuple subclass): a full collection walking 100,000 rows stops the event loop for >100 ms."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def add(self, results: Sequence[Result]) -> None:
+        for result in results:
+            self.counts[result.result] = self.counts.get(result.result, 0) + 1
+            self.rows.append(tuple(result))
+        if len(self.rows) > 2 * MAX_RESULTS:
+            self.rows.sort(key=lambda row: report_order(Result._make(row)))
+            del self.rows[MAX_RESULTS:]
+
+    def listed(self) -> list[Result]:
+        return [Result._make(row) for row in self.rows]
+
+
+def report(
+    namespace: str,
+    results: Sequence[Result],
+    now: datetime.datetime,
+    *,
+    counts: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """The PolicyReport body for one namespace; the summary counts every result, listed or not
+    (`counts` when only some of the results are given)."""
+    ordered = sorted(results, key=report_order)[:MAX_RESULTS]
+    summary = {key: 0 for key in ("pass", "fail", "warn", "error", "skip")}
+    if counts is None:
+        for result in results:
+            summary[result.result] += 1
+    else:
+        summary.update(counts)
+    timestamp = int(now.timestamp())
+    annotations = {}
+    unlisted = sum(summary.values()) - len(ordered)
+    if unlisted > 0:
+        annotations["imagegate.dev/truncated"] = f"{unlisted} results not listed"
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "PolicyReport",
+        "metadata": {
+            "name": REPORT_NAME,
+            "namespace": namespace,
+            "labels": dict(audit.MANAGED_BY),
+            "annotations": annotations,
+        },
+        "summary": summary,
+        "results": [r.to_json(timestamp) for r in ordered],
+    }
