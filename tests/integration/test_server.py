@@ -12,23 +12,18 @@ from typing import Any
 import aiohttp
 import pytest
 
+from imagegate.admission import builder
 from imagegate.admission import review as admission
 from imagegate.admission.server import TLSFiles, WebhookServer, build_app
 from imagegate.cluster import tls
 
 
 def _review(uid: str = "u-1", api_version: str = "admission.k8s.io/v1") -> dict[str, Any]:
-    return {
-        "apiVersion": api_version,
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "operation": "CREATE",
-            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}},
-        },
-    }
+    return builder.review_for(
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}},
+        uid=uid,
+        api_version=api_version,
+    )
 
 
 async def allow(review: admission.AdmissionReview, deadline: float) -> admission.AdmissionResponse:

@@ -6,22 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from imagegate.admission import builder
 from imagegate.admission import review as admission
 
 
 def _review(**request: object) -> bytes:
-    base: dict[str, object] = {
-        "uid": "u-1",
-        "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "operation": "CREATE",
-        "namespace": "ns",
-        "object": {"apiVersion": "v1", "kind": "Pod"},
-    }
-    base.update(request)
-    return json.dumps(
-        {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": base}
-    ).encode()
+    """A Pod CREATE review with `request` fields overridden (the parser's cases break one each)."""
+    body = builder.review_for({"apiVersion": "v1", "kind": "Pod"}, namespace="ns", uid="u-1")
+    body["request"].update(request)
+    return json.dumps(body).encode()
 
 
 def test_a_pod_create_parses_with_its_fields() -> None:
