@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from imagegate.admission import patches, reviewers
+from imagegate.admission import builder, patches, reviewers
 from imagegate.admission import review as admission
 from imagegate.admission.connections import ConnectionBounds
 from imagegate.admission.server import TLSFiles, WebhookServer, build_app
@@ -55,18 +55,7 @@ HARDENED = compile_policy(
 
 
 def _review(obj: Any, kind: tuple[str, str] = ("", "Pod"), uid: str = "u-1") -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": kind[0], "version": "v1", "kind": kind[1]},
-            "resource": {"group": kind[0], "version": "v1", "resource": "x"},
-            "namespace": "ns",
-            "operation": "CREATE",
-            "object": obj,
-        },
-    }
+    return builder.review_for(obj, group_kind=kind, version="v1", namespace="ns", uid=uid)
 
 
 def _pod(metadata: Any = None, containers: int = 1) -> dict[str, Any]:

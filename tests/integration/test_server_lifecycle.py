@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from imagegate.admission import builder
 from imagegate.admission import review as admission
 from imagegate.admission.connections import ConnectionBounds
 from imagegate.admission.health import HealthServer
@@ -27,17 +28,9 @@ from netproxy import TcpProxy
 
 
 def _review(uid: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "operation": "CREATE",
-            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}},
-        },
-    }
+    return builder.review_for(
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}, uid=uid
+    )
 
 
 async def allow(review: admission.AdmissionReview, deadline: float) -> admission.AdmissionResponse:
