@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from imagegate.admission import builder
@@ -17,6 +18,19 @@ def review_body(uid: int, pod: dict[str, Any]) -> bytes:
     return json.dumps(
         builder.review_for(pod, namespace="shop", uid=f"u-{uid}", username="bench")
     ).encode()
+
+
+class StaticPolicies:
+    """The twenty policies as a webhook PolicySource, for namespace shop's labels."""
+
+    def __init__(self) -> None:
+        self._policies = twenty_policies()
+
+    def policies(self) -> Sequence[engine.CompiledPolicy]:
+        return self._policies
+
+    async def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        return NAMESPACE_LABELS
 
 
 def machine() -> str:

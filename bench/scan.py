@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -33,12 +32,11 @@ from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import NAMESPACE_LABELS, POD, machine, review_body, twenty_policies
+from common import POD, StaticPolicies, machine, review_body
 
 from imagegate.admission import reviewers as webhook
 from imagegate.admission.server import TLSFiles, WebhookServer, build_app
 from imagegate.cluster import kube, tls
-from imagegate.policy import engine
 from imagegate.testbed import build, local
 from imagegate.testbed.controlplane import ControlPlane, ControlPlaneBinaries
 from imagegate.trail import scan
@@ -58,17 +56,6 @@ POLICY_REPORT_CRD = (
 )
 #: Half the workloads are judged `fail` (an image no policy trusts), half `pass`.
 IMAGES = ("nginx:1.25", "ghcr.io/acme/billing:2")
-
-
-class StaticPolicies:
-    def __init__(self) -> None:
-        self._policies = twenty_policies()
-
-    def policies(self) -> Sequence[engine.CompiledPolicy]:
-        return self._policies
-
-    async def namespace_labels(self, namespace: str) -> Mapping[str, str]:
-        return NAMESPACE_LABELS
 
 
 # -- the client, in its own process ---------------------------------------------------------------

@@ -15,7 +15,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -23,27 +22,15 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import NAMESPACE_LABELS, POD, machine, review_body, twenty_policies
+from common import POD, StaticPolicies, machine, review_body
 
 from imagegate.admission import reviewers as webhook
 from imagegate.admission.server import TLSFiles, WebhookServer, build_app, outcome
 from imagegate.cluster import tls
-from imagegate.policy import engine
 from imagegate.trail import logs
 from imagegate.trail.metrics import Metrics
 
 REQUESTS = 2000
-
-
-class StaticPolicies:
-    def __init__(self) -> None:
-        self._policies = twenty_policies()
-
-    def policies(self) -> Sequence[engine.CompiledPolicy]:
-        return self._policies
-
-    async def namespace_labels(self, namespace: str) -> Mapping[str, str]:
-        return NAMESPACE_LABELS
 
 
 async def client_loop(
