@@ -129,6 +129,15 @@ def local_chain_against_public_good() -> Scenario:
     return Scenario(served(found), needs, None)
 
 
+def fulcio_ca_without_start() -> Scenario:
+    """A trust root whose Fulcio CA has no validFor.start: it cannot vouch for any time."""
+    scenario = keyless_case()
+    assert scenario.trust_root is not None
+    for authority in scenario.trust_root["certificateAuthorities"]:
+        authority["validFor"] = {}
+    return scenario
+
+
 def expired_at_signing() -> Scenario:
     hour = datetime.timedelta(hours=1)
     return keyless_case(pki.Leaf(validity=(pki.NOW - 3 * hour, pki.NOW - 2 * hour)))
@@ -274,6 +283,10 @@ CASES: dict[str, tuple[Callable[[], Scenario], str | None]] = {
     "keyless: log key without validFor.start": (
         lambda: keyless_case(log=pki.Log(valid_for={})),
         "no validFor.start",
+    ),
+    "keyless: Fulcio CA without validFor.start": (
+        fulcio_ca_without_start,
+        "untrusted CA: the certificate does not chain to a trusted root",
     ),
     # key, legacy
     "key legacy signature with a valid SET": (key_legacy, None),

@@ -116,10 +116,17 @@ def _integrated_time(transparency: object) -> datetime.datetime:
 def _fulcio_anchors(
     root_json: Mapping[str, Any], when: datetime.datetime
 ) -> list[x509.Certificate]:
-    """Every certificate of the trust root's Fulcio CAs that were valid at `when`."""
+    """Every certificate of the trust root's Fulcio CAs that were valid at `when`.
+
+    A CA without `validFor.start` is left out, as a log key is (rekor.py): with no start it
+    would vouch for certificates dated before it was trusted.
+    """
     anchors = []
     for authority in root_json.get("certificateAuthorities", []):
-        if not rekor.valid_at(authority.get("validFor", {}), when):
+        window = authority.get("validFor") if isinstance(authority, Mapping) else None
+        if not isinstance(window, Mapping) or not window.get("start"):
+            continue
+        if not rekor.valid_at(window, when):
             continue
         for entry in authority.get("certChain", {}).get("certificates", []):
             try:
