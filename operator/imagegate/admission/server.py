@@ -98,11 +98,59 @@ async def _read_body(request: web.Request) -> bytes:
     return await request.read()
 
 
+#: A body this large (or of no declared length) is a large review: its bytes, the JSON it
+#: parses into (several times its size) and the review are held together.
+LARGE_BODY = 256 * 1024
+#: Large reviews handled at once per server; the rest wait, within their deadline. With the
+#: connection limit this bounds what bodies in flight hold: 256 small ones under 256 KiB, plus
+#: 4 of up to 3 MiB and their parsed JSON, well inside the chart's 512 Mi limit.
+MAX_LARGE_IN_FLIGHT = 4
+
+
+class LargeReviews:
+    """The slots large reviews take (made on first use, on the serving event loop)."""
+
+    def __init__(self, slots: int = MAX_LARGE_IN_FLIGHT) -> None:
+        self.slots = slots
+        self._semaphore: asyncio.Semaphore | None = None
+
+    def semaphore(self) -> asyncio.Semaphore:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.slots)
+        return self._semaphore
+
+
+def _is_large(request: web.Request) -> bool:
+    return request.content_length is None or request.content_length > LARGE_BODY
+
+
 def _handler(
-    name: str, reviewer: Reviewer, deadline: float, observe: AnswerObserver | None = None
+    name: str,
+    reviewer: Reviewer,
+    deadline: float,
+    observe: AnswerObserver | None = None,
+    large: LargeReviews | None = None,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    large = large or LargeReviews()
+
     async def handle(request: web.Request) -> web.Response:
+        if not _is_large(request):
+            return await answer(request, time.monotonic())
         started = time.monotonic()
+        try:
+            # Waiting for a slot counts against the deadline, like reading the body does.
+            async with asyncio.timeout(deadline):
+                await large.semaphore().acquire()
+        except TimeoutError:
+            logger.warning("/%s: no room for a large AdmissionReview within %.1fs", name, deadline)
+            busy = f"imagegate: {large.slots} large AdmissionReviews are already being handled"
+            return web.json_response({"error": busy}, status=503)
+        try:
+            return await answer(request, started)
+        finally:
+            large.semaphore().release()
+
+    async def answer(request: web.Request, started: float) -> web.Response:
         encoding = _compressed(request)
         if encoding is not None:
             logger.warning("/%s: refused a body with Content-Encoding %r", name, encoding)
@@ -114,7 +162,7 @@ def _handler(
         try:
             # Reading to the end now waits for the end: a body that stops coming must not hold
             # the handler for ever.
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout(max(0.0, started + deadline - time.monotonic())):
                 body = await _read_body(request)
         except web.HTTPRequestEntityTooLarge:
             logger.warning("AdmissionReview on /%s larger than %d bytes", name, MAX_BODY)
@@ -178,13 +226,16 @@ def build_app(
     validate_policy: Reviewer | None = None,
     deadline: float = DEFAULT_DEADLINE,
     observe: AnswerObserver | None = None,
+    max_large_in_flight: int = MAX_LARGE_IN_FLIGHT,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_post("/validate", _handler("validate", validate, deadline, observe))
-    app.router.add_post("/mutate", _handler("mutate", mutate, deadline, observe))
+    large = LargeReviews(max_large_in_flight)
+    app.router.add_post("/validate", _handler("validate", validate, deadline, observe, large))
+    app.router.add_post("/mutate", _handler("mutate", mutate, deadline, observe, large))
     if validate_policy is not None:
         app.router.add_post(
-            "/validate-policy", _handler("validate-policy", validate_policy, deadline, observe)
+            "/validate-policy",
+            _handler("validate-policy", validate_policy, deadline, observe, large),
         )
     app.router.add_get("/healthz", _healthy)
     app.router.add_get("/readyz", _healthy)
