@@ -389,14 +389,16 @@ class Registry:
 
 def sig_layer(
     payload: bytes,
-    signature: bytes,
+    signature: bytes | str,
     *,
     certificate: str | None = None,
     chain: str | None = None,
     bundle: str | None = None,
 ) -> tuple[dict[str, Any], bytes]:
-    """A `.sig` manifest layer and its blob, with cosign's annotations."""
-    annotations = {cosign.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode()}
+    """A `.sig` manifest layer and its blob, with cosign's annotations. `signature` is the raw
+    signature, or (a str) the annotation's text as written, which a hostile layer may garble."""
+    text = signature if isinstance(signature, str) else base64.b64encode(signature).decode()
+    annotations = {cosign.SIGNATURE_ANNOTATION: text}
     for name, value in (
         (cosign.CERTIFICATE_ANNOTATION, certificate),
         (cosign.CHAIN_ANNOTATION, chain),
@@ -406,7 +408,7 @@ def sig_layer(
             annotations[name] = value
     descriptor = {
         "mediaType": cosign.SIMPLE_SIGNING,
-        "digest": "sha256:" + hashlib.sha256(payload + signature).hexdigest(),
+        "digest": "sha256:" + hashlib.sha256(payload + text.encode()).hexdigest(),
         "annotations": annotations,
     }
     return descriptor, payload

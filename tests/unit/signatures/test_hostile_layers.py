@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import sigstore_pki as pki
 from imagegate.policy import engine, model
 from imagegate.signatures import cosign
 from imagegate.signatures.verifier import CosignVerifier
@@ -49,28 +50,7 @@ class Registry:
         return []
 
 
-def layer(
-    payload: bytes,
-    signature_b64: str,
-    *,
-    certificate: str | None = None,
-    chain: str | None = None,
-    bundle: str | None = None,
-) -> tuple[dict[str, Any], bytes]:
-    annotations = {cosign.SIGNATURE_ANNOTATION: signature_b64}
-    for name, value in (
-        (cosign.CERTIFICATE_ANNOTATION, certificate),
-        (cosign.CHAIN_ANNOTATION, chain),
-        (cosign.REKOR_ANNOTATION, bundle),
-    ):
-        if value is not None:
-            annotations[name] = value
-    descriptor = {
-        "mediaType": cosign.SIMPLE_SIGNING,
-        "digest": "sha256:" + hashlib.sha256(payload + signature_b64.encode()).hexdigest(),
-        "annotations": annotations,
-    }
-    return descriptor, payload
+layer = pki.sig_layer
 
 
 def digest_of(payload: bytes) -> str:
