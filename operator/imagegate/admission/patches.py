@@ -28,14 +28,19 @@ def patch(
         for image in planned
         if finals[image.container.pointer] != image.container.image
     ]
-    originals = {
+    recorded = originals(planned)
+    if recorded:
+        operations += annotation_patch(obj, planned, recorded)
+    return operations
+
+
+def originals(planned: Sequence[engine.PlannedImage]) -> dict[str, str]:
+    """`list/name` → the image as written, for each rewritten image (what the annotation keeps)."""
+    return {
         f"{p.container.kind}/{p.container.container_name}": p.container.image
         for p in planned
         if p.rewritten_by is not None
     }
-    if originals:
-        operations += annotation_patch(obj, planned, originals)
-    return operations
 
 
 def annotation_patch(

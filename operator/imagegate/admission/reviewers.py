@@ -189,12 +189,11 @@ class Validator:
             ),
         )
         warnings = (*decision.warnings(), *staleness.warnings(stale))
-        self._decisions.log(
-            "validate", request, described, decision.allowed, _audit_detail(decision), warnings
-        )
+        detail = _audit_detail(decision)
+        self._decisions.log("validate", request, described, decision.allowed, detail, warnings)
         annotations = {
             AUDIT_DECISION: "allowed" if decision.allowed else "denied",
-            AUDIT_DETAIL: json.dumps(_audit_detail(decision), separators=(",", ":")),
+            AUDIT_DETAIL: json.dumps(detail, separators=(",", ":")),
         }
         if decision.allowed:
             return admission.AdmissionResponse(
@@ -278,14 +277,11 @@ class Mutator:
                     # Keep the tag for readers: `repo:tag@digest` runs exactly `digest`.
                     finals[image.container.pointer] = patches.pinned(image, digest)
         patch = patches.patch(request.object, planned, finals)
-        rewritten = {
-            f"{p.container.kind}/{p.container.container_name}": p.container.image
-            for p in planned
-            if p.rewritten_by is not None
-        }
+        rewritten = patches.originals(planned)
         annotations = {AUDIT_DECISION: "rewritten" if rewritten else "unchanged"}
+        # Malformed metadata is validation's to deny; a warning alone is no reason to here.
+        described = _describe_object(request) if rewritten else _kind_and_name(request)
         if rewritten:
-            described = _describe_object(request)
             annotations[AUDIT_DETAIL] = json.dumps(rewritten, separators=(",", ":"), sort_keys=True)
             _record(
                 self._recorders,
@@ -297,8 +293,7 @@ class Mutator:
             self._decisions.log(
                 "mutate",
                 request,
-                # Malformed metadata is validation's to deny; a warning is no reason to here.
-                _describe_object(request) if rewritten else _kind_and_name(request),
+                described,
                 True,
                 [
                     {"container": key, "image": image, "outcome": "rewritten"}

@@ -83,7 +83,6 @@ class CachingResolver:
         if cached is None or now - cached.verified_at >= self._stale_ttl:
             return None
         age = now - cached.verified_at
-        staleness.report(staleness.StaleAnswer(image.registry, "digest", f"tag {image}", age))
-        if self._on_stale is not None:
-            self._on_stale(image.registry)
+        answer = staleness.StaleAnswer(image.registry, "digest", f"tag {image}", age)
+        staleness.served(answer, self._on_stale)
         return cached.digest

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from imagegate.registry.errors import RateLimited, RegistryUnavailable
@@ -64,6 +64,13 @@ def report(answer: StaleAnswer) -> None:
     collected = _collected.get()
     if collected is not None:
         collected.append(answer)
+
+
+def served(answer: StaleAnswer, on_stale: Callable[[str], None] | None) -> None:
+    """`answer` is being served from memory: the admission's warning, and the metric."""
+    report(answer)
+    if on_stale is not None:
+        on_stale(answer.registry)
 
 
 def warnings(answers: list[StaleAnswer]) -> list[str]:

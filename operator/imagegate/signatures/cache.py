@@ -95,9 +95,7 @@ class VerdictCache:
         if age >= self._stale_ttl:
             return None
         answer = staleness.StaleAnswer(registry, "signature verdict", f"digest {subject}", age)
-        staleness.report(answer)
-        if self._on_stale is not None:
-            self._on_stale(registry)
+        staleness.served(answer, self._on_stale)
         return cached.verdict
 
     async def _verify_once(
