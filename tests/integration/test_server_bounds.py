@@ -159,6 +159,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
 LIMIT = ConnectionBounds(max_connections=3, keepalive_timeout=60, first_request_timeout=60)
 KEEPALIVE = ConnectionBounds(keepalive_timeout=0.5, first_request_timeout=60)
 FIRST_REQUEST = ConnectionBounds(keepalive_timeout=60, first_request_timeout=0.5)
+HANDSHAKE = ConnectionBounds(keepalive_timeout=60, first_request_timeout=60, handshake_timeout=0.5)
 
 
 @pytest.fixture
@@ -256,6 +257,20 @@ async def test_past_the_connection_limit_the_oldest_idle_is_closed_and_fresh_req
 async def test_a_connection_that_sends_no_request_is_closed(tight: Served) -> None:
     reader, writer = await tight.connect()
     assert await _closed_within(reader, 3)
+    writer.close()
+
+
+@pytest.mark.parametrize("tight", [HANDSHAKE], indirect=True)
+@pytest.mark.parametrize("hello", [b"", b"\x16\x03\x01\x02\x00\x01"], ids=["silent", "half-hello"])
+async def test_a_tls_handshake_that_never_finishes_is_dropped(tight: Served, hello: bytes) -> None:
+    """A plain TCP connection that sends nothing, or the first bytes of a ClientHello, ties up
+    a socket until the handshake timeout (asyncio's own default is 60 s), and is never counted
+    against the connection limit."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", tight.server.port)
+    writer.write(hello)
+    await writer.drain()
+    assert tight.server.connections == 0
+    assert await _closed_within(reader, 5)
     writer.close()
 
 
