@@ -190,3 +190,43 @@ def test_applicable_orders_cluster_policies_first_then_by_name(mode: Mode) -> No
         policy("a", mode=mode.value, sources=[CHAINGUARD]),
     ]
     assert [p.display_name for p in engine.applicable(policies, "ns", {})] == ["a", "z", "ns/b"]
+
+
+# Memoised decisions (design.md §4.10)
+
+
+def test_memoised_rewrites_keep_each_tag_apart() -> None:
+    keep = policy(
+        "keep",
+        sources=[CHAINGUARD],
+        rewrites=[
+            {"from": "docker.io/library/python", "to": "cgr.dev/chainguard/python", "tag": "keep"}
+        ],
+    )
+    for _ in range(2):  # the second pass answers from the memo
+        planned = engine.plan_rewrites(pod("python:3.11", "python:3.12", "python"), [keep])
+        assert [str(p.final) for p in planned] == [
+            "cgr.dev/chainguard/python:3.11",
+            "cgr.dev/chainguard/python:3.12",
+            "cgr.dev/chainguard/python:latest",
+        ]
+
+
+def test_memoised_sources_answer_as_the_first_matching_source() -> None:
+    two = policy("two", sources=[OFFICIAL, CHAINGUARD])
+    for _ in range(2):
+        decision = decide(pod("nginx", "cgr.dev/chainguard/x", "quay.io/x/y"), [two])
+        assert [i.trusted_by for i in decision.images] == [
+            (("two", "official"),),
+            (("two", "chainguard"),),
+            (),
+        ]
+
+
+def test_a_flood_of_distinct_names_never_grows_a_policy_memo_past_its_bound() -> None:
+    flooded = policy("flooded", sources=[CHAINGUARD], rewrites=[PYTHON])
+    names = [f"registry.example/team/app{n}:v1" for n in range(engine.MEMO_SIZE + 500)]
+    for start in range(0, len(names), 500):
+        decide(pod(*names[start : start + 500]), [flooded])
+    assert 0 < len(flooded._source_memo) <= engine.MEMO_SIZE
+    assert 0 < len(flooded._rewrite_memo) <= engine.MEMO_SIZE

@@ -204,3 +204,18 @@ def test_names_that_only_look_like_ids_parse(text: str, expected: str) -> None:
 def test_constants_match_docker() -> None:
     assert reference.DOCKER_HUB == "docker.io"
     assert reference.NAME_MAX_LENGTH == 255
+
+
+def test_parse_is_memoised_and_errors_are_raised_every_time() -> None:
+    assert reference.parse("nginx:1.25") is reference.parse("nginx:1.25")
+    for _ in range(2):
+        with pytest.raises(reference.InvalidReferenceError):
+            reference.parse("NGINX")
+    assert reference.parse.cache_info().maxsize == reference.PARSED_CACHE_SIZE
+
+
+def test_a_reference_hashes_and_compares_by_its_fields() -> None:
+    made = reference.ImageReference("docker.io", "library/nginx", "1.25", None)
+    assert made == reference.parse("nginx:1.25")
+    assert hash(made) == hash(reference.parse("nginx:1.25"))
+    assert {made: 1}[reference.parse("docker.io/library/nginx:1.25")] == 1

@@ -71,6 +71,14 @@ class ImageReference:
     tag: str | None = None
     digest: str | None = None
 
+    def __hash__(self) -> int:
+        return self._hash
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        # References key the engine's memos: hash the fields once, not at every lookup.
+        return hash((self.registry, self.repository, self.tag, self.digest))
+
     @functools.cached_property
     def name(self) -> str:
         """`registry/repository`: what policy globs match (computed once: it is matched often)."""
@@ -108,8 +116,21 @@ class ImageReference:
         return self.name + self._suffix()
 
 
+#: Distinct references remembered by `parse`. A cluster names a few hundred images; each
+#: admission parses every one several times (mutation, validation, the scan), and the result is
+#: immutable, so it is kept. Bounded, so hostile names cost at most this many entries.
+PARSED_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
 def parse(text: str) -> ImageReference:
-    """Parse and normalise `text`, or raise `InvalidReferenceError` saying what is wrong."""
+    """Parse and normalise `text`, or raise `InvalidReferenceError` saying what is wrong.
+
+    Results are memoised (errors are not: a bad reference costs its parse each time)."""
+    return _parse(text)
+
+
+def _parse(text: str) -> ImageReference:
     if not text:
         raise InvalidReferenceError("image reference is empty")
     if len(text) > INPUT_MAX_LENGTH:

@@ -35,6 +35,9 @@ class Mode(enum.StrEnum):
 
 
 KEEP_TAG = "keep"
+#: Images each compiled policy remembers its matching source and rewrite for (design.md §4:
+#: every admission asks both of every image under every applicable policy, several times).
+MEMO_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,30 @@ class CompiledPolicy:
     #: then it trusts nothing, rewrites nothing, and every image in its scope is a violation
     #: with this reason. A policy that cannot be read fails closed, never open.
     broken: str | None = None
+    #: image name → index of the first source that matches it (-1: none). The policy is
+    #: immutable, so the answer never changes; a new version is a new object with an empty memo.
+    _source_memo: dict[str, int] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+    #: image → what this policy's first matching rewrite makes of it (None: no rule matches).
+    _rewrite_memo: dict[reference.ImageReference, Rewritten | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     @property
     def display_name(self) -> str:
         return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+    def rewrite_of(self, image: reference.ImageReference) -> Rewritten | None:
+        """The first matching rule's rewrite of `image` (rules in order), memoised."""
+        memo = self._rewrite_memo
+        if image in memo:
+            return memo[image]
+        target = next((t for rule in self.rewrites if (t := rule.apply(image)) is not None), None)
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        memo[image] = target
+        return target
 
     def applies_to(self, namespace: str, labels: Mapping[str, str]) -> bool:
         if self.namespace is not None and self.namespace != namespace:
@@ -180,17 +203,15 @@ def plan_rewrites(
         final, rewritten_by, dropped = original, None, None
         previews = []
         for policy in policies:
-            for rule in policy.rewrites:
-                target = rule.apply(original)
-                if target is None:
-                    continue
-                if policy.mode is Mode.ENFORCE and rewritten_by is None:
-                    if apply:
-                        final, rewritten_by = target.image, policy.display_name
-                        dropped = target.dropped_version
-                elif policy.mode is not Mode.ENFORCE:
-                    previews.append((policy, target))
-                break  # first matching rule of a policy wins
+            target = policy.rewrite_of(original)  # first matching rule of a policy wins
+            if target is None:
+                continue
+            if policy.mode is Mode.ENFORCE and rewritten_by is None:
+                if apply:
+                    final, rewritten_by = target.image, policy.display_name
+                    dropped = target.dropped_version
+            elif policy.mode is not Mode.ENFORCE:
+                previews.append((policy, target))
         planned.append(
             PlannedImage(
                 container,
@@ -389,7 +410,14 @@ def _judge(
 def _first_matching_source(
     policy: CompiledPolicy, image: reference.ImageReference
 ) -> CompiledSource | None:
-    return next((source for source in policy.sources if source.matches(image)), None)
+    memo = policy._source_memo
+    index = memo.get(image.name)
+    if index is None:
+        index = next((n for n, s in enumerate(policy.sources) if s.matches(image)), -1)
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()  # hostile names cost a rebuild, never unbounded memory
+        memo[image.name] = index
+    return None if index < 0 else policy.sources[index]
 
 
 def _suggest(image: PlannedImage, policies: Sequence[CompiledPolicy]) -> str | None:
