@@ -13,7 +13,9 @@ from urllib.parse import quote
 
 from imagegate import __version__
 
-SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+SCHEMA = (
+    "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
+)
 #: (id, level, description); a result's ruleIndex is its rule's place here (§3.27.6).
 RULES = (
     ("image-denied", "error", "An image no applicable policy admits"),
