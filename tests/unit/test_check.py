@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from imagegate.commands import documents
 from imagegate.commands.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -567,3 +568,21 @@ def test_verify_flags_that_cannot_be_used_exit_2(
     code, _, err = run(["check", "--verify", *flags, "-p", str(files[0]), str(files[1])], capsys)
     assert (code, err.count("\n")) == (2, 1)
     assert message in err
+
+
+def test_lines_follow_the_nodes_and_fall_back_to_the_object() -> None:
+    text = (
+        "x-base: &base {name: web, image: 'nginx:1'}\n"  # 1
+        "kind: Pod\n"  # 2
+        "spec:\n"  # 3
+        "  containers:\n"  # 4
+        "    - *base\n"  # 5: an alias is where its anchor is
+        "    - <<: *base\n"  # 6: a merged key is where it is written, unless overridden
+        "      name: other\n"  # 7
+    )
+    [loaded] = documents.read("-", io.StringIO(text))
+    assert loaded.line_of("/spec/containers/0/image") == 1
+    assert loaded.line_of("/spec/containers/1/name") == 7
+    assert loaded.line_of("/spec/containers/1/image") == 1
+    assert loaded.line_of("/spec/containers/9/image") == loaded.line == 1
+    assert loaded.line_of("/kind") == 2

@@ -79,8 +79,8 @@ class Loaded:
         return int(self.node.start_mark.line) + 1
 
     def line_of(self, pointer: str) -> int:
-        """1-based line of the field at RFC 6901 `pointer`; the object's line when the path
-        cannot be followed in the nodes (e.g. through a `<<` merge key)."""
+        """1-based line of the field at RFC 6901 `pointer` (through an alias or a `<<` merge:
+        where the value is written); the object's line when the path is not in the nodes."""
         node: yaml.Node | None = self.node
         for segment in filter(None, pointer.split("/")):
             node = _child(node, segment.replace("~1", "/").replace("~0", "~"))
@@ -91,7 +91,8 @@ class Loaded:
 
 def _child(node: yaml.Node | None, segment: str) -> yaml.Node | None:
     if isinstance(node, yaml.MappingNode):
-        return next((value for key, value in node.value if key.value == segment), None)
+        # The last of equal keys is the one built (building also flattens `<<` merges in here).
+        return next((value for key, value in reversed(node.value) if key.value == segment), None)
     if isinstance(node, yaml.SequenceNode) and segment.isdigit():
         index = int(segment)
         return node.value[index] if index < len(node.value) else None
