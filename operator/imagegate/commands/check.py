@@ -1,118 +1,53 @@
-"""`imagegate check`: judge manifests against policy files, offline, as the webhooks would.
+"""`imagegate check`: judge manifests against policy files as the webhooks would.
 
 Exit status: 0 when every object is admitted, 1 when at least one is denied, 2 for bad input or
-usage (one line on stderr). The decision is the engine's, step for step as in the webhooks:
-rewrites of enforce policies first, then validation of the result.
+usage. A bad policy file stops at once (one line on stderr); a bad manifest file is reported
+(one line on stderr, and in the output) and the other files are still judged, then the exit
+status is 2. The decision is the webhooks', step for step: rewrites of enforce policies first
+(as `/mutate`), then `reviewers.judge` on the images as stored (as `/validate`). Offline (the
+default) no registry is asked and signature requirements fail saying so; `--verify` asks the
+registries with the webhook's own verifier (docs/design.md §6.2).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
-import yaml
-
+from imagegate.admission import reviewers as webhook
+from imagegate.commands import documents, online, sarif
 from imagegate.core import workloads
 from imagegate.errors import UsageError
 from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine, model
 
-#: Until the Sigstore verifier lands in `check`, signature requirements cannot pass offline.
-OFFLINE_SIGNATURE_REASON = "imagegate check cannot verify signatures yet (the webhook can)"
-
-#: YAML aliases (`*name`) per file. Each alias may repeat a whole subtree, so a few nested ones
-#: make half a kilobyte mean gigabytes (the "billion laughs"); manifests rarely use any.
-MAX_ALIASES = 10
-#: Nesting of mappings and sequences, as for AdmissionReviews (admission/review.py): Kubernetes
-#: objects are far shallower, and PyYAML's composer recurses once per level.
-MAX_NESTING = 100
+OFFLINE_SIGNATURE_REASON = online.OFFLINE_SIGNATURE_REASON
+OUTPUTS = ("text", "json", "sarif")
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """`SafeLoader` that refuses more than `MAX_ALIASES` aliases, recursive aliases, and
-    nesting past `MAX_NESTING`, before any of it is expanded or built."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._aliases = 0
-        self._open_anchors: list[str | None] = []
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
-        if isinstance(event, yaml.AliasEvent):
-            self._aliases += 1
-            if self._aliases > MAX_ALIASES:
-                raise _Refused(f"has more than {MAX_ALIASES} YAML aliases (*name)")
-            if event.anchor in self._open_anchors:
-                raise _Refused(f"has a recursive YAML alias (*{event.anchor})")
-            return super().compose_node(parent, index)
-        if not isinstance(event, yaml.CollectionStartEvent):
-            return super().compose_node(parent, index)
-        if len(self._open_anchors) >= MAX_NESTING:
-            raise _Refused(f"nests deeper than {MAX_NESTING} levels")
-        self._open_anchors.append(event.anchor)
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._open_anchors.pop()
-
-
-class _Refused(yaml.YAMLError):
-    """A YAML bound in `_BoundedLoader`; the message completes "FILE ..."."""
-
-
-def load_documents(sources: Sequence[str], stdin: TextIO) -> list[tuple[str, dict[str, Any]]]:
-    """(origin, document) for every object in the files (`-` is stdin); Lists are unpacked."""
-    found: list[tuple[str, dict[str, Any]]] = []
-    for source in sources:
-        try:
-            text = stdin.read() if source == "-" else Path(source).read_text()
-        except OSError as error:
-            raise UsageError(f"cannot read {source}: {error.strerror}") from error
-        try:
-            documents = list(yaml.load_all(text, Loader=_BoundedLoader))
-        except _Refused as error:
-            raise UsageError(f"{source} {error}") from error
-        except yaml.YAMLError as error:
-            raise UsageError(f"{source} is not YAML or JSON: {error}".splitlines()[0]) from error
-        for index, document in enumerate(documents):
-            if document is None:
-                continue
-            if not isinstance(document, dict):
-                raise UsageError(f"{source}: document {index + 1} is not an object")
-            found.extend((source, item) for item in _unpack(document))
-    return found
-
-
-def _kind(document: Mapping[str, Any]) -> str:
-    """The document's kind when it is a string, else "": never `str()` of what a file holds."""
-    kind = document.get("kind")
-    return kind if isinstance(kind, str) else ""
-
-
-def _unpack(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    if _kind(document).endswith("List") and isinstance(document.get("items"), list):
-        for item in document["items"]:
-            if isinstance(item, dict):
-                yield from _unpack(item)
-    else:
-        yield document
+def load_documents(sources: Sequence[str], stdin: TextIO) -> list[documents.Loaded]:
+    """Every object in the files (`-` is stdin); raises `documents.BadFile` at the first bad one."""
+    return [loaded for source in sources for loaded in documents.read(source, stdin)]
 
 
 def load_policies(paths: Sequence[str], stdin: TextIO) -> list[engine.CompiledPolicy]:
     policies = []
-    for origin, document in load_documents(paths, stdin):
-        if not model.is_policy_document(document):
+    for loaded in load_documents(paths, stdin):
+        if not model.is_policy_document(loaded.document):
             raise UsageError(
-                f"{origin}: {_kind(document) or 'an object'} is not an imagegate policy"
+                f"{loaded.origin}: {documents.kind_of(loaded.document) or 'an object'} is not an "
+                "imagegate policy"
             )
         try:
-            policies.append(policy_compile.compile_policy(model.parse_policy_document(document)))
+            compiled = policy_compile.compile_policy(model.parse_policy_document(loaded.document))
         except model.PolicyError as error:
-            raise UsageError(f"{origin}: {error.user_message}") from error
+            raise UsageError(f"{loaded.origin}: {error.user_message}") from error
+        policies.append(compiled)
     if not policies:
         raise UsageError("no policies given (-p POLICY.yaml)")
     return policies
@@ -128,20 +63,40 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
-def check_object(
-    obj: Mapping[str, Any],
+def _group_kind(obj: Mapping[str, Any]) -> tuple[str, str]:
+    """(API group, kind) as the API server would send it, from the object's own fields."""
+    api_version = obj.get("apiVersion")
+    group = api_version.rpartition("/")[0] if isinstance(api_version, str) else ""
+    return group, documents.kind_of(obj)
+
+
+def _as_stored(planned: Sequence[engine.PlannedImage]) -> list[workloads.ContainerImage]:
+    """The images after `/mutate`'s rewrites: what `/validate` is shown."""
+    return [
+        dataclasses.replace(p.container, image=p.final_text) if p.rewritten_by else p.container
+        for p in planned
+    ]
+
+
+async def check_object(
+    loaded: documents.Loaded,
     policies: Sequence[engine.CompiledPolicy],
     namespace: str,
     labels: Mapping[str, str],
+    verifier: webhook.SignatureVerifier,
+    keychains: webhook.KeychainSource | None,
 ) -> dict[str, Any]:
     """One object's verdict, in the `-o json` shape of docs/design.md §6."""
+    obj = loaded.document
     raw_metadata = obj.get("metadata")
     metadata: Mapping[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
     own_namespace = metadata.get("namespace")
     namespace = own_namespace if isinstance(own_namespace, str) and own_namespace else namespace
     name = metadata.get("name")
     result: dict[str, Any] = {
-        "kind": _kind(obj),
+        "file": loaded.origin,
+        "line": loaded.line,
+        "kind": documents.kind_of(obj),
         "namespace": namespace,
         "name": name if isinstance(name, str) else "",
         "allowed": True,
@@ -157,19 +112,28 @@ def check_object(
         policies, namespace, {"kubernetes.io/metadata.name": namespace, **labels}
     )
     planned = engine.plan_rewrites(images, chosen, apply=True)
-    verdicts = {
-        check: engine.SignatureVerdict(False, OFFLINE_SIGNATURE_REASON)
-        for check in engine.signature_checks(planned, chosen)
-    }
-    decision = engine.evaluate(planned, chosen, verdicts)
+    decision = await webhook.judge(
+        _as_stored(planned),
+        chosen,
+        obj=obj,
+        namespace=namespace,
+        group_kind=_group_kind(obj),
+        verifier=verifier,
+        keychains=keychains,
+        deadline=time.monotonic() + online.OBJECT_DEADLINE,
+    )
     result["allowed"] = decision.allowed
     result["warnings"] = decision.warnings()
-    result["images"] = [_image_result(image) for image in decision.images]
+    result["images"] = [
+        _image_result(rewrite, judged, loaded.line_of(rewrite.container.pointer))
+        for rewrite, judged in zip(planned, decision.images, strict=True)
+    ]
     return result
 
 
-def _image_result(image: engine.ImageDecision) -> dict[str, Any]:
-    planned = image.planned
+def _image_result(
+    planned: engine.PlannedImage, image: engine.ImageDecision, line: int
+) -> dict[str, Any]:
     violation = next(iter(image.violations), None)
     policy, source = image.trusted_by[0] if image.trusted_by else (None, None)
     reason = ""
@@ -182,6 +146,7 @@ def _image_result(image: engine.ImageDecision) -> dict[str, Any]:
         policy, reason = planned.rewritten_by, f"rewritten from {planned.original.name}"
     return {
         "path": planned.container.pointer,
+        "line": line,
         "container": planned.container.container_name,
         "image": planned.container.image,
         "final": planned.final_text if planned.rewritten_by else planned.container.image,
@@ -226,6 +191,59 @@ def render_text(objects: Iterable[Mapping[str, Any]]) -> str:
     )
 
 
+def summarise(
+    objects: Sequence[Mapping[str, Any]], bad_files: Sequence[Mapping[str, Any]], not_checked: int
+) -> str:
+    """The one summary line: counts, and how many signature checks were not done (offline)."""
+    denied = sum(not obj["allowed"] for obj in objects)
+    warned = sum(bool(obj["warnings"]) for obj in objects)
+    parts = [
+        f"{len(objects)} objects",
+        f"{len(objects) - denied} admitted",
+        f"{denied} denied",
+        f"{warned} with warnings",
+    ]
+    if bad_files:
+        parts.append(f"{len(bad_files)} unreadable files")
+    line = "imagegate check: " + ", ".join(parts)
+    if not_checked:
+        line += f"; {not_checked} signature checks not done offline (--verify does them)"
+    return line
+
+
+def _read_manifests(
+    manifests: Sequence[str], stdin: TextIO
+) -> tuple[list[documents.Loaded], list[dict[str, Any]]]:
+    """The objects of every readable file, and one entry per file that is not."""
+    found: list[documents.Loaded] = []
+    bad: list[dict[str, Any]] = []
+    for source in manifests:
+        try:
+            found += documents.read(source, stdin)
+        except documents.BadFile as error:
+            bad.append({"file": source, "line": error.line, "error": error.user_message})
+    return found, bad
+
+
+async def _judge_all(
+    loaded: Sequence[documents.Loaded],
+    policies: Sequence[engine.CompiledPolicy],
+    namespace: str,
+    labels: Mapping[str, str],
+    options: online.OnlineOptions | None,
+) -> tuple[list[dict[str, Any]], int]:
+    """The objects' verdicts, and how many signature checks were not done (offline)."""
+    session = online.offline() if options is None else online.online(options)
+    async with session as wired:
+        objects = [
+            await check_object(item, policies, namespace, labels, wired.verifier, wired.keychains)
+            for item in loaded
+            if not model.is_policy_document(item.document)
+        ]
+    declined = wired.verifier.declined if isinstance(wired.verifier, online.OfflineVerifier) else 0
+    return objects, declined
+
+
 def run(
     policy_paths: Sequence[str],
     manifests: Sequence[str],
@@ -233,23 +251,35 @@ def run(
     output: str = "text",
     namespace: str = "default",
     namespace_labels: str = "",
+    verify: online.OnlineOptions | None = None,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
 ) -> int:
+    """`verify`: ask the registries with these options; None: offline."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    stderr = stderr or sys.stderr
     if policy_paths.count("-") + manifests.count("-") > 1:
         raise UsageError("stdin (-) can be read only once")
+    if output not in OUTPUTS:
+        raise UsageError(f"-o wants one of {', '.join(OUTPUTS)}")
     policies = load_policies(policy_paths, stdin)
     labels = parse_labels(namespace_labels)
-    objects = [
-        check_object(document, policies, namespace, labels)
-        for _, document in load_documents(manifests, stdin)
-        if not model.is_policy_document(document)
-    ]
+    loaded, bad_files = _read_manifests(manifests, stdin)
+    for bad in bad_files:
+        stderr.write(f"imagegate: {bad['error']}\n")
+    objects, not_checked = asyncio.run(_judge_all(loaded, policies, namespace, labels, verify))
     allowed = all(obj["allowed"] for obj in objects)
+    summary = summarise(objects, bad_files, not_checked)
     if output == "json":
-        json.dump({"allowed": allowed, "objects": objects}, stdout, indent=2)
+        report = {"allowed": allowed, "objects": objects, "errors": bad_files, "summary": summary}
+        json.dump(report, stdout, indent=2)
+        stdout.write("\n")
+    elif output == "sarif":
+        json.dump(sarif.log(objects, bad_files, summary), stdout, indent=2)
         stdout.write("\n")
     else:
-        stdout.write(render_text(objects) + "\n")
+        stdout.write(render_text(objects) + "\n" + summary + "\n")
+    if bad_files:
+        return 2
     return 0 if allowed else 1

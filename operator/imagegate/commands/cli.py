@@ -11,9 +11,13 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imagegate import __version__
 from imagegate.errors import ImagegateError, UsageError
+
+if TYPE_CHECKING:
+    from imagegate.commands import online
 
 
 def _print_env(env: dict[str, str]) -> None:
@@ -94,6 +98,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _online_options(args: argparse.Namespace) -> online.OnlineOptions:
+    from imagegate.commands import online
+
+    return online.OnlineOptions(
+        registry_config=args.registry_config,
+        key_files=online.parse_named_files(args.key_file, "--key-file"),
+        trust_roots=online.parse_named_files(args.trust_root, "--trust-root"),
+        insecure_registries=frozenset(args.insecure_registry),
+    )
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from imagegate.commands import check
 
@@ -103,6 +118,73 @@ def _cmd_check(args: argparse.Namespace) -> int:
         output=args.output,
         namespace=args.namespace,
         namespace_labels=args.namespace_labels,
+        verify=_online_options(args) if args.verify else None,
+    )
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from imagegate.commands import verify
+
+    return verify.run(
+        args.image,
+        args.policy,
+        options=_online_options(args),
+        output=args.output,
+        namespace=args.namespace,
+        namespace_labels=args.namespace_labels,
+    )
+
+
+def _add_online_flags(parser: argparse.ArgumentParser) -> None:
+    """Where `--verify` and `imagegate verify` find credentials, keys and trust roots."""
+    group = parser.add_argument_group("registries (--verify, verify)")
+    group.add_argument(
+        "--registry-config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="docker config with registry credentials (default: ~/.docker/config.json)",
+    )
+    group.add_argument(
+        "--key-file",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="public key PEM for a policy key's secretRef NAME (or NAMESPACE/NAME); repeatable",
+    )
+    group.add_argument(
+        "--trust-root",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="trusted_root.json for a trustRoot configMapRef NAME (or NAMESPACE/NAME)",
+    )
+    group.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="reach this registry over plain HTTP (repeatable; for test registries only)",
+    )
+
+
+def _add_scope_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-p",
+        "--policy",
+        action="append",
+        required=True,
+        metavar="POLICY.yaml",
+        help="policy file (repeatable; - for stdin)",
+    )
+    parser.add_argument(
+        "--namespace", default="default", help="for objects that do not name their namespace"
+    )
+    parser.add_argument(
+        "--namespace-labels",
+        default="",
+        metavar="K=V,...",
+        help="labels of that namespace, for policies with a namespaceSelector",
     )
 
 
@@ -255,29 +337,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check",
-        help="judge manifests against policy files, offline, as the webhooks would",
-        description="Exit status: 0 all admitted, 1 at least one denied, 2 bad input.",
+        help="judge manifests against policy files as the webhooks would (offline by default)",
+        description="Exit status: 0 all admitted, 1 at least one denied, 2 bad input "
+        "(a bad manifest file is reported and the others judged).",
     )
+    _add_scope_flags(check)
+    check.add_argument("-o", "--output", choices=["text", "json", "sarif"], default="text")
     check.add_argument(
-        "-p",
-        "--policy",
-        action="append",
-        required=True,
-        metavar="POLICY.yaml",
-        help="policy file (repeatable; - for stdin)",
+        "--verify",
+        action="store_true",
+        help="resolve tags and verify signatures at the registries, as the webhook does",
     )
-    check.add_argument("-o", "--output", choices=["text", "json"], default="text")
-    check.add_argument(
-        "--namespace", default="default", help="for objects that do not name their namespace"
-    )
-    check.add_argument(
-        "--namespace-labels",
-        default="",
-        metavar="K=V,...",
-        help="labels of that namespace, for policies with a namespaceSelector",
-    )
+    _add_online_flags(check)
     check.add_argument("manifests", nargs="+", metavar="MANIFEST", help="files, or - for stdin")
     check.set_defaults(handler=_cmd_check)
+
+    verify = commands.add_parser(
+        "verify",
+        help="verify one image under policy files and print each check, as cosign verify does",
+        description="Exit status: 0 admitted, 1 denied, 2 bad input or usage.",
+    )
+    verify.add_argument("image", metavar="IMAGE", help="image reference (tag or digest)")
+    _add_scope_flags(verify)
+    verify.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    _add_online_flags(verify)
+    verify.set_defaults(handler=_cmd_verify)
 
     audit = commands.add_parser(
         "audit",
