@@ -145,7 +145,8 @@ async def _scope(
 
 
 class Validator:
-    """`/validate`: judge the images as they will be stored (after any mutation)."""
+    """`/validate`: judge the images as they will be stored (after any mutation), or, for a
+    controller left as written (mutation scope Pods), as its Pods will run."""
 
     def __init__(
         self,
@@ -219,6 +220,8 @@ class Validator:
 
 class Mutator:
     """`/mutate`: rewrite to hardened equivalents and pin digests; never denies on policy.
+
+    Controllers are patched only under mutation scope All (`_left_to_pods`, design.md §5.1).
 
     Pinning gets `budget` seconds of the deadline (default `MUTATE_BUDGET_SHARE` of it): a slow
     registry then costs the Pod one short wait here, and `/validate`, which decides, keeps the
