@@ -26,17 +26,29 @@ pytestmark = pytest.mark.controlplane
 ORIGINAL = "python:3.12-slim"
 
 
-def rewrite_to(target: str, scope: str | None) -> dict[str, Any]:
-    """Rewrite python to `target` (tag kept) and trust only that; `scope` None: the default.
+def rewrite_policy(
+    registry: LocalRegistry,
+    crane: Path,
+    tmp_path: Path,
+    apply: PolicyFactory,
+    namespace: str,
+    scope: str | None,
+) -> tuple[str, str]:
+    """Push a target image and apply a policy that rewrites python to it (tag kept) and trusts
+    only it; `scope` None leaves the default. (target tag reference, its digest).
 
-    Each test has its own target repository, so no digest cached by one serves the other."""
+    Each scope has its own target repository, so no digest cached for one serves the other."""
+    repository = f"scope-{(scope or 'default').lower()}/python"
+    digest = push_random_image(crane, registry.address, repository, "3.12-slim", tmp_path)
+    target = f"{registry.address}/{repository}"
     spec: dict[str, Any] = {
         "sources": [{"name": "local", "images": [target]}],
         "rewrites": [{"from": "docker.io/library/python", "to": target, "tag": "keep"}],
     }
     if scope is not None:
         spec["mutation"] = {"scope": scope}
-    return spec
+    apply(namespace, "hardened", spec)
+    return f"{target}:3.12-slim", digest
 
 
 def owned_by(owner: Any, kind: str) -> dict[str, Any]:
@@ -80,15 +92,14 @@ def test_under_scope_pods_the_deployment_is_stored_as_written_and_its_pod_is_rew
     crane: Path,
     tmp_path: Path,
 ) -> None:
-    digest = push_random_image(crane, registry.address, "scope-pods/python", "3.12-slim", tmp_path)
-    repository = f"{registry.address}/scope-pods/python"
-    image_policy(gated_namespace, "hardened", rewrite_to(repository, scope=None))  # default: Pods
+    target, digest = rewrite_policy(  # the default scope: Pods
+        registry, crane, tmp_path, image_policy, gated_namespace, scope=None
+    )
     _, body = workload("Deployment", ORIGINAL)
     manifest = tmp_path / "deployment.json"
     manifest.write_text(json.dumps(body))
     created = kubectl(cluster, "-n", gated_namespace, "create", "-f", str(manifest))
     assert created.returncode == 0, created.stderr
-    target = f"{repository}:3.12-slim"
     assert (
         f"Warning: imagegate: Pods of Deployment/w will run {target} instead of {ORIGINAL} "
         f"(policy {gated_namespace}/hardened, mutation scope Pods)"
@@ -118,14 +129,13 @@ def test_under_scope_all_the_deployment_is_rewritten_and_pinned(
     crane: Path,
     tmp_path: Path,
 ) -> None:
-    digest = push_random_image(crane, registry.address, "scope-all/python", "3.12-slim", tmp_path)
-    repository = f"{registry.address}/scope-all/python"
-    image_policy(gated_namespace, "hardened", rewrite_to(repository, scope="All"))
+    target, digest = rewrite_policy(
+        registry, crane, tmp_path, image_policy, gated_namespace, scope="All"
+    )
     _, body = workload("Deployment", ORIGINAL)
     apps = client.AppsV1Api(api)
     apps.create_namespaced_deployment(gated_namespace, body)
     template = apps.read_namespaced_deployment("w", gated_namespace).spec.template
-    target = f"{repository}:3.12-slim"
     assert template.spec.containers[0].image == f"{target}@{digest}"
     originals = json.loads(template.metadata.annotations["imagegate.dev/original-images"])
     assert originals == {"containers/app": ORIGINAL}
