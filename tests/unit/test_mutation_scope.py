@@ -9,6 +9,7 @@ import pytest
 
 from imagegate.admission import patches
 from imagegate.admission import reviewers as webhook
+from imagegate.core import workloads
 from imagegate.policy import engine, model
 
 from .test_webhook import Policies, Resolver, apply_patch, deployment, policy, review
@@ -187,3 +188,20 @@ async def test_a_pod_is_judged_as_stored_whatever_the_scope() -> None:
         review(pod("python:3.12-slim"), kind=engine.POD_KIND), 0
     )
     assert not response.allowed  # /mutate would have rewritten it: this one was not
+
+
+async def test_the_background_scan_judges_a_controller_as_validate_does() -> None:
+    """The scan calls `judge` too: a Deployment left as written is reported as its Pods run."""
+    obj = deployment("python:3.12-slim")
+    decision = await webhook.judge(
+        workloads.find_images(obj),
+        [hardened()],
+        obj=obj,
+        namespace="shop",
+        group_kind=("apps", "Deployment"),
+        verifier=None,
+        keychains=None,
+        deadline=0,
+    )
+    assert decision.allowed
+    assert [str(image.planned.final) for image in decision.images] == ["dhi.io/python:3.12"]
