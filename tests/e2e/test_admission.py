@@ -145,7 +145,12 @@ def test_rewrite_is_stored_on_the_pod_with_the_original_recorded(
 def test_every_controller_kind_is_checked_and_rewritten(
     api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory, kind: str
 ) -> None:
-    image_policy(gated_namespace, "hardened", {"sources": [CHAINGUARD], "rewrites": [PYTHON]})
+    # Scope All: the controller itself is patched (the default, Pods: test_mutation_scope.py).
+    image_policy(
+        gated_namespace,
+        "hardened",
+        {"sources": [CHAINGUARD], "rewrites": [PYTHON], "mutation": {"scope": "All"}},
+    )
     _, denied_body = workload(kind, "ghcr.io/untrusted/app:1")
     with pytest.raises(utils.FailToCreateError) as denied:
         create(api, gated_namespace, denied_body)
@@ -468,7 +473,11 @@ def test_an_annotation_on_a_deployment_leaves_its_template_alone(
     image_policy(
         gated_namespace,
         "local",
-        {"sources": [{"name": "l", "images": [f"{registry.address}/update/**"]}]},
+        {
+            "sources": [{"name": "l", "images": [f"{registry.address}/update/**"]}],
+            # Scope All: a template that would be pinned, so that leaving it alone means something.
+            "mutation": {"scope": "All"},
+        },
     )
     _, body = workload("Deployment", image)
     create(api, gated_namespace, body)  # the tag is not in the registry yet: left unpinned

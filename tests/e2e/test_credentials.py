@@ -120,7 +120,10 @@ def test_the_service_accounts_image_pull_secrets_are_used_for_a_deployment(
 ) -> None:
     """A Deployment names only its ServiceAccount; the account holds the pull secret."""
     image, digest, public_key = signed_private_image
-    image_policy(gated_namespace, "private", signed_only(image, public_key))
+    # Scope All: the Deployment itself is pinned, with its ServiceAccount's credentials.
+    image_policy(
+        gated_namespace, "private", signed_only(image, public_key, mutation={"scope": "All"})
+    )
     core = client.CoreV1Api(api)
     pull_secret(core, gated_namespace, "builder-pull", private_registry.address)
     core.create_namespaced_service_account(

@@ -48,6 +48,8 @@ HARDENED = compile_policy(
                 "rewrites": [
                     {"from": "docker.io/library/python", "to": "cgr.dev/chainguard/python"}
                 ],
+                # A Deployment's template is patched (the annotation tests below need it).
+                "mutation": {"scope": "All"},
             },
         }
     )

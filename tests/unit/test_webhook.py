@@ -43,10 +43,15 @@ def policy(name: str, **spec: Any) -> engine.CompiledPolicy:
     )
 
 
+#: Mutation scope All: these tests are about how a controller's pod template is patched (the
+#: default, Pods, leaves controllers as written: tests/unit/test_mutation_scope.py).
+PATCH_CONTROLLERS = {"scope": "All"}
+
 REWRITE = policy(
     "hardened",
     sources=[{"name": "chainguard", "images": ["cgr.dev/chainguard/**"]}],
     rewrites=[{"from": "docker.io/library/python", "to": "cgr.dev/chainguard/python"}],
+    mutation=PATCH_CONTROLLERS,
 )
 
 
@@ -288,7 +293,11 @@ class Resolver:
 
 
 async def test_trusted_images_are_pinned_keeping_what_the_user_wrote() -> None:
-    trusting = policy("pin", sources=[{"name": "o", "images": ["docker.io/library/*"]}])
+    trusting = policy(
+        "pin",
+        sources=[{"name": "o", "images": ["docker.io/library/*"]}],
+        mutation=PATCH_CONTROLLERS,
+    )
     resolver = Resolver()
     obj = deployment("nginx:1.25")
     response = await webhook.Mutator(Policies(trusting), resolver)(review(obj), 0)
@@ -314,7 +323,11 @@ async def test_untrusted_images_cost_no_registry_call_and_warn_mode_never_pins()
 
 
 async def test_pinning_is_best_effort_with_a_warning_when_the_registry_fails() -> None:
-    trusting = policy("pin", sources=[{"name": "o", "images": ["docker.io/library/*"]}])
+    trusting = policy(
+        "pin",
+        sources=[{"name": "o", "images": ["docker.io/library/*"]}],
+        mutation=PATCH_CONTROLLERS,
+    )
     response = await webhook.Mutator(Policies(trusting), Resolver(fail=True))(
         review(deployment("nginx:1.25")), 0
     )
@@ -327,7 +340,10 @@ async def test_pinning_is_best_effort_with_a_warning_when_the_registry_fails() -
 
 async def test_pin_digests_false_leaves_tags_alone() -> None:
     unpinned = policy(
-        "p", pinDigests=False, sources=[{"name": "o", "images": ["docker.io/library/*"]}]
+        "p",
+        pinDigests=False,
+        sources=[{"name": "o", "images": ["docker.io/library/*"]}],
+        mutation=PATCH_CONTROLLERS,
     )
     resolver = Resolver()
     response = await webhook.Mutator(Policies(unpinned), resolver)(review(deployment("nginx")), 0)
@@ -336,7 +352,11 @@ async def test_pin_digests_false_leaves_tags_alone() -> None:
 
 # -- image volumes: pulled by the kubelet like container images, so judged like them ----------
 
-TRUSTS_OFFICIAL = policy("official", sources=[{"name": "o", "images": ["docker.io/library/*"]}])
+TRUSTS_OFFICIAL = policy(
+    "official",
+    sources=[{"name": "o", "images": ["docker.io/library/*"]}],
+    mutation=PATCH_CONTROLLERS,
+)
 VOLUME_POINTERS = {
     ("", "Pod"): "/spec",
     ("apps", "Deployment"): "/spec/template/spec",
@@ -486,7 +506,9 @@ async def test_an_image_id_is_denied_even_where_official_images_are_trusted(imag
 
 # UPDATEs: only images that differ from oldObject are judged, rewritten or pinned.
 
-TRUST_LIBRARY = policy("pin", sources=[{"name": "o", "images": ["docker.io/library/*"]}])
+TRUST_LIBRARY = policy(
+    "pin", sources=[{"name": "o", "images": ["docker.io/library/*"]}], mutation=PATCH_CONTROLLERS
+)
 
 
 def pod(*containers: tuple[str, str], labels: dict[str, str] | None = None) -> dict[str, Any]:

@@ -98,9 +98,11 @@ async def judge(
     """The decision on images as stored: what `/validate` and the background scan both say.
 
     Signature verdicts are gathered (with the object's pull credentials) only when a policy
-    asks for signatures.
+    asks for signatures. A controller that `/mutate` leaves as written (mutation scope Pods) is
+    judged as its Pods will run: with the rewrites applied (docs/design.md §5.1).
     """
-    planned = engine.plan_rewrites(images, policies, apply=False)
+    as_pods = engine.judged_as_pods(group_kind, policies)
+    planned = engine.plan_rewrites(images, policies, apply=as_pods)
     checks = engine.signature_checks(planned, policies)
     verdicts: Mapping[engine.SignatureCheck, engine.SignatureVerdict] = {}
     if checks and verifier is not None:
@@ -143,7 +145,8 @@ async def _scope(
 
 
 class Validator:
-    """`/validate`: judge the images as they will be stored (after any mutation)."""
+    """`/validate`: judge the images as they will be stored (after any mutation), or, for a
+    controller left as written (mutation scope Pods), as its Pods will run."""
 
     def __init__(
         self,
@@ -188,7 +191,11 @@ class Validator:
                 decision, request.namespace, described, dry_run=request.dry_run
             ),
         )
-        warnings = (*decision.warnings(), *staleness.warnings(stale))
+        warnings = (
+            *_pod_rewrites(request, policies, decision, described),
+            *decision.warnings(),
+            *staleness.warnings(stale),
+        )
         detail = _audit_detail(decision)
         self._decisions.log("validate", request, described, decision.allowed, detail, warnings)
         annotations = {
@@ -213,6 +220,8 @@ class Validator:
 
 class Mutator:
     """`/mutate`: rewrite to hardened equivalents and pin digests; never denies on policy.
+
+    Controllers are patched only under mutation scope All (`_left_to_pods`, design.md §5.1).
 
     Pinning gets `budget` seconds of the deadline (default `MUTATE_BUDGET_SHARE` of it): a slow
     registry then costs the Pod one short wait here, and `/validate`, which decides, keeps the
@@ -251,6 +260,8 @@ class Mutator:
         if scope is None or request.object is None:
             return admission.AdmissionResponse(uid=request.uid, allowed=True)
         images, policies = scope
+        if not engine.patches_kind((request.kind.group, request.kind.kind), policies):
+            return _left_to_pods(request)
         planned = engine.plan_rewrites(images, policies, apply=True)
         # Only rewritten (and, below, pinned) images change: normalising `nginx` to
         # `docker.io/library/nginx:latest` would only make GitOps tools report drift.
@@ -369,6 +380,26 @@ class Mutator:
         if late and len(found) < len(images):
             warnings.append(f"imagegate: could not pin within {budget:.1f}s; validation decides")
         return found
+
+
+def _left_to_pods(request: admission.AdmissionRequest) -> admission.AdmissionResponse:
+    """A controller under mutation scope Pods: stored as written, so GitOps sees no drift; its
+    Pods are rewritten and pinned when they are created (docs/design.md §5.1)."""
+    return admission.AdmissionResponse(
+        uid=request.uid, allowed=True, audit_annotations={AUDIT_DECISION: "left-to-pods"}
+    )
+
+
+def _pod_rewrites(
+    request: admission.AdmissionRequest,
+    policies: Sequence[engine.CompiledPolicy],
+    decision: engine.Decision,
+    described: str,
+) -> list[str]:
+    """The warnings that tell a controller left as written what its Pods will run instead."""
+    if not engine.judged_as_pods((request.kind.group, request.kind.kind), policies):
+        return []
+    return engine.pod_rewrite_warnings([image.planned for image in decision.images], described)
 
 
 def _budget_of(remaining: float) -> float:

@@ -44,6 +44,9 @@ DEMO_POLICY: dict[str, Any] = {
             {"from": "docker.io/library/nginx", "to": "cgr.dev/chainguard/nginx"},
             {"from": "docker.io/library/golang", "to": "cgr.dev/chainguard/go"},
         ],
+        # The test bed runs no controller-manager, so no Deployment ever makes a Pod: the demo
+        # patches the Deployment itself to show its rewrite (the default, Pods, would not).
+        "mutation": {"scope": "All"},
     },
 }
 

@@ -71,6 +71,7 @@ def compile_spec(name: str, namespace: str | None, spec: model.PolicySpec) -> en
         mode=engine.Mode(spec.mode),
         selector=_selector(spec.namespace_selector),
         pin_digests=spec.pin_digests,
+        mutation_scope=engine.MutationScope(spec.mutation.scope),
         sources=tuple(
             engine.CompiledSource(
                 source.name,

@@ -34,10 +34,21 @@ class Mode(enum.StrEnum):
     AUDIT = "audit"
 
 
+class MutationScope(enum.StrEnum):
+    """Which objects `/mutate` patches (docs/design.md §5.1)."""
+
+    #: Only Pods; controllers are stored as written and judged as their Pods will run.
+    PODS = "Pods"
+    #: Pods and every kind with a pod template (Deployments, Jobs, ...).
+    ALL = "All"
+
+
 KEEP_TAG = "keep"
 #: Images each compiled policy remembers its matching source and rewrite for (design.md §4:
 #: every admission asks both of every image under every applicable policy, several times).
 MEMO_SIZE = 4096
+#: The one kind that runs images itself; every other kind with a pod spec makes Pods from it.
+POD_KIND = ("", "Pod")
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,7 @@ class CompiledPolicy:
     namespace: str | None = None
     selector: selectors.LabelSelector = field(default_factory=selectors.LabelSelector)
     pin_digests: bool = True
+    mutation_scope: MutationScope = MutationScope.PODS
     sources: tuple[CompiledSource, ...] = ()
     #: Tried in order, first match wins (compile puts from/to rules before catalogue rules).
     rewrites: tuple[RewriteRule, ...] = ()
@@ -157,6 +169,49 @@ def applicable(
     """The policies for a namespace, cluster-wide first, each group by name (a stable order)."""
     chosen = [p for p in policies if p.applies_to(namespace, labels)]
     return sorted(chosen, key=lambda p: (p.namespace is not None, p.namespace or "", p.name))
+
+
+# -- which objects are patched (docs/design.md §5.1) -----------------------------------------
+
+
+def mutates(policy: CompiledPolicy) -> bool:
+    """Whether `/mutate` changes anything for this policy: an enforce policy that rewrites or
+    pins (warn and audit policies only preview; a broken one neither rewrites nor pins)."""
+    return (
+        policy.mode is Mode.ENFORCE
+        and policy.broken is None
+        and (bool(policy.rewrites) or policy.pin_digests)
+    )
+
+
+def patches_kind(group_kind: tuple[str, str], policies: Sequence[CompiledPolicy]) -> bool:
+    """Whether `/mutate` may patch an object of this kind under these (applicable) policies.
+
+    Pods always. Any other kind (a controller's pod template) only when every policy that
+    mutates says `All`: one policy asking for `Pods` keeps the controller as written, since a
+    half-patched Deployment drifts under GitOps all the same, and its Pods get every rewrite
+    and pin anyway.
+    """
+    if group_kind == POD_KIND:
+        return True
+    return all(p.mutation_scope is MutationScope.ALL for p in policies if mutates(p))
+
+
+def judged_as_pods(group_kind: tuple[str, str], policies: Sequence[CompiledPolicy]) -> bool:
+    """Whether validation judges the images with the rewrites applied: a controller that
+    `/mutate` left as written is judged as the Pods it creates will be, once rewritten."""
+    return not patches_kind(group_kind, policies)
+
+
+def pod_rewrite_warnings(planned: Sequence[PlannedImage], described: str) -> list[str]:
+    """What a controller left as written is told about the rewrites its Pods will get."""
+    return [
+        f"imagegate: Pods of {described} will run {image.final} instead of "
+        f"{image.container.image} (policy {image.rewritten_by}, mutation scope Pods"
+        f"{_also(dropping(image.dropped_version))})"
+        for image in planned
+        if image.rewritten_by is not None
+    ]
 
 
 # -- step 1: rewrites -------------------------------------------------------------------------

@@ -54,6 +54,7 @@ NAMESPACED_KIND = "ImagePolicy"
 KINDS = (CLUSTER_KIND, NAMESPACED_KIND)
 
 Mode = Literal["enforce", "warn", "audit"]
+MutationScope = Literal["Pods", "All"]
 
 
 class PolicyError(ImagegateError):
@@ -348,6 +349,15 @@ class Rewrite(Spec):
         return self
 
 
+class Mutation(Spec):
+    """Which objects the mutating webhook patches (docs/design.md §5.1)."""
+
+    scope: MutationScope = "Pods"
+    """Pods: only Pods are rewritten and pinned; controllers (Deployments, Jobs, ...) are stored
+    as written, validated as their Pods will run, and warned with the rewrite, so GitOps tools
+    (Argo CD, Flux) see no drift. All: controllers' pod templates are patched too."""
+
+
 class PolicySpec(Spec):
     """Which images may run in the selected namespaces, and what to rewrite. Policies are ANDed,
     sources are ORed."""
@@ -369,6 +379,8 @@ class PolicySpec(Spec):
     """Namespaces the policy applies in; omitted: every namespace the webhook sees."""
     pin_digests: pydantic.StrictBool = pydantic.Field(True, alias="pinDigests")
     """Pin each admitted tag to the digest that was resolved and verified."""
+    mutation: Mutation = pydantic.Field(default_factory=lambda: Mutation.model_validate({}))
+    """What rewrites and pins are written into: Pods only (default), or controllers too."""
     # Bounded, so that the API server can cost the CEL rules that walk them.
     sources: tuple[Source, ...] = pydantic.Field(
         (),
