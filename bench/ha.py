@@ -7,8 +7,10 @@ leaves the rotation within `CHECK_INTERVAL`, a refused connect goes on to the ot
 both webhooks registered by URL at the balancer, `failurePolicy: Fail`, `timeoutSeconds: 10`;
 an ImagePolicy requiring a cosign key signature, and a key-signed image. A client sends RATE Pod
 creations a second (`dryRun=All`, so each one is judged by both webhooks and stored nowhere) to
-the kube-apiserver, at most WORKERS at once, on a fixed schedule (latency counts from the
-scheduled time, so a stall is not hidden). Phases: steady load; SIGTERM of replica a, restarted
+the kube-apiserver, at most WORKERS at once, on a fixed schedule; latency is from the POST to
+its answer, and a machine too busy to keep up shows as fewer per second than RATE. A creation
+counts in the phase its answer came in.
+Phases: steady load; SIGTERM of replica a, restarted
 once it has exited; SIGKILL of replica b, restarted at once. Each phase lasts until the
 replica is ready again plus SETTLE seconds. RSS (VmRSS) of each replica idle and under load.
 
@@ -63,7 +65,9 @@ RESULTS = Path(__file__).parent / "results" / "ha.md"
 @dataclasses.dataclass(frozen=True)
 class Admission:
     scheduled: float
-    latency: float
+    #: When its POST went out (a worker was free), and when its answer (or error) came.
+    sent: float
+    answered: float
     #: None: admitted (201); else what the API server (or the connection) said.
     failure: str | None
 
@@ -114,12 +118,13 @@ class Load:
             "spec": {"containers": [{"name": "app", "image": self._image}]},
         }
         async with workers:
+            sent = time.monotonic()
             self.in_flight += 1
             try:
                 failure = await self._post(session, pod)
             finally:
                 self.in_flight -= 1
-        self.admissions.append(Admission(scheduled, time.monotonic() - scheduled, failure))
+        self.admissions.append(Admission(scheduled, sent, time.monotonic(), failure))
 
     async def _post(self, session: aiohttp.ClientSession, pod: dict[str, object]) -> str | None:
         try:
@@ -140,6 +145,15 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise LookupError(f"no VmRSS for {pid}")
+
+
+def answered(replica: local.LocalOperator) -> int:
+    """Admission reviews the replica answered since it started (its metrics)."""
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in replica.metrics().splitlines()
+        if line.startswith("imagegate_admissions_total{")
+    )
 
 
 def ready(replica: local.LocalOperator) -> bool:
@@ -191,16 +205,17 @@ def percentile(ordered: list[float], fraction: float) -> float:
 
 def table(admissions: list[Admission], phases: list[tuple[str, float]], end: float) -> str:
     rows = [
-        "| phase | admissions | failed | failure messages | p50 | p99 |",
-        "|---|---|---|---|---|---|",
+        "| phase | admissions | per second | failed | failure messages | p50 | p99 |",
+        "|---|---|---|---|---|---|---|",
     ]
     bounds = [*(start for _, start in phases[1:]), end]
     for (name, start), stop in zip(phases, bounds, strict=True):
-        inside = [a for a in admissions if start <= a.scheduled < stop]
+        inside = [a for a in admissions if start <= a.answered < stop]
         failed = [a.failure for a in inside if a.failure is not None]
-        ordered = sorted(a.latency * 1000 for a in inside)
+        ordered = sorted((a.answered - a.sent) * 1000 for a in inside)
         rows.append(
-            f"| {name} | {len(inside)} | {len(failed)} | {summarize(failed)} | "
+            f"| {name} | {len(inside)} | {len(inside) / (stop - start):.0f} | {len(failed)} | "
+            f"{summarize(failed)} | "
             f"{statistics.median(ordered):.0f} ms | {percentile(ordered, 0.99):.0f} ms |"
         )
     return "\n".join(rows)
@@ -209,9 +224,9 @@ def table(admissions: list[Admission], phases: list[tuple[str, float]], end: flo
 def failure_offsets(admissions: list[Admission], since: float, until: float) -> str:
     """When the failed creations of a phase were sent, in seconds after its signal."""
     offsets = [
-        f"{a.scheduled - since:.2f}"
-        for a in admissions
-        if a.failure is not None and since <= a.scheduled < until
+        f"{a.sent - since:+.2f}"
+        for a in sorted(admissions, key=lambda a: a.sent)
+        if a.failure is not None and since <= a.answered < until
     ]
     return ", ".join(offsets) or "none"
 
@@ -294,41 +309,21 @@ def run_phases(
     b: local.LocalOperator,
     balancer: RoundRobinBalancer,
 ) -> str:
-    pids = {"a": a.process.pid, "b": b.process.pid}
-    assert None not in pids.values()
-    idle = {name: rss_mib(pid) for name, pid in pids.items() if pid is not None}
+    replicas = {"a": a, "b": b}
+    idle = {name: rss_mib(pid_of(r)) for name, r in replicas.items()}
     load = Load(api.configuration, image)
     load.start()
     phases = [("steady load, both replicas", time.monotonic())]
-    loaded = dict.fromkeys(pids, 0.0)
+    loaded = dict.fromkeys(replicas, 0.0)
     while time.monotonic() - phases[0][1] < STEADY:
-        for name, pid in pids.items():
-            assert pid is not None
-            loaded[name] = max(loaded[name], rss_mib(pid))
+        for name, replica in replicas.items():
+            loaded[name] = max(loaded[name], rss_mib(pid_of(replica)))
         time.sleep(1)
-    notes = []
-
     phases.append(("SIGTERM replica a, restarted when it exited", time.monotonic()))
-    assert a.process.pid is not None
-    os.kill(a.process.pid, signal.SIGTERM)
-    exited = wait_for(lambda: a.process.exit_code() is not None, 60, "a exits on SIGTERM")
-    code = a.process.exit_code()
-    back = restart(a)
-    notes.append(
-        f"SIGTERM: a exited {code} after {exited:.1f} s; ready again {back:.1f} s after its restart"
-    )
+    notes = [stop_and_restart(a, signal.SIGTERM, load)]
     time.sleep(SETTLE)
-
     phases.append(("SIGKILL replica b, restarted at once", time.monotonic()))
-    assert b.process.pid is not None
-    in_flight = load.in_flight
-    os.kill(b.process.pid, signal.SIGKILL)
-    wait_for(lambda: b.process.exit_code() is not None, 10, "b dies on SIGKILL")
-    back = restart(b)
-    notes.append(
-        f"SIGKILL: {in_flight} creations in flight (both replicas) at the kill; b ready again "
-        f"{back:.1f} s after its restart"
-    )
+    notes.append(stop_and_restart(b, signal.SIGKILL, load))
     time.sleep(SETTLE)
     end = time.monotonic()
     admissions = load.stop()
@@ -345,6 +340,26 @@ def run_phases(
     )
     notes.append(f"RSS (VmRSS): {rss}")
     return "\n".join([table(admissions, phases, end), "", *(f"- {note}" for note in notes)])
+
+
+def pid_of(replica: local.LocalOperator) -> int:
+    pid = replica.process.pid
+    assert pid is not None  # started
+    return pid
+
+
+def stop_and_restart(replica: local.LocalOperator, how: signal.Signals, load: Load) -> str:
+    """Send `how`, wait until the replica has exited, start it again; what happened, as a note."""
+    reviews, in_flight = answered(replica), load.in_flight
+    os.kill(pid_of(replica), how)
+    exited = wait_for(lambda: replica.process.exit_code() is not None, 60, f"exit on {how.name}")
+    code = replica.process.exit_code()
+    back = restart(replica)
+    return (
+        f"{how.name}: the replica had answered {reviews} reviews, {in_flight} creations were in "
+        f"flight (both replicas); it exited {code} after {exited:.1f} s, was ready again "
+        f"{back:.1f} s after its restart"
+    )
 
 
 def main() -> None:
