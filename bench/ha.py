@@ -24,6 +24,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import re
@@ -100,7 +101,7 @@ class Load:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             tasks = []
             start = time.monotonic()
-            for n in range(10**9):
+            for n in itertools.count():
                 if self._stop.is_set():
                     break
                 scheduled = start + n / RATE
@@ -267,13 +268,16 @@ def measure(testbed: bed.Testbed) -> str:
 
     context = ssl.create_default_context(cadata=ca.cert_pem.decode())
     with replica("a") as a, replica("b") as b:
-        a, b = (dataclasses.replace(r, ca_pem=ca.cert_pem) for r in (a, b))
         backends = [
-            Backend("127.0.0.1", int(r.url.rsplit(":", 1)[1]), r.health_url[7:] + "/readyz")
+            Backend(
+                "127.0.0.1",
+                int(r.url.rsplit(":", 1)[1]),
+                r.health_url.removeprefix("http://") + "/readyz",
+            )
             for r in (a, b)
         ]
         with ThreadedBalancer(backends, check_interval=CHECK_INTERVAL) as balancer:
-            front = dataclasses.replace(a, url=f"https://{balancer.address}")
+            front = dataclasses.replace(a, url=f"https://{balancer.address}", ca_pem=ca.cert_pem)
             selector: dict[str, object] = {"matchLabels": {"ha": "on"}}
             with local.registered_webhooks(api, front, "imagegate-ha", selector, policies=False):
                 resources.PolicyResources(api).create(NAMESPACE, signed_policy(registry))
