@@ -9,6 +9,9 @@ It is plain TCP, so it works for TLS as well: TLS records are split across segme
 Use it as `async with TcpProxy(host, port, down=Shaping(chunk=7)) as proxy:` (asyncio tests), or
 `with ThreadedProxy(...) as proxy:` (synchronous tests: it runs its own loop in a thread).
 `stop()` aborts every connection it holds, so nothing outlives the test.
+
+`RoundRobinBalancer` (`ThreadedBalancer` in a thread) is the same relay in front of several
+backends, taken in turn per connection, as a Service balances connections (bench/ha.py).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import random
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -153,7 +156,7 @@ class TcpProxy:
         self._writers.add(client_w)
         try:
             try:
-                upstream_r, upstream_w = await asyncio.open_connection(*self.upstream)
+                upstream_r, upstream_w = await self._connect_upstream()
             except OSError:
                 client_w.transport.abort()
                 return
@@ -169,6 +172,9 @@ class TcpProxy:
             self._tasks.discard(task)
             self._writers.discard(client_w)
             client_w.transport.abort()
+
+    async def _connect_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(*self.upstream)
 
     async def _relay(
         self,
@@ -237,6 +243,87 @@ class TcpProxy:
                     await asyncio.sleep(shape.pause)
 
 
+@dataclass
+class Backend:
+    """One address behind a `RoundRobinBalancer`, and what the balancer saw of it."""
+
+    host: str
+    port: int
+    #: Plain-HTTP URL path host:port/path whose 200 means "send me connections" (a readiness
+    #: probe, e.g. "127.0.0.1:8081/readyz"); None: always ready.
+    readiness: str | None = None
+    ready: bool = True
+    connections: int = 0
+
+
+class RoundRobinBalancer(TcpProxy):
+    """Each new connection goes to the next ready backend, in turn, as a Service does (it balances
+    connections, not requests). A backend leaves the rotation when its readiness check fails
+    (every `check_interval` seconds, one failure is enough: as endpoints drop a terminating Pod)
+    and comes back when it passes; a refused connect goes on to the next backend (haproxy's
+    `option redispatch`), counted in `redispatched`."""
+
+    def __init__(self, backends: Sequence[Backend], *, check_interval: float = 0.5) -> None:
+        super().__init__(backends[0].host, backends[0].port)
+        self.backends = list(backends)
+        self.check_interval = check_interval
+        self.redispatched = 0
+        self._turn = 0
+        self._checker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        if self._checker is None:
+            self._checker = asyncio.create_task(self._check_forever())
+
+    async def stop(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            await asyncio.gather(self._checker, return_exceptions=True)
+        await super().stop()
+
+    async def _connect_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        ready = [backend for backend in self.backends if backend.ready] or self.backends
+        self._turn += 1
+        for attempt in range(len(ready)):
+            backend = ready[(self._turn + attempt) % len(ready)]
+            try:
+                connected = await asyncio.open_connection(backend.host, backend.port)
+            except OSError:
+                self.redispatched += 1
+                continue
+            backend.connections += 1
+            return connected
+        raise ConnectionRefusedError("no backend accepted the connection")
+
+    async def _check_forever(self) -> None:
+        while True:
+            for backend in self.backends:
+                if backend.readiness is not None:
+                    backend.ready = await _answers_200(backend.readiness)
+            await asyncio.sleep(self.check_interval)
+
+
+async def _answers_200(url: str, timeout: float = 1.0) -> bool:
+    """Whether GET http://`url` ("host:port/path") answers 200 within `timeout` seconds."""
+    address, _, path = url.partition("/")
+    host, port = address.rsplit(":", 1)
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(
+            f"GET /{path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n".encode()
+        )
+        status = await asyncio.wait_for(reader.readline(), timeout)
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.transport.abort()
+    return status.split(b" ")[1:2] == [b"200"]
+
+
 class ThreadedProxy:
     """A `TcpProxy` on its own event loop in a thread, for synchronous tests (e2e)."""
 
@@ -248,9 +335,12 @@ class ThreadedProxy:
         up: Shaping | None = None,
         down: Shaping | None = None,
     ) -> None:
+        self._run(TcpProxy(upstream_host, upstream_port, up=up, down=down))
+
+    def _run(self, proxy: TcpProxy) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self.proxy = TcpProxy(upstream_host, upstream_port, up=up, down=down)
+        self.proxy = proxy
 
     @property
     def port(self) -> int:
@@ -285,3 +375,15 @@ class ThreadedProxy:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
             self._loop.close()
+
+
+class ThreadedBalancer(ThreadedProxy):
+    """A `RoundRobinBalancer` on its own event loop in a thread."""
+
+    def __init__(self, backends: Sequence[Backend], *, check_interval: float = 0.5) -> None:
+        self.balancer = RoundRobinBalancer(backends, check_interval=check_interval)
+        self._run(self.balancer)
+
+    def __enter__(self) -> RoundRobinBalancer:
+        super().__enter__()
+        return self.balancer
