@@ -523,10 +523,12 @@ def test_sarif_has_what_the_specification_requires(
 
 
 def _official_sarif_schema() -> dict[str, Any]:
-    """The OASIS sarif-schema-2.1.0.json, from $IMAGEGATE_SARIF_SCHEMA or the shared fixtures.
+    """The SARIF 2.1.0 schema, from $IMAGEGATE_SARIF_SCHEMA or the shared fixtures.
 
     No PyPI package ships it (sarif-om, sarif-tools, sarif-pydantic, pysarif, check-jsonschema
-    were looked at; schemastore only caches downloads), and tests reach no network."""
+    were looked at; schemastore only caches downloads), and tests reach no network:
+    `scripts/test` fetches the SARIF SDK's copy from npm once per machine (scripts/sarif-schema)
+    and sets the variable."""
     candidates = [os.environ.get("IMAGEGATE_SARIF_SCHEMA", "")]
     candidates.append(
         str(ROOT.parent / "shared" / "fixtures" / "sarif" / "sarif-schema-2.1.0.json")
@@ -536,8 +538,8 @@ def _official_sarif_schema() -> dict[str, Any]:
             schema: dict[str, Any] = json.loads(Path(candidate).read_text())
             return schema
     pytest.skip(
-        "the official SARIF 2.1.0 schema is not here: no PyPI package ships it; set "
-        "IMAGEGATE_SARIF_SCHEMA=path/to/sarif-schema-2.1.0.json (structure is still checked "
+        "the SARIF 2.1.0 schema is not here: run scripts/sarif-schema (npm) and set "
+        "IMAGEGATE_SARIF_SCHEMA to the path it prints (structure is still checked "
         "by test_sarif_has_what_the_specification_requires)"
     )
 
