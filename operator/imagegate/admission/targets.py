@@ -195,9 +195,12 @@ class TargetChecker:
             verdict = verdicts.get(check)
             if verdict is None or not verdict.verified:
                 why = verdict.reason if verdict is not None else "not verified"
+                # The API server keeps 256 characters of a warning: the digest is the one the
+                # warning's target names now, so the reason need not repeat it.
+                why = why.removeprefix(f"{digest}: ") if digest else why
                 raise RefusedTarget(
-                    f"its signature did not verify under policy {check.policy} "
-                    f"(source {check.source}): {why}"
+                    f"signature not verified by policy {check.policy}, source {check.source}: "
+                    + why
                 )
             digest = verdict.digest or digest
         return digest
@@ -215,8 +218,8 @@ class TargetChecker:
             raise RefusedTarget(missing)
         try:
             return await self._resolver.resolve(target, window.until, await keychain())
-        except registry_errors.ManifestUnknown as error:
-            reason = f"the registry does not have it ({error.user_message})"
+        except registry_errors.ManifestUnknown:
+            reason = "not found in its registry"
             self._remember_missing(target, reason)
             raise RefusedTarget(reason) from None
         except registry_errors.RegistryError as error:
