@@ -99,9 +99,7 @@ def test_an_unsigned_target_is_not_rewritten_under_a_signature_policy(
     original = push_random_image(
         crane, registry.address, f"{repository}/upstream/app", "1", tmp_path
     )
-    push_random_image(
-        crane, registry.address, f"{repository}/hardened/app", "1", tmp_path
-    )
+    push_random_image(crane, registry.address, f"{repository}/hardened/app", "1", tmp_path)
     public_key = cosign_key_pair(cosign, tmp_path).with_suffix(".pub").read_text()
     image_policy(gated_namespace, "hardened", policy_spec(prefix, public_key, "app"))
     warnings = create_pod(api, gated_namespace, pod_body("p", f"{prefix}/upstream/app:1"))
