@@ -8,6 +8,7 @@ prefix per test keeps the operator's caches from answering for another test.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,25 +58,49 @@ def stored_images(api: client.ApiClient, namespace: str, name: str) -> list[str]
     return [container.image for container in pod.spec.containers]
 
 
+@dataclass(frozen=True)
+class Images:
+    """A fresh prefix of the local registry for one test, and how to put images under it."""
+
+    registry: LocalRegistry
+    crane: Path
+    cosign: Path
+    workdir: Path
+    #: `registry/rt-<random>`: the operator's caches never answer for another test.
+    prefix: str
+
+    def push(self, name: str, tag: str) -> str:
+        """An unsigned image at `prefix/name:tag`; its digest."""
+        repository = f"{self.prefix.split('/', 1)[1]}/{name}"
+        return push_random_image(self.crane, self.registry.address, repository, tag, self.workdir)
+
+    def push_signed(self, name: str) -> str:
+        """`prefix/name:v1` signed with a new key (`public_key` reads it); its digest."""
+        repository = f"{self.prefix.split('/', 1)[1]}/{name}"
+        _, digest = push_key_signed_image(
+            self.crane, self.cosign, self.registry.address, repository, self.workdir
+        )
+        return digest
+
+    def public_key(self) -> str:
+        if not (self.workdir / "cosign.pub").exists():
+            cosign_key_pair(self.cosign, self.workdir)
+        return (self.workdir / "cosign.pub").read_text()
+
+
 @pytest.fixture
-def prefix(registry: LocalRegistry) -> str:
-    return f"{registry.address}/rt-{uuid.uuid4().hex[:8]}"
+def images(registry: LocalRegistry, crane: Path, cosign: Path, tmp_path: Path) -> Images:
+    return Images(
+        registry, crane, cosign, tmp_path, f"{registry.address}/rt-{uuid.uuid4().hex[:8]}"
+    )
 
 
 def test_a_missing_target_leaves_the_image_as_written_with_a_warning(
-    api: client.ApiClient,
-    gated_namespace: str,
-    image_policy: PolicyFactory,
-    registry: LocalRegistry,
-    prefix: str,
-    crane: Path,
-    cosign: Path,
-    tmp_path: Path,
+    api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory, images: Images
 ) -> None:
-    repository = prefix.split("/", 1)[1]
-    digest = push_random_image(crane, registry.address, f"{repository}/upstream/app", "1", tmp_path)
-    public_key = cosign_key_pair(cosign, tmp_path).with_suffix(".pub").read_text()
-    image_policy(gated_namespace, "hardened", policy_spec(prefix, public_key, "app"))
+    prefix = images.prefix
+    digest = images.push("upstream/app", "1")
+    image_policy(gated_namespace, "hardened", policy_spec(prefix, images.public_key(), "app"))
     warnings = create_pod(api, gated_namespace, pod_body("p", f"{prefix}/upstream/app:1"))
     # Not rewritten to what the kubelet could not pull; validation admitted it, pinned.
     assert stored_images(api, gated_namespace, "p") == [f"{prefix}/upstream/app:1@{digest}"]
@@ -86,22 +111,12 @@ def test_a_missing_target_leaves_the_image_as_written_with_a_warning(
 
 
 def test_an_unsigned_target_is_not_rewritten_under_a_signature_policy(
-    api: client.ApiClient,
-    gated_namespace: str,
-    image_policy: PolicyFactory,
-    registry: LocalRegistry,
-    prefix: str,
-    crane: Path,
-    cosign: Path,
-    tmp_path: Path,
+    api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory, images: Images
 ) -> None:
-    repository = prefix.split("/", 1)[1]
-    original = push_random_image(
-        crane, registry.address, f"{repository}/upstream/app", "1", tmp_path
-    )
-    push_random_image(crane, registry.address, f"{repository}/hardened/app", "1", tmp_path)
-    public_key = cosign_key_pair(cosign, tmp_path).with_suffix(".pub").read_text()
-    image_policy(gated_namespace, "hardened", policy_spec(prefix, public_key, "app"))
+    prefix = images.prefix
+    original = images.push("upstream/app", "1")
+    images.push("hardened/app", "1")
+    image_policy(gated_namespace, "hardened", policy_spec(prefix, images.public_key(), "app"))
     warnings = create_pod(api, gated_namespace, pod_body("p", f"{prefix}/upstream/app:1"))
     assert stored_images(api, gated_namespace, "p") == [f"{prefix}/upstream/app:1@{original}"]
     assert warnings == [
@@ -112,24 +127,15 @@ def test_an_unsigned_target_is_not_rewritten_under_a_signature_policy(
 
 
 def test_a_signed_target_is_rewritten_and_pinned_beside_one_that_is_not(
-    api: client.ApiClient,
-    gated_namespace: str,
-    image_policy: PolicyFactory,
-    registry: LocalRegistry,
-    prefix: str,
-    crane: Path,
-    cosign: Path,
-    tmp_path: Path,
+    api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory, images: Images
 ) -> None:
-    repository = prefix.split("/", 1)[1]
-    _, signed = push_key_signed_image(
-        crane, cosign, registry.address, f"{repository}/hardened/app", tmp_path
-    )
-    push_random_image(crane, registry.address, f"{repository}/upstream/app", "v1", tmp_path)
-    side = push_random_image(crane, registry.address, f"{repository}/upstream/side", "v1", tmp_path)
+    prefix = images.prefix
+    signed = images.push_signed("hardened/app")
+    images.push("upstream/app", "v1")
+    side = images.push("upstream/side", "v1")
     # The side container's target is missing: it alone stays as written.
-    public_key = (tmp_path / "cosign.pub").read_text()
-    image_policy(gated_namespace, "hardened", policy_spec(prefix, public_key, "app", "side"))
+    spec = policy_spec(prefix, images.public_key(), "app", "side")
+    image_policy(gated_namespace, "hardened", spec)
     body = pod_body("p", f"{prefix}/upstream/app:v1")
     body["spec"]["containers"].append({"name": "side", "image": f"{prefix}/upstream/side:v1"})
     warnings = create_pod(api, gated_namespace, body)
