@@ -16,6 +16,7 @@ from imagegate.admission import reviewers as webhook
 from imagegate.core import reference
 from imagegate.policy import engine
 from imagegate.registry import errors as registry_errors
+from imagegate.registry import staleness
 
 from .test_webhook import Policies, apply_patch, deployment, policy, review
 
@@ -267,4 +268,26 @@ async def test_a_dropped_version_is_named_in_the_warning_the_event_and_the_annot
     assert entry.message() == (
         "rewrote container 'app' image 'python:3.12' of Deployment/web in default to "
         f"cgr.dev/chainguard/python:latest, {dropping}"
+    )
+
+
+class StaleRegistry(Registry):
+    """Down, but remembers the target's digest (stale-if-error) and reports serving it."""
+
+    async def resolve(
+        self, image: reference.ImageReference, deadline: float, keychain: Any = None
+    ) -> str:
+        self.asked.append(str(image))
+        staleness.report(staleness.StaleAnswer("docker.io", "digest", f"tag {image}", 90.0))
+        return self.tags[str(image)]
+
+
+async def test_a_target_served_from_memory_is_rewritten_with_the_staleness_warning() -> None:
+    mutator = webhook.Mutator(Policies(hardened()), StaleRegistry({TARGET: DIGEST}))
+    obj = deployment("python:3.12")
+    response = await mutator(review(obj), 0)
+    assert image_of(obj, response) == f"{TARGET}@{DIGEST}"
+    assert response.warnings == (
+        "imagegate: registry docker.io unreachable; used the digest verified 90s ago for tag "
+        f"{TARGET}",
     )

@@ -368,7 +368,9 @@ class Mutator:
             return asyncio.shield(keychain)
 
         try:
-            checked = await self._targets.check(planned, policies, window, shared_keychain)
+            with staleness.collecting() as stale:  # a target served from memory says so too
+                checked = await self._targets.check(planned, policies, window, shared_keychain)
+            warnings += staleness.warnings(stale)
         finally:
             if keychain is not None:
                 keychain.cancel()
