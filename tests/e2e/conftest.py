@@ -6,6 +6,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from imagegate.cluster import kube, resources
 from imagegate.testbed import local, processes
 from imagegate.testbed.registry import LocalRegistry
 from netproxy import Shaping, TcpProxy, ThreadedProxy
-from support import Cluster
+from support import Cluster, push_random_image
 
 #: Only namespaces with this label are sent to the webhooks: the tests never lock out anything else.
 E2E_LABEL = "imagegate.dev/e2e"
@@ -157,3 +158,31 @@ def image_policy(api: client.ApiClient) -> Iterator[PolicyFactory]:
         except client.ApiException as error:
             if error.status != 404:  # a test may have deleted it itself
                 raise
+
+
+@dataclass(frozen=True)
+class Hardened:
+    """A hardened python stand-in in the local registry: a rewrite target `/mutate` can check
+    (it rewrites only to a target the registry has: design.md §5.1)."""
+
+    #: The policy source that trusts it, and the rule that rewrites `python` to it.
+    source: dict[str, Any]
+    rewrite: dict[str, Any]
+    #: `registry/repository:latest`, and its digest.
+    image: str
+    digest: str
+
+
+@pytest.fixture(scope="session")
+def hardened_python(
+    registry: LocalRegistry, crane: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Hardened:
+    repository = f"{registry.address}/hardened/python"
+    workdir = tmp_path_factory.mktemp("hardened")
+    digest = push_random_image(crane, registry.address, "hardened/python", "latest", workdir)
+    return Hardened(
+        {"name": "hardened", "images": [f"{registry.address}/hardened/**"]},
+        {"from": "docker.io/library/python", "to": repository},
+        f"{repository}:latest",
+        digest,
+    )

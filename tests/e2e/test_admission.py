@@ -18,11 +18,13 @@ from imagegate.testbed import local
 from imagegate.testbed.registry import LocalRegistry
 from support import Cluster, key_secret, push_key_signed_image, push_random_image
 
-from .conftest import PolicyFactory
+from .conftest import Hardened, PolicyFactory
 
 pytestmark = pytest.mark.controlplane
 
 CHAINGUARD = {"name": "chainguard", "images": ["cgr.dev/chainguard/**"]}
+#: A rewrite to a target outside the test bed: `/mutate` cannot check it, so it does not make it
+#: (design.md §5.1). Tests of rewrites use the `hardened_python` stand-in instead.
 PYTHON = {"from": "docker.io/library/python", "to": "cgr.dev/chainguard/python"}
 
 
@@ -113,16 +115,22 @@ def test_untrusted_image_is_denied_with_container_image_policy_and_reason(
 
 
 def test_rewrite_is_stored_on_the_pod_with_the_original_recorded(
-    api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory
+    api: client.ApiClient,
+    gated_namespace: str,
+    image_policy: PolicyFactory,
+    hardened_python: Hardened,
 ) -> None:
-    image_policy(gated_namespace, "hardened", {"sources": [CHAINGUARD], "rewrites": [PYTHON]})
+    hardened = hardened_python
+    image_policy(
+        gated_namespace, "hardened", {"sources": [hardened.source], "rewrites": [hardened.rewrite]}
+    )
     core = client.CoreV1Api(api)
     core.create_namespaced_pod(
         gated_namespace, pod_body("py", "python:3.12", init_image="python:3.11-slim")
     )
     stored = core.read_namespaced_pod("py", gated_namespace)
-    assert stored.spec.containers[0].image == "cgr.dev/chainguard/python:latest"
-    assert stored.spec.init_containers[0].image == "cgr.dev/chainguard/python:latest"
+    assert stored.spec.containers[0].image == f"{hardened.image}@{hardened.digest}"
+    assert stored.spec.init_containers[0].image == f"{hardened.image}@{hardened.digest}"
     originals = json.loads(stored.metadata.annotations["imagegate.dev/original-images"])
     assert originals == {
         "containers/app": "python:3.12",
@@ -143,13 +151,22 @@ def test_rewrite_is_stored_on_the_pod_with_the_original_recorded(
     ],
 )
 def test_every_controller_kind_is_checked_and_rewritten(
-    api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory, kind: str
+    api: client.ApiClient,
+    gated_namespace: str,
+    image_policy: PolicyFactory,
+    hardened_python: Hardened,
+    kind: str,
 ) -> None:
     # Scope All: the controller itself is patched (the default, Pods: test_mutation_scope.py).
+    hardened = hardened_python
     image_policy(
         gated_namespace,
         "hardened",
-        {"sources": [CHAINGUARD], "rewrites": [PYTHON], "mutation": {"scope": "All"}},
+        {
+            "sources": [hardened.source],
+            "rewrites": [hardened.rewrite],
+            "mutation": {"scope": "All"},
+        },
     )
     _, denied_body = workload(kind, "ghcr.io/untrusted/app:1")
     with pytest.raises(utils.FailToCreateError) as denied:
@@ -163,7 +180,7 @@ def test_every_controller_kind_is_checked_and_rewritten(
         if kind == "CronJob"
         else created.spec.template.spec
     )
-    assert pod_spec.containers[0].image == "cgr.dev/chainguard/python:latest"
+    assert pod_spec.containers[0].image == f"{hardened.image}@{hardened.digest}"
 
 
 def test_warn_mode_admits_and_kubectl_shows_the_warning(
@@ -383,12 +400,19 @@ def with_image_volume(body: dict[str, Any], reference: str) -> dict[str, Any]:
 
 
 def test_image_volumes_are_judged_and_rewritten_like_containers(
-    api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory
+    api: client.ApiClient,
+    gated_namespace: str,
+    image_policy: PolicyFactory,
+    hardened_python: Hardened,
 ) -> None:
     image_policy(
         gated_namespace,
         "hardened",
-        {"sources": [CHAINGUARD], "rewrites": [PYTHON], "pinDigests": False},
+        {
+            "sources": [CHAINGUARD, hardened_python.source],
+            "rewrites": [hardened_python.rewrite],
+            "pinDigests": False,
+        },
     )
     core = client.CoreV1Api(api)
     trusted = "cgr.dev/chainguard/nginx:latest"
@@ -407,7 +431,7 @@ def test_image_volumes_are_judged_and_rewritten_like_containers(
     # Raw JSON: the API server kept the image volume (its feature is on) and the rewrite.
     response = core.read_namespaced_pod("good", gated_namespace, _preload_content=False)
     stored = json.loads(response.data)
-    assert stored["spec"]["volumes"][0]["image"]["reference"] == "cgr.dev/chainguard/python:latest"
+    assert stored["spec"]["volumes"][0]["image"]["reference"] == hardened_python.image
     originals = stored["metadata"]["annotations"]["imagegate.dev/original-images"]
     assert json.loads(originals) == {"volumes/payload": "python:3.12"}
 

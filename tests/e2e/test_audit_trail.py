@@ -24,8 +24,8 @@ from imagegate.testbed import local
 from imagegate.trail import events
 from support import Cluster
 
-from .conftest import PolicyFactory
-from .test_admission import CHAINGUARD, PYTHON, pod_body
+from .conftest import Hardened, PolicyFactory
+from .test_admission import CHAINGUARD, pod_body
 
 pytestmark = pytest.mark.controlplane
 
@@ -120,9 +120,16 @@ def test_a_denial_becomes_an_event_on_the_policy_a_metric_a_log_line_and_an_audi
 
 
 def test_repeats_raise_the_count_of_one_event_and_rewrites_are_recorded(
-    api: client.ApiClient, gated_namespace: str, image_policy: PolicyFactory
+    api: client.ApiClient,
+    gated_namespace: str,
+    image_policy: PolicyFactory,
+    hardened_python: Hardened,
 ) -> None:
-    image_policy(gated_namespace, "rewrites", {"sources": [CHAINGUARD], "rewrites": [PYTHON]})
+    image_policy(
+        gated_namespace,
+        "rewrites",
+        {"sources": [CHAINGUARD, hardened_python.source], "rewrites": [hardened_python.rewrite]},
+    )
     core = client.CoreV1Api(api)
     for _ in range(3):
         with pytest.raises(ApiException):
@@ -131,7 +138,7 @@ def test_repeats_raise_the_count_of_one_event_and_rewrites_are_recorded(
 
     [rewritten] = wait_for_events(api, gated_namespace, "ImageRewritten")
     assert rewritten.type == "Normal"
-    assert "to cgr.dev/chainguard/python:latest" in rewritten.message
+    assert f"to {hardened_python.image}" in rewritten.message
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         [denied] = wait_for_events(api, gated_namespace, "ImageDenied")

@@ -113,10 +113,16 @@ def rewrite_entries(
             obj,
             image.container.container_name,
             image.container.image,
-            image.final_text,
+            _target(image),
             dry_run,
             image.container.kind,
         )
         for image in planned
         if image.rewritten_by is not None and image.rewritten_by in by_name
     ]
+
+
+def _target(image: engine.PlannedImage) -> str:
+    """The rewrite target, and the version it dropped if any (the Event says so)."""
+    dropped = engine.dropping(image.dropped_version)
+    return f"{image.final_text}, {dropped}" if dropped else image.final_text

@@ -12,14 +12,14 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from imagegate.admission import decisions as decision_log
-from imagegate.admission import patches
+from imagegate.admission import patches, targets
 from imagegate.admission import records as audit
 from imagegate.admission import review as admission
-from imagegate.core import reference, workloads
+from imagegate.core import workloads
 from imagegate.policy import engine
 from imagegate.registry import staleness
 from imagegate.registry.keychain import Keychain
@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 #: auditAnnotations keys (the API server prefixes them with the webhook's name).
 AUDIT_DECISION = "decision"
 AUDIT_DETAIL = "detail"
+#: `list/name` → the version a rewrite to a latest-only target dropped.
+AUDIT_DROPPED = "dropped-versions"
 #: The share of the deadline `/mutate` may spend pinning: the rest is `/validate`'s, which the
 #: API server calls after it, within the same request.
 MUTATE_BUDGET_SHARE = 0.4
@@ -44,13 +46,7 @@ class PolicySource(Protocol):
     async def namespace_labels(self, namespace: str) -> Mapping[str, str]: ...
 
 
-class SignatureVerifier(Protocol):
-    async def verify(
-        self,
-        checks: Sequence[engine.SignatureCheck],
-        deadline: float,
-        keychain: Keychain | None = None,
-    ) -> Mapping[engine.SignatureCheck, engine.SignatureVerdict]: ...
+SignatureVerifier = targets.SignatureVerifier
 
 
 class KeychainSource(Protocol):
@@ -64,10 +60,7 @@ class KeychainSource(Protocol):
     ) -> Keychain: ...
 
 
-class DigestResolver(Protocol):
-    async def resolve(
-        self, image: reference.ImageReference, deadline: float, keychain: Keychain | None = None
-    ) -> str: ...
+DigestResolver = targets.DigestResolver
 
 
 async def _keychain(
@@ -239,9 +232,13 @@ class Mutator:
         budget: float | None = None,
         decisions: decision_log.DecisionLog | None = None,
         clock: Callable[[], float] = time.monotonic,
+        verifier: SignatureVerifier | None = None,
     ):
+        """`verifier`: the one `/validate` uses, so a rewrite target is verified as validation
+        will verify it (design.md §5.2); with neither it nor a resolver, targets go unchecked."""
         self._policies = policies
         self._resolver = resolver
+        self._targets = targets.TargetChecker(resolver, verifier, clock=clock)
         self._keychains = keychains
         self._recorders = tuple(recorders)
         self._budget = budget
@@ -263,26 +260,35 @@ class Mutator:
         if not engine.patches_kind((request.kind.group, request.kind.kind), policies):
             return _left_to_pods(request)
         planned = engine.plan_rewrites(images, policies, apply=True)
+        warnings: list[str] = []
+        window = self._window(deadline)
+        planned, target_digests = await self._check_targets(
+            request, policies, planned, window, warnings
+        )
+        warnings += targets.dropped_warnings(planned)
         # Only rewritten (and, below, pinned) images change: normalising `nginx` to
         # `docker.io/library/nginx:latest` would only make GitOps tools report drift.
         finals = {
             p.container.pointer: p.final_text if p.rewritten_by else p.container.image
             for p in planned
         }
-        warnings: list[str] = []
         pinning = [p for p in policies if p.pin_digests and p.mode is engine.Mode.ENFORCE]
+        for image in planned if pinning else ():
+            if (digest := target_digests.get(image.container.pointer)) is not None:
+                finals[image.container.pointer] = patches.pinned(image, digest)  # as verified
         if self._resolver is not None and pinning:
             to_pin = [
                 image
                 for image in planned
                 if image.final is not None
                 and image.final.digest is None
+                and image.container.pointer not in target_digests
                 # Validation denies an untrusted image: no registry call for nothing.
                 and engine.trusted_by_sources(image.final, policies)
             ]
             if to_pin:
                 with staleness.collecting() as stale:
-                    digests = await self._pin(request, policies, to_pin, deadline, warnings)
+                    digests = await self._pin(request, policies, to_pin, window, warnings)
                 warnings += staleness.warnings(stale)
                 for image, digest in digests:
                     # Keep the tag for readers: `repo:tag@digest` runs exactly `digest`.
@@ -294,6 +300,8 @@ class Mutator:
         described = _describe_object(request) if rewritten else _kind_and_name(request)
         if rewritten:
             annotations[AUDIT_DETAIL] = json.dumps(rewritten, separators=(",", ":"), sort_keys=True)
+            if dropped := targets.dropped_versions(planned):
+                annotations[AUDIT_DROPPED] = json.dumps(dropped, separators=(",", ":"))
             _record(
                 self._recorders,
                 audit.rewrite_entries(
@@ -321,29 +329,26 @@ class Mutator:
             audit_annotations=annotations,
         )
 
-    async def _pin(
-        self,
-        request: admission.AdmissionRequest,
-        policies: Sequence[engine.CompiledPolicy],
-        images: Sequence[engine.PlannedImage],
-        deadline: float,
-        warnings: list[str],
-    ) -> list[tuple[engine.PlannedImage, str]]:
-        """The digests found within the budget, all images at once; each miss is a warning."""
-        resolver = self._resolver
-        if resolver is None:  # the caller checks; say so rather than pin with nothing
-            raise RuntimeError("pinning needs a digest resolver")
+    def _window(self, deadline: float) -> targets.Window:
+        """The budget all of this admission's registry lookups share (targets, then pins).
+
+        The registry client is given it as its deadline, so a Retry-After or a retry that would
+        overrun it fails at once; the waits also bound what it does not (reading the pull
+        Secrets). No deadline and no budget (tests, tools): no bound.
+        """
         now = self._clock()
         budget = self._budget
         if budget is None and deadline:
             budget = _budget_of(deadline - now)
-        # The registry client is given the budget as its deadline, so a Retry-After or a retry
-        # that would overrun it fails at once; the wait below also bounds what it does not
-        # (reading the pull Secrets). No deadline and no budget (tests, tools): no bound.
         until = 0.0 if budget is None else now + budget
         if deadline and budget is not None:
             until = min(deadline, until)
-        keychain = asyncio.ensure_future(
+        return targets.Window(budget, until)
+
+    def _keychain_of(
+        self, request: admission.AdmissionRequest, policies: Sequence[engine.CompiledPolicy]
+    ) -> asyncio.Future[Keychain | None]:
+        return asyncio.ensure_future(
             _keychain(
                 self._keychains,
                 request.object,
@@ -353,6 +358,63 @@ class Mutator:
             )
         )
 
+    async def _check_targets(
+        self,
+        request: admission.AdmissionRequest,
+        policies: Sequence[engine.CompiledPolicy],
+        planned: Sequence[engine.PlannedImage],
+        window: targets.Window,
+        warnings: list[str],
+    ) -> tuple[list[engine.PlannedImage], dict[str, str]]:
+        """(the images to patch, each kept rewrite's target digest by pointer); each refused
+        rewrite is a warning, and its image stays as written (design.md §5.2)."""
+        if not any(image.rewritten_by for image in planned) or not self._targets.enabled:
+            return list(planned), {}
+        keychain: asyncio.Future[Keychain | None] | None = None
+
+        def shared_keychain() -> Awaitable[Keychain | None]:
+            nonlocal keychain  # read once, and only when a registry is asked
+            if keychain is None:
+                keychain = self._keychain_of(request, policies)
+            return asyncio.shield(keychain)
+
+        try:
+            with staleness.collecting() as stale:  # a target served from memory says so too
+                checked = await self._targets.check(planned, policies, window, shared_keychain)
+            warnings += staleness.warnings(stale)
+        finally:
+            if keychain is not None:
+                keychain.cancel()
+                await asyncio.gather(keychain, return_exceptions=True)
+        digests: dict[str, str] = {}
+        for before, after in zip(planned, checked, strict=True):
+            if after.refusal is not None and before.final is not None:
+                logger.info(
+                    "not rewriting %s to %s: %s",
+                    before.container.image,
+                    before.final,
+                    after.refusal,
+                )
+                warnings.append(targets.refusal_warning(before, before.final, after.refusal))
+            elif after.digest is not None:
+                digests[before.container.pointer] = after.digest
+        return [c.image for c in checked], digests
+
+    async def _pin(
+        self,
+        request: admission.AdmissionRequest,
+        policies: Sequence[engine.CompiledPolicy],
+        images: Sequence[engine.PlannedImage],
+        window: targets.Window,
+        warnings: list[str],
+    ) -> list[tuple[engine.PlannedImage, str]]:
+        """The digests found within the budget, all images at once; each miss is a warning."""
+        resolver = self._resolver
+        if resolver is None:  # the caller checks; say so rather than pin with nothing
+            raise RuntimeError("pinning needs a digest resolver")
+        budget, until = window.budget, window.until
+        keychain = self._keychain_of(request, policies)
+
         async def pin(image: engine.PlannedImage) -> str:
             if image.final is None:  # the caller passes only images with a final reference
                 raise ValueError(f"{image.container.pointer} has no reference to pin")
@@ -361,8 +423,9 @@ class Mutator:
         tasks = [asyncio.ensure_future(pin(image)) for image in images]
         timeout = None if budget is None else max(0.0, until - self._clock())
         _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in (*pending, keychain):
+        for task in pending:
             task.cancel()
+        keychain.cancel()
         await asyncio.gather(*pending, keychain, return_exceptions=True)
         # The client's deadline and the wait end together: an image failed by the one is as
         # late as an image cut off by the other (the margin: the client gives up a hair early).

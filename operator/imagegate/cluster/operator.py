@@ -332,6 +332,7 @@ async def _start(state: _State) -> None:
             recorders,
             budget=config.mutate_budget,
             decisions=decision_log,
+            verifier=signatures,
         ),
         validate_policy=policyreview.PolicyReviewer(),
         deadline=config.deadline,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from imagegate.core import reference
 from imagegate.core.workloads import ContainerImage
@@ -278,6 +278,16 @@ def plan_rewrites(
             )
         )
     return planned
+
+
+def without_rewrite(image: PlannedImage) -> PlannedImage:
+    """The image as written: what `/mutate` keeps when a rewrite's target is not admissible
+    (missing, unverified), so validation judges what the workload will really run."""
+    return replace(image, final=image.original, rewritten_by=None, dropped_version=None)
+
+
+def with_final(image: PlannedImage, final: reference.ImageReference) -> PlannedImage:
+    return replace(image, final=final)
 
 
 # -- step 2: validation -----------------------------------------------------------------------
