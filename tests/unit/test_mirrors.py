@@ -1,4 +1,4 @@
-"""hosts.toml files as containerd reads them, parsed into ordered endpoints (registry/mirrors.py)."""
+"""hosts.toml files as containerd reads them, parsed into ordered endpoints (registry/mirrors)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_unconfigured_hosts_get_the_default_mirrors_and_their_own_upstream() -> 
     ],
 )
 def test_what_imagegate_cannot_honour_is_a_named_error(text: str, problem: str) -> None:
-    with pytest.raises(mirrors.MirrorConfigError, match="^dhi.io/hosts.toml: ") as raised:
+    with pytest.raises(mirrors.MirrorConfigError, match=r"^dhi\.io/hosts\.toml: ") as raised:
         mirrors.parse_hosts_toml("dhi.io", text)
     assert problem in str(raised.value)
 
