@@ -5,12 +5,15 @@ upstream is a loopback proxy whose connection count shows whether it was asked a
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from imagegate.cluster import tls
 from imagegate.core import reference
 from imagegate.registry import client as oci
 from imagegate.registry import mirrors
@@ -188,3 +191,83 @@ async def test_signatures_are_read_through_the_mirror_under_the_upstream_name(
     body, _ = await client.manifest("dhi.io", "python", digest.replace(":", "-") + ".sig")
     assert b"dev.cosignproject.cosign/signature" in body
     assert upstream.connections == 0
+
+
+# -- an HTTPS mirror with a private CA and a bearer token service on itself --------------------
+
+MANIFEST = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json"}'
+
+
+@pytest.fixture
+async def tls_mirror(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    """An HTTPS mirror (certificate from a private CA) that wants a bearer token from its own
+    /token; gives (its host:port, the CA file)."""
+    authority = tls.CertificateAuthority.create("mirror-ca")
+    pair = authority.issue("mirror", ip_addresses=["127.0.0.1"])
+    (tmp_path / "mirror.crt").write_bytes(pair.cert_pem)
+    (tmp_path / "mirror.key").write_bytes(pair.key_pem)
+    (tmp_path / "ca.crt").write_bytes(authority.cert_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "mirror.crt", tmp_path / "mirror.key")
+    address = ""
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.path == "/token":
+            return web.json_response({"token": "m1rr0r", "expires_in": 300})
+        if request.headers.get("Authorization") != "Bearer m1rr0r":
+            challenge = f'Bearer realm="https://{address}/token",service="mirror"'
+            return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+        if request.path != "/v2/hub/python/manifests/3.12":
+            return web.Response(status=404)
+        headers = {
+            "Docker-Content-Digest": oci.sha256_digest(MANIFEST),
+            "Content-Type": oci.OCI_MANIFEST,
+        }
+        return web.Response(body=MANIFEST, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    address = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    yield address, tmp_path / "ca.crt"
+    await runner.cleanup()
+
+
+def tls_hosts(directory: Path, mirror: str, down: TcpProxy, trust: str) -> mirrors.Mirrors:
+    (directory / "dhi.io").mkdir(parents=True)
+    (directory / "dhi.io" / "hosts.toml").write_text(
+        f'server = "http://{down.address}"\n'
+        f'[host."https://{mirror}/v2/hub"]\n  override_path = true\n{trust}'
+    )
+    return mirrors.read_directory(directory)
+
+
+@pytest.mark.parametrize("trust", ['  ca = "../../ca.crt"\n', "  skip_verify = true\n"])
+async def test_an_https_mirror_is_trusted_by_its_ca_or_skip_verify_for_its_tokens_too(
+    session: aiohttp.ClientSession,
+    tls_mirror: tuple[str, Path],
+    down: TcpProxy,
+    tmp_path: Path,
+    trust: str,
+) -> None:
+    """`ca` is relative to the host's directory (as containerd reads it); the token service on
+    the mirror is reached with the mirror's TLS settings, not the system's."""
+    mirror, _ = tls_mirror
+    configured = tls_hosts(tmp_path / "certs.d", mirror, down, trust)
+    client = oci.RegistryClient(session, mirrors=configured, retries=0)
+    assert (await client.resolve(PYTHON)).digest == oci.sha256_digest(MANIFEST)
+
+
+async def test_an_https_mirror_without_its_ca_is_not_trusted(
+    session: aiohttp.ClientSession, tls_mirror: tuple[str, Path], down: TcpProxy, tmp_path: Path
+) -> None:
+    mirror, _ = tls_mirror
+    configured = tls_hosts(tmp_path / "certs.d", mirror, down, "")
+    client = oci.RegistryClient(session, mirrors=configured, retries=0)
+    with pytest.raises(
+        oci.RegistryUnavailable, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify"
+    ):
+        await client.resolve(PYTHON)

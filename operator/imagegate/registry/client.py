@@ -405,7 +405,7 @@ class RegistryClient:
                 )
                 continue
             if response.status == 401 and not authorised:
-                await self._authorise(host, repository, scope, response.headers, deadline)
+                await self._authorise(host, repository, scope, response.headers, deadline, tls)
                 authorised = True
                 continue
             if response.status in (401, 403):
@@ -493,6 +493,7 @@ class RegistryClient:
         scope: str,
         headers: Mapping[str, str],
         deadline: float | None,
+        tls: ssl.SSLContext | bool = True,
     ) -> None:
         await self._tokens.authorise(
             self._session,
@@ -502,6 +503,7 @@ class RegistryClient:
             headers=headers,
             request_timeout=self._request_timeout,
             deadline=deadline,
+            tls=tls,
         )
 
 
