@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from imagegate.commands import cli
 from imagegate.registry import mirrors
 
 #: The shape of containerd's documented example (docs/hosts.md), with a prefix on a shared mirror.
@@ -104,3 +105,22 @@ def test_a_directory_is_read_as_containerd_reads_config_path(tmp_path: Path) -> 
     assert read.endpoints_for("127.0.0.1:5000")[0].host == "127.0.0.1:5000"
     with pytest.raises(mirrors.MirrorConfigError, match="not a directory"):
         mirrors.read_directory(tmp_path / "README")
+
+
+def test_run_refuses_a_mirror_directory_it_cannot_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, key = tmp_path / "c", tmp_path / "k"
+    cert.write_text("c")
+    key.write_text("k")
+    (tmp_path / "certs.d" / "dhi.io").mkdir(parents=True)
+    (tmp_path / "certs.d" / "dhi.io" / "hosts.toml").write_text(
+        '[host."https://m"]\nclient = "x"\n'
+    )
+    base = ["run", "--tls-cert", str(cert), "--tls-key", str(key), "--registry-mirrors"]
+    assert cli.main([*base, str(tmp_path / "certs.d")]) == 2
+    assert "--registry-mirrors: dhi.io/hosts.toml: host.https://m.client: not supported" in (
+        capsys.readouterr().err
+    )
+    assert cli.main([*base, str(tmp_path / "absent")]) == 2
+    assert "not a directory of <host>/hosts.toml files" in capsys.readouterr().err
