@@ -103,9 +103,14 @@ async def test_refused_connections_and_404s_fall_through_to_the_next_endpoint(
         prefix(registry, "empty"),
         prefix(registry, "b"),
     )
-    client = oci.RegistryClient(session, mirrors=configured, retries=2)
+    errors: list[tuple[str, str]] = []
+    client = oci.RegistryClient(
+        session, mirrors=configured, retries=2, on_error=lambda *error: errors.append(error)
+    )
     assert (await client.resolve(PYTHON)).digest == stand_ins["b"]
     assert upstream.connections == 0
+    # The mirror that is down is counted (under its own host); a 404 is not a failure.
+    assert errors == [(down.address, "RegistryUnavailable")]
 
 
 async def test_a_mirror_that_refuses_imagegate_falls_through_and_gets_no_upstream_token(

@@ -362,6 +362,9 @@ class RegistryClient:
                     raise
                 logger.debug("%s: %s failed, %s", registry, endpoint.api_root, error)
                 failures.append((endpoint, error))
+                if not last and self._on_error is not None and type(error) is not ManifestUnknown:
+                    # A mirror that is down shows in the metrics even when the next one answers.
+                    self._on_error(endpoint.host, type(error).__name__)
         raise _all_failed(registry, failures)
 
     async def _ask(
