@@ -36,7 +36,7 @@ from imagegate.admission import reviewers as webhook
 from imagegate.cluster import certs, credentials, kube, policies, resources, status
 from imagegate.policy import model
 from imagegate.registry import client as oci
-from imagegate.registry import pinning, staleness
+from imagegate.registry import mirrors, pinning, staleness
 from imagegate.signatures import material as cluster_material
 from imagegate.signatures import verifier
 from imagegate.signatures.cache import VerdictCache
@@ -97,6 +97,8 @@ class OperatorConfig:
     )
     #: Registries reached over plain HTTP (e.g. a local registry in a test cluster).
     insecure_registries: frozenset[str] = frozenset()
+    #: Where registries' content is read from (containerd's hosts.toml; design.md §8).
+    registry_mirrors: mirrors.Mirrors = mirrors.NO_MIRRORS
     #: Plain HTTP /healthz, /readyz and /metrics; None: not served (0: any free port).
     health_port: int | None = 8081
     events: bool = True
@@ -276,7 +278,10 @@ async def _start(state: _State) -> None:
     session = aiohttp.ClientSession()
     state.closers.append(session.close)
     registry_client = oci.RegistryClient(
-        session, insecure=config.insecure_registries, on_error=state.metrics.registry_error
+        session,
+        insecure=config.insecure_registries,
+        on_error=state.metrics.registry_error,
+        mirrors=config.registry_mirrors,
     )
     material = KubernetesMaterial(
         state.api, ttl=config.material_ttl, stale_for=config.material_stale_for

@@ -18,6 +18,7 @@ from imagegate.errors import ImagegateError, UsageError
 
 if TYPE_CHECKING:
     from imagegate.commands import online
+    from imagegate.registry import mirrors
 
 
 def _print_env(env: dict[str, str]) -> None:
@@ -89,6 +90,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             stale_digest_ttl=args.stale_digest_ttl,
             log_admits=args.log_admits,
             insecure_registries=frozenset(args.insecure_registry),
+            registry_mirrors=_registry_mirrors(args.registry_mirrors),
             health_port=args.health_port if args.health_port >= 0 else None,
             events=args.events,
             policy_reports=args.policy_reports,
@@ -107,6 +109,18 @@ def _online_options(args: argparse.Namespace) -> online.OnlineOptions:
         trust_roots=online.parse_named_files(args.trust_root, "--trust-root"),
         insecure_registries=frozenset(args.insecure_registry),
     )
+
+
+def _registry_mirrors(directory: Path | None) -> mirrors.Mirrors:
+    """containerd's hosts.toml directory, read before start-up: a bad file is a usage error."""
+    from imagegate.registry import mirrors
+
+    if directory is None:
+        return mirrors.NO_MIRRORS
+    try:
+        return mirrors.read_directory(directory)
+    except mirrors.MirrorConfigError as error:
+        raise UsageError(f"--registry-mirrors: {error.user_message}") from error
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -332,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="HOST[:PORT]",
         help="reach this registry over plain HTTP (repeatable; for test registries only)",
+    )
+    run.add_argument(
+        "--registry-mirrors",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="read registries through mirrors: a directory of <host>/hosts.toml files, as "
+        "containerd's config_path (e.g. /etc/containerd/certs.d)",
     )
     run.set_defaults(handler=_cmd_run)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -63,8 +64,12 @@ class Tokens:
         headers: Mapping[str, str],
         request_timeout: float,
         deadline: float | None,
+        tls: ssl.SSLContext | bool = True,
     ) -> None:
-        """Answer a 401's challenge (in `headers`): keep a Basic value, or fetch a bearer token."""
+        """Answer a 401's challenge (in `headers`): keep a Basic value, or fetch a bearer token.
+
+        `tls`: the asking endpoint's (a mirror's CA or skip_verify), as containerd uses the host's
+        TLS settings for its token service too."""
         challenge = headers.get("WWW-Authenticate", "")
         scheme, _, rest = challenge.partition(" ")
         key = (registry, scope, credentials)
@@ -97,6 +102,7 @@ class Tokens:
                 params=params,
                 headers=token_headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
+                ssl=tls,
             ) as reply:
                 if reply.status in (401, 403):
                     raise Unauthorized(f"{registry}'s token service refused the credentials")

@@ -10,7 +10,9 @@
   expire; Basic auth; credentials from a `Keychain` the caller provides (registry/auth.py);
 - bounded retries with jittered backoff on 429/5xx and network errors, `Retry-After` honoured,
   and never a sleep or a request past the caller's deadline;
-- plain HTTP only for registries the admin marks insecure.
+- plain HTTP only for registries the admin marks insecure;
+- mirrors (containerd's hosts.toml, registry/mirrors.py): each request goes to the host's
+  endpoints in order and falls through on any failed answer, as containerd does (design.md §8).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +32,7 @@ from typing import Any
 import aiohttp
 
 from imagegate.core.reference import DOCKER_HUB, ImageReference
-from imagegate.registry import auth
+from imagegate.registry import auth, mirrors
 from imagegate.registry.errors import (
     DigestMismatch,
     ManifestUnknown,
@@ -133,9 +136,15 @@ class RegistryClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
         on_error: Callable[[str, str], None] | None = None,
+        mirrors: mirrors.Mirrors = mirrors.NO_MIRRORS,
     ) -> None:
         """`on_error(registry, error class name)` is told of each failed request (metrics);
-        `ManifestUnknown` is not a failure (a missing `.sig` tag is how "unsigned" looks)."""
+        `ManifestUnknown` is not a failure (a missing `.sig` tag is how "unsigned" looks).
+
+        `mirrors`: where each registry's content is read from (raises `MirrorConfigError` now,
+        not at the first admission, when a `ca` file cannot be read)."""
+        self._mirrors = mirrors
+        self._tls = _tls_contexts(mirrors)
         self._session = session
         self._on_error = on_error
         self._keychain = keychain or NoCredentials()
@@ -316,17 +325,77 @@ class RegistryClient:
         params: Mapping[str, str] | None,
         max_size: int,
     ) -> _Response:
-        scheme = "http" if registry in self._insecure else "https"
-        url = f"{scheme}://{api_host(registry)}/v2/{repository}/{path}"
+        """Ask each endpoint in order (mirrors, then the upstream) until one answers.
+
+        Any failed answer falls through, as in containerd: network errors, 5xx and 429, 404, and
+        401/403 too (a mirror that refuses imagegate is no answer; the nodes would go on). Only
+        the last endpoint retries: for the others the next endpoint is the retry.
+        """
+        capability: mirrors.Capability = "resolve" if _names_a_tag(path) else "pull"
+        endpoints = [
+            endpoint
+            for endpoint in self._mirrors.endpoints_for(
+                registry, insecure=registry in self._insecure
+            )
+            if endpoint.can(capability)
+        ]
+        if not endpoints:
+            raise RegistryError(f"{registry}: no endpoint in its hosts.toml may {capability}")
+        failures: list[tuple[mirrors.Endpoint, RegistryError]] = []
+        for endpoint in endpoints:
+            last = endpoint is endpoints[-1]
+            try:
+                return await self._ask(
+                    endpoint,
+                    method,
+                    registry,
+                    repository,
+                    path,
+                    accept,
+                    deadline,
+                    params,
+                    max_size,
+                    retries=self._retries if last else 0,
+                )
+            except RegistryError as error:
+                if len(endpoints) == 1:
+                    raise
+                logger.debug("%s: %s failed, %s", registry, endpoint.api_root, error)
+                failures.append((endpoint, error))
+                if not last and self._on_error is not None and type(error) is not ManifestUnknown:
+                    # A mirror that is down shows in the metrics even when the next one answers.
+                    self._on_error(endpoint.host, type(error).__name__)
+        raise _all_failed(registry, failures)
+
+    async def _ask(
+        self,
+        endpoint: mirrors.Endpoint,
+        method: str,
+        registry: str,
+        repository: str,
+        path: str,
+        accept: tuple[str, ...],
+        deadline: float | None,
+        params: Mapping[str, str] | None,
+        max_size: int,
+        *,
+        retries: int,
+    ) -> _Response:
+        url = endpoint.url(repository, path)
+        # Tokens and credentials belong to the host asked: a mirror never gets the upstream's.
+        host = endpoint.host
         scope = f"repository:{repository}:pull"
-        headers = {"Accept": ", ".join(accept)} if accept else {}
+        headers = dict(endpoint.headers)
+        if accept:
+            headers["Accept"] = ", ".join(accept)
+        tls = self._tls.get(endpoint.api_root, True)
         attempt, authorised = 0, False
         while True:
-            token = self._cached_token(registry, repository, scope)
+            token = self._cached_token(host, repository, scope)
             if token is not None:
                 headers["Authorization"] = token
             try:
-                response = await self._send(method, url, headers, params, deadline, max_size)
+                response = await self._send(method, url, headers, params, deadline, max_size, tls)
             except (aiohttp.ClientError, TimeoutError) as error:
                 reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
                 attempt = await self._backoff(
@@ -334,17 +403,18 @@ class RegistryClient:
                     None,
                     deadline,
                     RegistryUnavailable,
-                    f"{registry} did not answer ({reason})",
+                    f"{host} did not answer ({reason})",
+                    retries,
                 )
                 continue
             if response.status == 401 and not authorised:
-                await self._authorise(registry, repository, scope, response.headers, deadline)
+                await self._authorise(host, repository, scope, response.headers, deadline, tls)
                 authorised = True
                 continue
             if response.status in (401, 403):
-                raise Unauthorized(f"{registry} refused access to {repository} ({response.status})")
+                raise Unauthorized(f"{host} refused access to {repository} ({response.status})")
             if response.status == 404:
-                raise ManifestUnknown(f"{registry}/{repository}: {path} not found")
+                raise ManifestUnknown(f"{host}/{repository}: {path} not found")
             if response.status == 429 or response.status >= 500:
                 limited = response.status == 429
                 attempt = await self._backoff(
@@ -352,16 +422,17 @@ class RegistryClient:
                     response.headers.get("Retry-After"),
                     deadline,
                     RateLimited if limited else RegistryUnavailable,
-                    f"{registry} is rate limiting requests (429)"
+                    f"{host} is rate limiting requests (429)"
                     if limited
-                    else f"{registry} answered {response.status}",
+                    else f"{host} answered {response.status}",
+                    retries,
                 )
                 continue
             if response.status >= 300:
-                raise RegistryError(f"{registry} answered {response.status} for {path}")
+                raise RegistryError(f"{host} answered {response.status} for {path}")
             remaining = response.headers.get("ratelimit-remaining", "")
             if remaining.split(";")[0].strip() == "0":
-                logger.warning("%s: pull rate limit exhausted (ratelimit-remaining: 0)", registry)
+                logger.warning("%s: pull rate limit exhausted (ratelimit-remaining: 0)", host)
             return response
 
     async def _send(
@@ -372,6 +443,7 @@ class RegistryClient:
         params: Mapping[str, str] | None,
         deadline: float | None,
         max_size: int,
+        tls: ssl.SSLContext | bool = True,
     ) -> _Response:
         timeout = self._request_timeout
         if deadline is not None:
@@ -385,6 +457,7 @@ class RegistryClient:
             params=params,
             timeout=aiohttp.ClientTimeout(total=timeout),
             allow_redirects=True,
+            ssl=tls,
         ) as reply:
             body = b""
             if method != "HEAD" and reply.status < 300:
@@ -398,8 +471,9 @@ class RegistryClient:
         deadline: float | None,
         error: type[RegistryError],
         message: str,
+        retries: int,
     ) -> int:
-        if attempt >= self._retries:
+        if attempt >= retries:
             raise error(f"{message}; gave up after {attempt + 1} attempts")
         delay = (0.1 * 2**attempt) * (0.5 + self._jitter())
         if retry_after is not None and retry_after.isdigit():
@@ -422,6 +496,7 @@ class RegistryClient:
         scope: str,
         headers: Mapping[str, str],
         deadline: float | None,
+        tls: ssl.SSLContext | bool = True,
     ) -> None:
         await self._tokens.authorise(
             self._session,
@@ -431,7 +506,45 @@ class RegistryClient:
             headers=headers,
             request_timeout=self._request_timeout,
             deadline=deadline,
+            tls=tls,
         )
+
+
+def _names_a_tag(path: str) -> bool:
+    """A manifest asked for by tag needs a `resolve` endpoint; by digest, `pull` will do."""
+    kind, _, reference = path.partition("/")
+    return kind == "manifests" and ":" not in reference
+
+
+def _all_failed(
+    registry: str, failures: list[tuple[mirrors.Endpoint, RegistryError]]
+) -> RegistryError:
+    """Every endpoint failed: "not found" if one said so (an air-gapped mirror without a `.sig`
+    tag means unsigned, even with the upstream unreachable); else the first failure's kind."""
+    summary = "; ".join(f"{endpoint.api_root}: {error}" for endpoint, error in failures)
+    kinds = [type(error) for _, error in failures]
+    kind = ManifestUnknown if ManifestUnknown in kinds else kinds[0]
+    return kind(f"{registry}: no endpoint answered ({summary})")
+
+
+def _tls_contexts(configured: mirrors.Mirrors) -> dict[str, ssl.SSLContext | bool]:
+    """aiohttp's `ssl=` per endpoint that needs one: no verification, or extra CAs."""
+    contexts: dict[str, ssl.SSLContext | bool] = {}
+    for endpoints in configured.hosts.values():
+        for endpoint in endpoints:
+            if endpoint.skip_verify:
+                contexts[endpoint.api_root] = False
+            elif endpoint.ca_files:
+                context = ssl.create_default_context()
+                for ca_file in endpoint.ca_files:
+                    try:
+                        context.load_verify_locations(cafile=str(ca_file))
+                    except (OSError, ssl.SSLError) as error:
+                        raise mirrors.MirrorConfigError(
+                            f"{ca_file}: not a CA file: {error}"
+                        ) from error
+                contexts[endpoint.api_root] = context
+    return contexts
 
 
 #: How much of a body is taken from aiohttp's buffer at a time.
