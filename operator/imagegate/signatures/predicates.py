@@ -13,6 +13,7 @@ cannot hide a newer finding.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -51,8 +52,21 @@ _EPOCH = datetime.datetime.min.replace(tzinfo=datetime.UTC)
 
 
 def _predicate(statement: Statement) -> Mapping[str, Any]:
+    """The predicate as an object. `cosign attest --type spdx` stores the SBOM file as a string
+    (JSON, or SPDX tag-value, whose `Created:` line is all a condition reads)."""
     predicate = statement.get("predicate")
+    if isinstance(predicate, str):
+        return _from_text(predicate)
     return predicate if isinstance(predicate, Mapping) else {}
+
+
+def _from_text(text: str) -> Mapping[str, Any]:
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        created = [line[8:].strip() for line in text.splitlines() if line.startswith("Created:")]
+        return {"creationInfo": {"created": created[0]}} if created else {}
+    return parsed if isinstance(parsed, Mapping) else {}
 
 
 def _checks(

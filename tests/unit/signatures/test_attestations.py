@@ -331,3 +331,18 @@ def test_a_v1_provenance_reads_builder_repository_and_ref() -> None:
     v02 = predicates.provenance_fields(provenance())
     assert v02["sourceRepository"][1] == "https://git.example/team/app"
     assert v02["ref"][1] == "refs/heads/main"
+
+
+async def test_an_sbom_stored_as_text_is_read_too() -> None:
+    """`cosign attest --type spdx` stores the file as a string: JSON or SPDX tag-value."""
+    wanted = requirement(predicateType="spdx", maxAgeDays=30)
+    statement = pki.attestation_statement(SBOM, {})
+    for text, fresh in (
+        ("SPDXVersion: SPDX-2.3\nCreated: 2026-05-30T00:00:00Z\n", True),
+        ("SPDXVersion: SPDX-2.3\nCreated: 2025-05-30T00:00:00Z\n", False),
+        (json.dumps({"creationInfo": {"created": "2026-05-30T00:00:00Z"}}), True),
+    ):
+        document = {**json.loads(statement), "predicate": text}
+        layer = pki.att_layer(pki.envelope(json.dumps(document).encode(), [SIGNER]))
+        result = await verdict(pki.Registry(attestation_layers=[layer]), (wanted,))
+        assert result.verified is fresh, result.reason
