@@ -17,6 +17,7 @@ from imagegate.core.workloads import ContainerImage
 from imagegate.policy import compile, engine, model
 from imagegate.signatures import cosign
 from imagegate.signatures.cache import VerdictCache
+from imagegate.signatures.failures import SignatureFailure
 from imagegate.signatures.verifier import CosignVerifier
 
 HOST, REPOSITORY = "registry.test", "team/app"
@@ -346,3 +347,58 @@ async def test_an_sbom_stored_as_text_is_read_too() -> None:
         layer = pki.att_layer(pki.envelope(json.dumps(document).encode(), [SIGNER]))
         result = await verdict(pki.Registry(attestation_layers=[layer]), (wanted,))
         assert result.verified is fresh, result.reason
+
+
+# --- keyless, and the transparency log ----------------------------------------------------------
+
+
+async def keyless_found(signer: pki.Issued, chain: list[pki.Issued], **annotations: str) -> Any:
+    statement = pki.attestation_statement(PROVENANCE, provenance())
+    layer = pki.att_layer(
+        pki.envelope(statement, [signer.key]),
+        certificate=signer.pem,
+        chain="".join(c.pem for c in chain),
+        **annotations,
+    )
+    registry = pki.Registry(attestation_layers=[layer])
+    return await cosign.find_attestations(registry, HOST, REPOSITORY, pki.DIGEST, deadline=None)  # type: ignore[arg-type]
+
+
+def keyless_authority(subject: str, root: Any, *, tlog: bool = False) -> Any:
+    from imagegate.signatures import authorities
+
+    signers = model.Signatures.model_validate(
+        {"keyless": [{"issuer": pki.ISSUER, "subject": subject}], "requireTransparencyLog": tlog}
+    )
+    return authorities.of_requirement(signers, [], root)
+
+
+async def test_a_keyless_att_is_verified_by_its_fulcio_identity() -> None:
+    from imagegate.signatures import attestations, roots
+
+    fulcio_root = pki.ca("test fulcio root")
+    intermediate = pki.ca("test fulcio intermediate", fulcio_root, path_length=0)
+    signer = pki.leaf(intermediate)
+    root = roots.custom(json.dumps(pki.trust_root([[intermediate, fulcio_root]])))
+    found = await keyless_found(signer, [intermediate, fulcio_root])
+    wanted = requirement(provenance={"builderId": BUILDER})
+    attestations.verify(wanted, found, pki.DIGEST, keyless_authority(pki.SIGNER, root), NOW)
+    with pytest.raises(SignatureFailure, match="wrong identity"):
+        attestations.verify(wanted, found, pki.DIGEST, keyless_authority("x@y.z", root), NOW)
+
+
+async def test_an_att_logged_as_intoto_is_refused_where_a_log_is_required() -> None:
+    """design.md §14.8: cosign logs `.att` as `intoto` entries, which the SET check does not
+    read: with requireTransparencyLog that is a reason, never a pass."""
+    from imagegate.signatures import attestations, roots
+
+    fulcio_root = pki.ca("test fulcio root")
+    intermediate = pki.ca("test fulcio intermediate", fulcio_root, path_length=0)
+    signer = pki.leaf(intermediate)
+    log = pki.Log()
+    root = roots.custom(json.dumps(pki.trust_root([[intermediate, fulcio_root]], [log])))
+    promise = log.promise({"apiVersion": "0.0.2", "kind": "intoto", "spec": {}})
+    found = await keyless_found(signer, [intermediate, fulcio_root], bundle=json.dumps(promise))
+    authority = keyless_authority(pki.SIGNER, root, tlog=True)
+    with pytest.raises(SignatureFailure, match="log entry kind 'intoto'"):
+        attestations.verify(requirement(), found, pki.DIGEST, authority, NOW)
