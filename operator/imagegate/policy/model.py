@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 
+from imagegate.core import expressions
 from imagegate.errors import ImagegateError
 from imagegate.policy import problems
 from imagegate.policy.fields import (
@@ -301,6 +302,20 @@ PredicateType = Annotated[
 Severity = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
 
 
+def _check_cel(value: str) -> str:
+    try:
+        return expressions.check(value)
+    except expressions.ExpressionError as error:
+        raise Problem(error.user_message) from None
+
+
+CelExpression = Annotated[
+    str,
+    pydantic.StringConstraints(min_length=1, max_length=expressions.MAX_LENGTH),
+    pydantic.AfterValidator(_check_cel),
+]
+
+
 class ProvenanceConditions(Spec):
     """What a SLSA provenance (v0.2 or v1) must say; each value exactly, or as an RE2 regular
     expression matched against the whole value."""
@@ -359,6 +374,9 @@ class Attestation(Spec):
     fail_on_severity: Severity | None = pydantic.Field(None, alias="failOnSeverity")
     """For vulnerability scans: deny a finding at or above this severity, unless a signed OpenVEX
     attestation of the image says not_affected."""
+    cel: CelExpression | None = None
+    """For anything else: a CEL expression over `predicate` (the attestation's predicate) that
+    must be true, e.g. `predicate.invocation.environment.arch == "amd64"`."""
 
     @property
     def predicate_uri(self) -> str:

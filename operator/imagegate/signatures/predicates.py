@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from imagegate.core import patterns
+from imagegate.core import expressions, patterns
 from imagegate.policy import model
 from imagegate.signatures.failures import UnmetCondition
 
@@ -79,7 +79,20 @@ def _checks(
         checks.append(_age_check(requirement.predicate_uri, requirement.max_age_days, now))
     if requirement.fail_on_severity is not None:
         checks.append(_severity_check(requirement.fail_on_severity, not_affected(vex)))
+    if requirement.cel is not None:
+        checks.append(_cel_check(requirement.cel))
     return checks
+
+
+def _cel_check(expression: str) -> Check:
+    def check(predicate: Mapping[str, Any]) -> str | None:
+        try:
+            expressions.holds(expression, {"predicate": dict(predicate)})
+        except expressions.ExpressionError as error:
+            return f"cel {error.user_message}"
+        return None
+
+    return check
 
 
 # -- SLSA provenance ---------------------------------------------------------------------------

@@ -402,3 +402,28 @@ async def test_an_att_logged_as_intoto_is_refused_where_a_log_is_required() -> N
     authority = keyless_authority(pki.SIGNER, root, tlog=True)
     with pytest.raises(SignatureFailure, match="log entry kind 'intoto'"):
         attestations.verify(requirement(), found, pki.DIGEST, authority, NOW)
+
+
+# --- CEL, for anything the named conditions do not say ---------------------------------------
+
+
+async def test_a_cel_expression_over_the_predicate_must_hold() -> None:
+    layers = [att()]
+    holds = requirement(cel='predicate.buildType.startsWith("https://ci.example/")')
+    assert (await verdict(pki.Registry(attestation_layers=layers), (holds,))).verified
+    fails = requirement(cel='predicate.buildType == "https://other.example/"')
+    result = await verdict(pki.Registry(attestation_layers=layers), (fails,))
+    assert not result.verified
+    assert result.reason.endswith(
+        f'attestation {PROVENANCE}: cel predicate.buildType == "https://other.example/" is '
+        "false, policy wants true"
+    )
+    missing = requirement(cel="predicate.nothing.here == 1")
+    result = await verdict(pki.Registry(attestation_layers=layers), (missing,))
+    assert not result.verified
+    assert "cannot be evaluated" in result.reason
+
+
+def test_a_cel_expression_that_does_not_compile_is_refused_with_the_policy() -> None:
+    with pytest.raises(ValueError, match="is not a CEL expression"):
+        requirement(cel="predicate..x")

@@ -1,0 +1,63 @@
+"""CEL expressions from policies, over what a verified attestation says (design.md §14).
+
+CEL is Kubernetes' own policy language (CRD validation rules, ValidatingAdmissionPolicy), so an
+admin already knows it. cel-python (PyPI `cel-python`, the Cloud Custodian project's pure-Python
+implementation of the CEL spec) is used: maintained, no native code to build, and typed. An
+expression is compiled when the policy is validated (a bad one is refused with the parser's
+reason) and evaluated only over predicates whose signature has already been verified.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import celpy
+from celpy import adapter, celparser, celtypes, evaluation
+
+from imagegate.errors import ImagegateError
+
+MAX_LENGTH = 4096
+
+
+class ExpressionError(ImagegateError):
+    """An expression that does not compile, or does not hold; the message says why."""
+
+
+@functools.lru_cache(maxsize=256)
+def _program(expression: str) -> Any:
+    environment = celpy.Environment()
+    try:
+        return environment.program(environment.compile(expression))
+    except (celparser.CELParseError, evaluation.CELSyntaxError) as error:
+        first = str(error).splitlines()[0][:200]
+        raise ExpressionError(f"{expression!r} is not a CEL expression: {first}") from None
+
+
+def check(expression: str) -> str:
+    """`expression` itself, or `ExpressionError` when it does not compile."""
+    _program(expression)
+    return expression
+
+
+def holds(expression: str, variables: Mapping[str, Any]) -> None:
+    """Returns when `expression` evaluates to true over `variables` (JSON values); raises
+    ExpressionError saying what it evaluated to, or why it could not be evaluated."""
+    activation = {name: adapter.json_to_cel(value) for name, value in variables.items()}
+    try:
+        result = _program(expression).evaluate(activation)
+    except evaluation.CELEvalError as error:
+        reason = error.args[0] if error.args else error
+        raise ExpressionError(f"{expression} cannot be evaluated ({reason})") from None
+    except (TypeError, ValueError, KeyError, RecursionError) as error:
+        raise ExpressionError(f"{expression} cannot be evaluated ({error})") from None
+    if not isinstance(result, celtypes.BoolType) or not bool(result):
+        raise ExpressionError(f"{expression} is {_text(result)}, policy wants true")
+
+
+def _text(value: object) -> str:
+    """A result as CEL writes it (`false`, not Python's `False`), cut short."""
+    if isinstance(value, celtypes.BoolType):
+        return "true" if bool(value) else "false"
+    return str(value)[:100]
