@@ -5,6 +5,8 @@ admin already knows it. cel-python (PyPI `cel-python`, the Cloud Custodian proje
 implementation of the CEL spec) is used: maintained, no native code to build, and typed. An
 expression is compiled when the policy is validated (a bad one is refused with the parser's
 reason) and evaluated only over predicates whose signature has already been verified.
+
+celpy is imported on first use: it takes most of a second, which every command would pay.
 """
 
 from __future__ import annotations
@@ -12,9 +14,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from typing import Any
-
-import celpy
-from celpy import adapter, celparser, celtypes, evaluation
 
 from imagegate.errors import ImagegateError
 
@@ -27,6 +26,9 @@ class ExpressionError(ImagegateError):
 
 @functools.lru_cache(maxsize=256)
 def _program(expression: str) -> Any:
+    import celpy
+    from celpy import celparser, evaluation
+
     environment = celpy.Environment()
     try:
         return environment.program(environment.compile(expression))
@@ -44,20 +46,18 @@ def check(expression: str) -> str:
 def holds(expression: str, variables: Mapping[str, Any]) -> None:
     """Returns when `expression` evaluates to true over `variables` (JSON values); raises
     ExpressionError saying what it evaluated to, or why it could not be evaluated."""
+    from celpy import adapter, celtypes, evaluation
+
+    program = _program(expression)
     activation = {name: adapter.json_to_cel(value) for name, value in variables.items()}
     try:
-        result = _program(expression).evaluate(activation)
+        result = program.evaluate(activation)
     except evaluation.CELEvalError as error:
         reason = error.args[0] if error.args else error
         raise ExpressionError(f"{expression} cannot be evaluated ({reason})") from None
     except (TypeError, ValueError, KeyError, RecursionError) as error:
         raise ExpressionError(f"{expression} cannot be evaluated ({error})") from None
-    if not isinstance(result, celtypes.BoolType) or not bool(result):
-        raise ExpressionError(f"{expression} is {_text(result)}, policy wants true")
-
-
-def _text(value: object) -> str:
-    """A result as CEL writes it (`false`, not Python's `False`), cut short."""
-    if isinstance(value, celtypes.BoolType):
-        return "true" if bool(value) else "false"
-    return str(value)[:100]
+    if not isinstance(result, celtypes.BoolType):
+        raise ExpressionError(f"{expression} is {str(result)[:100]}, policy wants true")
+    if not bool(result):
+        raise ExpressionError(f"{expression} is false, policy wants true")
