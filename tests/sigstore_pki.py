@@ -318,11 +318,16 @@ def statement(digest: str = DIGEST) -> bytes:
 
 
 def key_bundle(
-    signers: list[ec.EllipticCurvePrivateKey], log: Log | None = None, *, digest: str = DIGEST
+    signers: list[ec.EllipticCurvePrivateKey],
+    log: Log | None = None,
+    *,
+    digest: str = DIGEST,
+    payload: bytes | None = None,
 ) -> dict[str, Any]:
     """A key-signed v0.3 bundle whose envelope holds one signature per signer, logged (one
-    `dsse` entry naming every signature and its key) when `log` is given."""
-    payload = statement(digest)
+    `dsse` entry naming every signature and its key) when `log` is given. `payload`: another
+    in-toto statement than a cosign signature's (an attestation)."""
+    payload = payload if payload is not None else statement(digest)
     signed = cosign.pae(cosign.IN_TOTO, payload)
     signatures = [s.sign(signed, ec.ECDSA(hashes.SHA256())) for s in signers]
     pairs = [(sig, spki_pem(s.public_key())) for sig, s in zip(signatures, signers, strict=True)]
@@ -340,14 +345,72 @@ def key_bundle(
     }
 
 
+def attestation_statement(
+    predicate_type: str, predicate: dict[str, Any], digest: str = DIGEST
+) -> bytes:
+    """An in-toto statement of `predicate_type` about `digest`, as `cosign attest` writes it."""
+    return json.dumps(
+        {
+            "_type": "https://in-toto.io/Statement/v0.1",
+            "subject": [{"name": "registry.invalid/app", "digest": {"sha256": digest[7:]}}],
+            "predicateType": predicate_type,
+            "predicate": predicate,
+        }
+    ).encode()
+
+
+def envelope(payload: bytes, signers: list[ec.EllipticCurvePrivateKey]) -> dict[str, Any]:
+    """A DSSE envelope around an in-toto `payload`, one signature per signer."""
+    signed = cosign.pae(cosign.IN_TOTO, payload)
+    return {
+        "payloadType": cosign.IN_TOTO,
+        "payload": base64.b64encode(payload).decode(),
+        "signatures": [
+            {
+                "keyid": "",
+                "sig": base64.b64encode(s.sign(signed, ec.ECDSA(hashes.SHA256()))).decode(),
+            }
+            for s in signers
+        ],
+    }
+
+
+def att_layer(
+    body: dict[str, Any] | bytes,
+    *,
+    certificate: str | None = None,
+    chain: str | None = None,
+    bundle: str | None = None,
+) -> tuple[dict[str, Any], bytes]:
+    """An `.att` manifest layer and its blob (a DSSE envelope, or raw bytes a hostile layer
+    carries), with cosign's annotations (its signature annotation is empty, as cosign's)."""
+    blob = body if isinstance(body, bytes) else json.dumps(body).encode()
+    annotations = {cosign.SIGNATURE_ANNOTATION: ""}
+    for name, value in (
+        (cosign.CERTIFICATE_ANNOTATION, certificate),
+        (cosign.CHAIN_ANNOTATION, chain),
+        (cosign.REKOR_ANNOTATION, bundle),
+    ):
+        if value is not None:
+            annotations[name] = value
+    descriptor = {
+        "mediaType": cosign.DSSE_ENVELOPE,
+        "digest": "sha256:" + hashlib.sha256(blob).hexdigest(),
+        "annotations": annotations,
+    }
+    return descriptor, blob
+
+
 class Registry:
-    """Serves an image's signatures the way cosign stores them: `.sig` layers (legacy) and v0.3
-    bundles as referrers. Only what `cosign.find` asks for; no network."""
+    """Serves an image's signatures the way cosign stores them: `.sig` layers (legacy), `.att`
+    layers (legacy attestations) and v0.3 bundles as referrers. Only what `cosign.find` and
+    `cosign.find_attestations` ask for; no network."""
 
     def __init__(
         self,
         legacy_layers: list[tuple[dict[str, Any], bytes]] | None = None,
         bundles: list[bytes] | None = None,
+        attestation_layers: list[tuple[dict[str, Any], bytes]] | None = None,
     ) -> None:
         self.blobs: dict[str, bytes] = {}
         self.manifests: dict[str, bytes] = {}
@@ -356,6 +419,11 @@ class Registry:
             self.blobs[descriptor["digest"]] = blob
             layers.append(descriptor)
         self.sig_manifest = json.dumps({"layers": layers}).encode() if layers else None
+        for descriptor, blob in attestation_layers or []:
+            self.blobs[descriptor["digest"]] = blob
+        att = [descriptor for descriptor, _ in attestation_layers or []]
+        self.att_manifest = json.dumps({"layers": att}).encode() if att else None
+        self.manifest_calls = 0
         self.referrer_digests = []
         for raw in bundles or []:
             blob_digest = self._digest(raw)
@@ -371,6 +439,11 @@ class Registry:
         return "sha256:" + hashlib.sha256(data).hexdigest()
 
     async def manifest(self, _host: str, _repository: str, ref: str, **_: Any) -> tuple[bytes, Any]:
+        self.manifest_calls += 1
+        if ref.endswith(".att"):
+            if self.att_manifest is None:
+                raise client.ManifestUnknown(f"{ref} not found")
+            return self.att_manifest, None
         if ref.endswith(".sig"):
             if self.sig_manifest is None:
                 raise client.ManifestUnknown(f"{ref} not found")

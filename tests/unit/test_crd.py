@@ -205,6 +205,10 @@ def test_conflicting_fields_have_cel_rules_that_name_them() -> None:
         ".spec.sources[].signatures",
         ".spec.sources[].signatures.keyless[]",
         ".spec.sources[].signatures.keys[]",
+        ".spec.sources[]",
+        ".spec.sources[].attestations[].authorities",
+        ".spec.sources[].attestations[].authorities.keyless[]",
+        ".spec.sources[].attestations[].authorities.keys[]",
     }
 
 

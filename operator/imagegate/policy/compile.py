@@ -77,6 +77,7 @@ def compile_spec(name: str, namespace: str | None, spec: model.PolicySpec) -> en
                 source.name,
                 tuple(glob.compile_glob(pattern) for pattern in source.images),
                 source.signatures,
+                source.attestations,
             )
             for source in spec.sources
         ),

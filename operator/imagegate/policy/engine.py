@@ -103,6 +103,8 @@ class CompiledSource:
     #: The signature requirement as written in the policy, or None when none is asked for. The
     #: engine never looks inside: the verifier does.
     signatures: model.Signatures | None = None
+    #: The in-toto attestations required as well (design.md §9); the verifier judges them.
+    attestations: tuple[model.Attestation, ...] = ()
     _any: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -305,6 +307,8 @@ class SignatureCheck:
     #: The namespace of an ImagePolicy (None for a ClusterImagePolicy): it bounds which
     #: Secrets the requirement may read.
     policy_namespace: str | None = field(default=None, compare=False, hash=False)
+    #: The source's attestation requirements, for the verifier (not part of the identity).
+    attestations: tuple[model.Attestation, ...] = field(default=(), compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -314,6 +318,9 @@ class SignatureVerdict:
     reason: str = ""
     #: The digest that was verified, for pinning.
     digest: str | None = None
+    #: What failed: "signature", or "attestation" when the signatures passed and an
+    #: attestation requirement did not.
+    failed: str = "signature"
 
 
 def signature_checks(
@@ -326,13 +333,14 @@ def signature_checks(
             continue
         for policy in policies:
             source = _first_matching_source(policy, image.final)
-            if source is not None and source.signatures is not None:
+            if source is not None and (source.signatures is not None or source.attestations):
                 check = SignatureCheck(
                     str(image.final),
                     policy.display_name,
                     source.name,
                     source.signatures,
                     policy.namespace,
+                    source.attestations,
                 )
                 needed[check] = None
     return list(needed)
@@ -461,14 +469,17 @@ def _judge(
     source = _first_matching_source(policy, image.final)
     if source is None:
         return f"{image.final.name} is not from a source this policy trusts", None
-    if source.signatures is None:
+    if source.signatures is None and not source.attestations:
         return None, source.name
     check = SignatureCheck(str(image.final), policy.display_name, source.name)
     verdict = verdicts.get(check)
     if verdict is None:
         return f"signature of {image.final} was not verified", None
     if not verdict.verified:
-        return f"signature verification failed for source {source.name}: {verdict.reason}", None
+        return (
+            f"{verdict.failed} verification failed for source {source.name}: {verdict.reason}",
+            None,
+        )
     return None, source.name
 
 

@@ -24,10 +24,11 @@ A bad policy raises `PolicyError`, whose message names the field (policy/problem
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 
+from imagegate.core import expressions
 from imagegate.errors import ImagegateError
 from imagegate.policy import problems
 from imagegate.policy.fields import (
@@ -271,11 +272,149 @@ class Signatures(Spec):
         return self
 
 
+# --- attestations (design.md §9) -------------------------------------------------------------
+
+#: cosign's `--type` short names and the predicate types they stand for (as `cosign attest`
+#: writes them: `slsaprovenance` is SLSA v0.2, as in cosign).
+PREDICATE_SHORT_NAMES = {
+    "slsaprovenance": "https://slsa.dev/provenance/v0.2",
+    "slsaprovenance02": "https://slsa.dev/provenance/v0.2",
+    "slsaprovenance1": "https://slsa.dev/provenance/v1",
+    "spdx": "https://spdx.dev/Document",
+    "spdxjson": "https://spdx.dev/Document",
+    "cyclonedx": "https://cyclonedx.org/bom",
+    "vuln": "https://cosign.sigstore.dev/attestation/vuln/v1",
+    "openvex": "https://openvex.dev/ns",
+}
+PROVENANCE_TYPES = ("https://slsa.dev/provenance/v0.2", "https://slsa.dev/provenance/v1")
+SBOM_TYPES = ("https://spdx.dev/Document", "https://cyclonedx.org/bom")
+VULN_TYPE = "https://cosign.sigstore.dev/attestation/vuln/v1"
+OPENVEX_TYPE = "https://openvex.dev/ns"
+#: A cosign signature's own statement: a signature, never an attestation.
+SIGNATURE_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
+SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+
+PredicateType = Annotated[
+    str,
+    pydantic.StringConstraints(
+        min_length=1, max_length=512, pattern=r"^([a-z0-9]+|https?://[^\s]+)$"
+    ),
+]
+Severity = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
+
+
+def _check_cel(value: str) -> str:
+    try:
+        return expressions.check(value)
+    except expressions.ExpressionError as error:
+        raise Problem(error.user_message) from None
+
+
+CelExpression = Annotated[
+    str,
+    pydantic.StringConstraints(min_length=1, max_length=expressions.MAX_LENGTH),
+    pydantic.AfterValidator(_check_cel),
+]
+
+
+class ProvenanceConditions(Spec):
+    """What a SLSA provenance (v0.2 or v1) must say; each value exactly, or as an RE2 regular
+    expression matched against the whole value."""
+
+    builder_id: Identity | None = pydantic.Field(None, alias="builderId")
+    """The builder's id (v0.2 builder.id, v1 runDetails.builder.id), exactly."""
+    builder_id_regexp: RegExp | None = pydantic.Field(None, alias="builderIdRegExp")
+    """The builder's id as a regular expression."""
+    source_repository: Identity | None = pydantic.Field(None, alias="sourceRepository")
+    """The source repository (v0.2 invocation.configSource.uri, v1 the workflow's repository or
+    the first resolved dependency), without `git+` and `@ref`, exactly."""
+    source_repository_regexp: RegExp | None = pydantic.Field(None, alias="sourceRepositoryRegExp")
+    """The source repository as a regular expression."""
+    ref: Identity | None = None
+    """The source ref (`refs/heads/main`), exactly."""
+    ref_regexp: RegExp | None = pydantic.Field(None, alias="refRegExp")
+    """The source ref as a regular expression."""
+    build_type: Identity | None = pydantic.Field(None, alias="buildType")
+    """The build type (v0.2 buildType, v1 buildDefinition.buildType), exactly."""
+    build_type_regexp: RegExp | None = pydantic.Field(None, alias="buildTypeRegExp")
+    """The build type as a regular expression."""
+
+    @pydantic.model_validator(mode="after")
+    def _one_of_each(self) -> ProvenanceConditions:
+        for name in ("builderId", "sourceRepository", "ref", "buildType"):
+            exact, pattern = self.exact_and_pattern(name)
+            if exact is not None and pattern is not None:
+                raise Problem(f"set at most one of {name} and {name}RegExp")
+        return self
+
+    def exact_and_pattern(self, name: str) -> tuple[str | None, str | None]:
+        """(exact value, regular expression) the policy gives for a field named as in YAML."""
+        fields = {
+            "builderId": (self.builder_id, self.builder_id_regexp),
+            "sourceRepository": (self.source_repository, self.source_repository_regexp),
+            "ref": (self.ref, self.ref_regexp),
+            "buildType": (self.build_type, self.build_type_regexp),
+        }
+        return fields[name]
+
+
+class Attestation(Spec):
+    """An in-toto attestation an image from this source must carry: signed by one of the
+    authorities, bound to the image's digest, and meeting the conditions given."""
+
+    predicate_type: PredicateType = pydantic.Field(alias="predicateType")
+    """The predicate type: a URI, or one of cosign's short names (slsaprovenance = SLSA v0.2,
+    slsaprovenance1, spdx, cyclonedx, vuln, openvex)."""
+    authorities: Signatures | None = None
+    """Who may sign it; omitted: the source's signature authorities."""
+    provenance: ProvenanceConditions | None = None
+    """For SLSA provenance: what it must say."""
+    max_age_days: int | None = pydantic.Field(None, alias="maxAgeDays", ge=1, le=3650)
+    """For SBOMs (SPDX created, CycloneDX metadata.timestamp) and vulnerability scans
+    (scanFinishedOn): not older than this many days."""
+    fail_on_severity: Severity | None = pydantic.Field(None, alias="failOnSeverity")
+    """For vulnerability scans: deny a finding at or above this severity, unless a signed OpenVEX
+    attestation of the image says not_affected."""
+    cel: CelExpression | None = None
+    """For anything else: a CEL expression over `predicate` (the attestation's predicate) that
+    must be true, e.g. `predicate.invocation.environment.arch == "amd64"`."""
+
+    @property
+    def predicate_uri(self) -> str:
+        return PREDICATE_SHORT_NAMES.get(self.predicate_type, self.predicate_type)
+
+    @pydantic.model_validator(mode="after")
+    def _conditions_fit_type(self) -> Attestation:
+        uri = self.predicate_uri
+        if "://" not in uri:
+            names = ", ".join(PREDICATE_SHORT_NAMES)
+            raise Problem(f"unknown predicate type {uri!r}: a URI or one of {names}")
+        if uri == SIGNATURE_PREDICATE:
+            raise Problem("a cosign signature is not an attestation: use signatures")
+        if self.provenance is not None and uri not in PROVENANCE_TYPES:
+            raise Problem("provenance applies only to SLSA provenance", at=("provenance",))
+        if self.max_age_days is not None and uri not in (*SBOM_TYPES, VULN_TYPE):
+            raise Problem("maxAgeDays applies only to SBOMs and vuln scans", at=("maxAgeDays",))
+        if self.fail_on_severity is not None and uri != VULN_TYPE:
+            raise Problem("failOnSeverity applies only to vuln scans", at=("failOnSeverity",))
+        return self
+
+
 # --- the policy -------------------------------------------------------------------------------
 
 
 class Source(Spec):
     """Images that are trusted when they match one of the globs and pass the signature check."""
+
+    model_config = pydantic.ConfigDict(
+        json_schema_extra=_rules(
+            (
+                "!has(self.attestations) || has(self.signatures) || "
+                "self.attestations.all(a, has(a.authorities))",
+                "an attestation without authorities needs signatures for the source",
+            )
+        )
+    )
 
     name: DnsLabel
     """The source's name, unique within the policy (it appears in decisions and messages)."""
@@ -284,6 +423,18 @@ class Source(Spec):
     path segment, `**` is a whole segment that matches one or more segments."""
     signatures: Signatures | None = None
     """Signatures to require; omitted: matching the globs is enough."""
+    attestations: tuple[Attestation, ...] = pydantic.Field((), max_length=16)
+    """In-toto attestations to require (all of them), each by predicate type (design.md §9)."""
+
+    @pydantic.model_validator(mode="after")
+    def _attestations_have_authorities(self) -> Source:
+        for index, attestation in enumerate(self.attestations):
+            if attestation.authorities is None and self.signatures is None:
+                raise Problem(
+                    "name authorities, or signatures for the source, to verify it with",
+                    at=("attestations", index, "authorities"),
+                )
+        return self
 
 
 class Rewrite(Spec):

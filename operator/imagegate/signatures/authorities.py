@@ -62,7 +62,13 @@ class IdentityAuthority:
         if signature.bundle is not None:
             if root.parsed is None:
                 raise SignatureFailure("bundles need a trust root sigstore-python accepts")
-            keyless.verify_bundle(signature.bundle, digest, self.identity, root.parsed)
+            keyless.verify_bundle(
+                signature.bundle,
+                digest,
+                self.identity,
+                root.parsed,
+                predicate=signature.expected_predicate,
+            )
         elif signature.certificate is not None:
             fulcio.verify_legacy(
                 signature,

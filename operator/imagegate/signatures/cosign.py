@@ -2,6 +2,8 @@
 
 - legacy: tag `sha256-<hex>.sig`, one layer per signature whose blob is the simple-signing
   payload (`critical.image.docker-manifest-digest`) and whose annotations carry the signature;
+- legacy attestations (design.md §9): tag `sha256-<hex>.att`, one layer per attestation whose
+  blob is a DSSE envelope around an in-toto statement, with the same annotations as `.sig`;
 - cosign v3: a Sigstore bundle v0.3 stored as an OCI referrer of the image, a DSSE envelope around
   an in-toto statement (`predicateType https://sigstore.dev/cosign/sign/v1`) whose subject is the
   image digest.
@@ -41,6 +43,7 @@ SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 CERTIFICATE_ANNOTATION = "dev.sigstore.cosign/certificate"
 CHAIN_ANNOTATION = "dev.sigstore.cosign/chain"
 REKOR_ANNOTATION = "dev.sigstore.cosign/bundle"
+DSSE_ENVELOPE = "application/vnd.dsse.envelope.v1+json"
 MAX_SIGNATURES = 32
 
 
@@ -48,7 +51,7 @@ MAX_SIGNATURES = 32
 class FoundSignature:
     """One signature of an image, in whichever format it came."""
 
-    format: str  # "legacy" or "bundle"
+    format: str  # "legacy" (.sig), "attestation" (.att) or "bundle"
     #: What the signature is over: the simple-signing payload, or the DSSE pre-authentication
     #: encoding of the envelope.
     signed: bytes
@@ -63,6 +66,9 @@ class FoundSignature:
     chain: str | None = None
     #: Why this layer or bundle could not be read (then it is no signature, only a reason).
     malformed: str | None = None
+    #: The predicate type the in-toto statement must carry to count: a cosign signature's, or
+    #: the attestation's a policy asks for (attestations.py sets it). Never both.
+    expected_predicate: str = COSIGN_PREDICATE
 
 
 def _unreadable(format: str, reason: str) -> FoundSignature:
@@ -120,6 +126,86 @@ async def _legacy(
     return found
 
 
+async def find_attestations(
+    client: registry.RegistryClient,
+    registry_host: str,
+    repository: str,
+    digest: str,
+    *,
+    deadline: float | None,
+) -> list[FoundSignature]:
+    """Every in-toto statement signed for `digest`: `.att` layers and v0.3 bundle referrers
+    (signature bundles among them: their predicate type tells them apart)."""
+    found = await _legacy_attestations(client, registry_host, repository, digest, deadline)
+    found += await _bundles(client, registry_host, repository, digest, deadline)
+    return found[:MAX_SIGNATURES]
+
+
+async def _legacy_attestations(
+    client: registry.RegistryClient, host: str, repository: str, digest: str, deadline: float | None
+) -> list[FoundSignature]:
+    tag = digest.replace(":", "-") + ".att"
+    try:
+        body, _ = await client.manifest(host, repository, tag, deadline=deadline)
+    except registry.ManifestUnknown:
+        return []
+    layers = _json(body).get("layers")
+    found = []
+    for layer in (layers if isinstance(layers, list) else [])[:MAX_SIGNATURES]:
+        if not isinstance(layer, dict) or layer.get("mediaType") != DSSE_ENVELOPE:
+            continue
+        annotations = layer.get("annotations")
+        if not isinstance(annotations, dict) or not isinstance(layer.get("digest"), str):
+            found.append(_unreadable("attestation", "malformed attestation: unreadable layer"))
+            continue
+        raw = await client.blob(host, repository, layer["digest"], deadline=deadline)
+        found += _from_envelope(
+            _json(raw),
+            "attestation",
+            certificate=_text(annotations.get(CERTIFICATE_ANNOTATION)),
+            chain=_text(annotations.get(CHAIN_ANNOTATION)),
+            transparency=annotations.get(REKOR_ANNOTATION),
+        )
+    return found
+
+
+def _from_envelope(
+    envelope: dict[str, Any],
+    format: str,
+    *,
+    certificate: str | None,
+    chain: str | None,
+    transparency: object | None,
+    bundle: bytes | None = None,
+) -> list[FoundSignature]:
+    """One signature per signature of a DSSE envelope (a bundle's or an `.att` layer's)."""
+    try:
+        payload = base64.b64decode(envelope["payload"], validate=True)
+        payload_type = str(envelope["payloadType"])
+        listed = envelope["signatures"]
+        if not isinstance(listed, list) or not listed:
+            raise ValueError("no signatures")
+        signatures = [
+            base64.b64decode(entry["sig"], validate=True) for entry in listed[:MAX_SIGNATURES]
+        ]
+    except (KeyError, IndexError, TypeError, ValueError, binascii.Error):
+        noun = "signature" if format == "bundle" else "attestation"
+        return [_unreadable(format, f"malformed {noun}: unreadable DSSE envelope")]
+    return [
+        FoundSignature(
+            format,
+            pae(payload_type, payload),
+            signature,
+            payload if payload_type == IN_TOTO else b"",
+            certificate,
+            transparency,
+            bundle,
+            chain,
+        )
+        for signature in signatures
+    ]
+
+
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -151,33 +237,18 @@ def _from_bundle(bundle: dict[str, Any], raw: bytes) -> list[FoundSignature]:
         return [
             _unreadable("bundle", "malformed signature: not a v0.3 bundle with a DSSE envelope")
         ]
-    try:
-        payload = base64.b64decode(envelope["payload"], validate=True)
-        payload_type = str(envelope["payloadType"])
-        listed = envelope["signatures"]
-        if not isinstance(listed, list) or not listed:
-            raise ValueError("no signatures")
-        signatures = [
-            base64.b64decode(entry["sig"], validate=True) for entry in listed[:MAX_SIGNATURES]
-        ]
-    except (KeyError, IndexError, TypeError, ValueError, binascii.Error):
-        return [_unreadable("bundle", "malformed signature: unreadable DSSE envelope")]
     material = bundle.get("verificationMaterial")
     material = material if isinstance(material, dict) else {}
     certificate = material.get("certificate")
     certificate = certificate.get("rawBytes") if isinstance(certificate, dict) else None
-    return [
-        FoundSignature(
-            "bundle",
-            pae(payload_type, payload),
-            signature,
-            payload if payload_type == IN_TOTO else b"",
-            _text(certificate),
-            material.get("tlogEntries") or None,
-            raw,
-        )
-        for signature in signatures
-    ]
+    return _from_envelope(
+        envelope,
+        "bundle",
+        certificate=_text(certificate),
+        chain=None,
+        transparency=material.get("tlogEntries") or None,
+        bundle=raw,
+    )
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -190,16 +261,18 @@ def verify_claims(found: FoundSignature, digest: str) -> None:
     """Raises WrongImage unless the signed claims name `digest`."""
     claims = _json(found.claims)
     if found.format == "legacy":
+        if found.expected_predicate != COSIGN_PREDICATE:
+            raise WrongImage("a signature, not an attestation")
         named = _field(claims, "critical", "image", "docker-manifest-digest")
         if named != digest:
             raise WrongImage(
                 f"the signature is for {named or 'no image'}, not {digest} (digest mismatch)"
             )
         return
-    if claims.get("predicateType") != COSIGN_PREDICATE:
-        raise WrongImage(
-            f"the bundle's predicate is {claims.get('predicateType')!r}, not a cosign signature"
-        )
+    wanted = found.expected_predicate
+    if claims.get("predicateType") != wanted:
+        what = "a cosign signature" if wanted == COSIGN_PREDICATE else wanted
+        raise WrongImage(f"the bundle's predicate is {claims.get('predicateType')!r}, not {what}")
     algorithm, hex_digest = digest.split(":", 1)
     subjects = claims.get("subject")
     named_digests = [
@@ -266,7 +339,7 @@ def verify_one_with_key(
             "false for keys that sign without one)"
         )
     root = trusted_root if trusted_root is not None else roots.public_good_json()
-    if signature.format == "legacy":
+    if signature.format in ("legacy", "attestation"):  # a SET in the layer's annotation
         rekor.verify_set(
             signature.transparency, signature.signed, signature.signature, key.der, root
         )

@@ -98,3 +98,15 @@ def summed_up(failed: Sequence[SignatureFailure]) -> SignatureFailure:
     kinds = {type(f) for f in telling}
     kind = kinds.pop() if len(kinds) == 1 else SignatureFailure
     return kind("; ".join(reasons), failures=failed)
+
+
+class AttestationFailure(SignatureFailure):
+    """An attestation requirement is not met; the message names the predicate type."""
+
+
+class NoAttestation(AttestationFailure):
+    """No attestation of the required predicate type was found."""
+
+
+class UnmetCondition(AttestationFailure):
+    """A verified attestation says something the policy does not accept (the value found)."""

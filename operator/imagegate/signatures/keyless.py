@@ -115,10 +115,15 @@ def _matches(value: str | None, exact: str | None, pattern: str | None) -> bool:
 
 
 def verify_bundle(
-    bundle_json: bytes, digest: str, authority: model.KeylessAuthority, root: TrustedRoot
+    bundle_json: bytes,
+    digest: str,
+    authority: model.KeylessAuthority,
+    root: TrustedRoot,
+    *,
+    predicate: str = cosign.COSIGN_PREDICATE,
 ) -> None:
-    """Returns when the bundle is a valid cosign signature of `digest` by `authority`; raises
-    why not."""
+    """Returns when the bundle is a valid cosign signature (or, with `predicate`, attestation)
+    of `digest` by `authority`; raises why not."""
     try:
         material = json.loads(bundle_json).get("verificationMaterial") or {}
     except (ValueError, AttributeError):
@@ -142,4 +147,5 @@ def verify_bundle(
         raise SignatureFailure(f"bundle does not verify: {error}") from None
     if payload_type != cosign.IN_TOTO:
         raise SignatureFailure(f"the bundle signs {payload_type!r}, not an in-toto statement")
-    cosign.verify_claims(cosign.FoundSignature("bundle", b"", b"", payload), digest)
+    signed = cosign.FoundSignature("bundle", b"", b"", payload, expected_predicate=predicate)
+    cosign.verify_claims(signed, digest)

@@ -10,6 +10,10 @@ shipped with sigstore-python, or a custom `trusted_root.json` from a ConfigMap (
 Sigstore, or a private CA that signs without a log when `requireTransparencyLog: false`). A
 requirement imagegate cannot check never passes: it fails with the reason.
 
+Attestations (design.md §9): after the signatures, each attestation requirement of the source
+is verified by its authorities (by default the source's signature authorities) over the `.att`
+layers and bundles found for the same digest (attestations.py), and judged (predicates.py).
+
 The checks raise (`failures.SignatureFailure`, registry, key and material errors); `_verdict` is
 the one place those become a `SignatureVerdict`.
 """
@@ -17,6 +21,7 @@ the one place those become a `SignatureVerdict`.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -27,7 +32,7 @@ from imagegate.policy import engine, model
 from imagegate.registry import client as registry
 from imagegate.registry import pinning, staleness
 from imagegate.registry.keychain import Keychain
-from imagegate.signatures import authorities, cosign, material, roots
+from imagegate.signatures import attestations, authorities, cosign, material, roots
 from imagegate.signatures.cache import VerdictCache
 from imagegate.signatures.failures import SignatureFailure, UnusableTrustRoot
 
@@ -43,15 +48,34 @@ FAILURES = (
 )
 
 
-def _failed(error: Exception, digest: str | None) -> engine.SignatureVerdict:
-    """The one conversion of a failure to a verdict."""
+def _failed(
+    error: Exception, digest: str | None, failed: str = "signature"
+) -> engine.SignatureVerdict:
+    """The one conversion of a failure to a verdict (`failed`: of a signature or attestation)."""
     if isinstance(error, registry.RegistryError):
         # No digest, and not cached: "no registry answer" is not a verdict on the image.
-        return engine.SignatureVerdict(False, f"registry error: {error.user_message}")
+        return engine.SignatureVerdict(
+            False, f"registry error: {error.user_message}", failed=failed
+        )
     if isinstance(error, SignatureFailure):
-        return engine.SignatureVerdict(False, f"{digest}: {error.user_message}", digest=digest)
+        reason = f"{digest}: {error.user_message}"
+        return engine.SignatureVerdict(False, reason, digest=digest, failed=failed)
     message = error.user_message if isinstance(error, ImagegateError) else str(error)
-    return engine.SignatureVerdict(False, f"keys: {message}", digest=digest)
+    return engine.SignatureVerdict(False, f"keys: {message}", digest=digest, failed=failed)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _authorities_of(
+    attestation: model.Attestation, requirement: model.Signatures | None
+) -> model.Signatures:
+    """Who may sign an attestation: its own authorities, else the source's signature ones."""
+    chosen = attestation.authorities or requirement
+    if chosen is None:  # the model forbids it; be explicit anyway
+        raise material.MaterialError(f"attestation {attestation.predicate_type} names no authority")
+    return chosen
 
 
 class CosignVerifier:
@@ -64,6 +88,7 @@ class CosignVerifier:
         own_namespace: str = "imagegate-system",
         observe_seconds: Callable[[float], None] | None = None,
         resolver: pinning.CachingResolver | None = None,
+        now: Callable[[], datetime.datetime] = _now,
     ) -> None:
         """`observe_seconds` is told how long each verification that really ran took.
 
@@ -75,6 +100,7 @@ class CosignVerifier:
         self._secrets = secrets
         self._own_namespace = own_namespace
         self._observe = observe_seconds
+        self._now = now  # how old an SBOM or scan is
 
     async def verify(
         self,
@@ -98,7 +124,7 @@ class CosignVerifier:
         deadline: float,
     ) -> engine.SignatureVerdict:
         requirement = check.requirement
-        if requirement is None:
+        if requirement is None and not check.attestations:
             return engine.SignatureVerdict(
                 False, "the policy's signature requirement is unreadable"
             )
@@ -108,7 +134,15 @@ class CosignVerifier:
         except FAILURES as error:
             return _failed(error, None)
         try:
-            public_keys = await self._public_keys(requirement, check.policy_namespace)
+            public_keys = (
+                await self._public_keys(requirement, check.policy_namespace)
+                if requirement is not None
+                else []
+            )
+            attestation_keys = [
+                await self._public_keys(_authorities_of(a, requirement), check.policy_namespace)
+                for a in check.attestations
+            ]
         except FAILURES as error:
             return _failed(error, digest)
 
@@ -122,12 +156,21 @@ class CosignVerifier:
                     public_keys,
                     check.policy_namespace,
                     deadline,
+                    tuple(zip(check.attestations, attestation_keys, strict=True)),
                 )
             )
 
         # Cached per digest (not tag), per whole requirement and per key material: a retag or a
-        # rotated key in a Secret is a new question.
-        key = (f"{image.name}@{digest}", (requirement, tuple(k.der for k in public_keys)))
+        # rotated key in a Secret is a new question. Attestation requirements are part of it.
+        key = (
+            f"{image.name}@{digest}",
+            (
+                requirement,
+                tuple(k.der for k in public_keys),
+                check.attestations,
+                tuple(tuple(k.der for k in keys_) for keys_ in attestation_keys),
+            ),
+        )
         try:
             if self._cache is None:
                 return await verification()
@@ -170,21 +213,53 @@ class CosignVerifier:
         client: registry.RegistryClient,
         image: reference.ImageReference,
         digest: str,
-        requirement: model.Signatures,
+        requirement: model.Signatures | None,
         public_keys: Sequence[keys.PublicKey],
         policy_namespace: str | None,
         deadline: float,
+        required: Sequence[tuple[model.Attestation, Sequence[keys.PublicKey]]] = (),
     ) -> engine.SignatureVerdict:
         try:
-            found = await cosign.find(
-                client, image.registry, image.repository, digest, deadline=deadline
-            )
-            root = await self._root(requirement, policy_namespace)
-            authorities.of_requirement(requirement, public_keys, root).verify(found, digest)
+            if requirement is not None:
+                found = await cosign.find(
+                    client, image.registry, image.repository, digest, deadline=deadline
+                )
+                root = await self._root(requirement, policy_namespace)
+                authorities.of_requirement(requirement, public_keys, root).verify(found, digest)
         except staleness.UNREACHABLE:
             raise  # no answer, not a verdict: the cache may serve an earlier one (cache.py)
         except FAILURES as error:
             return _failed(error, digest)
+        if required:
+            return await self._verify_attestations(
+                client, image, digest, required, requirement, policy_namespace, deadline
+            )
+        return engine.SignatureVerdict(True, digest=digest)
+
+    async def _verify_attestations(
+        self,
+        client: registry.RegistryClient,
+        image: reference.ImageReference,
+        digest: str,
+        required: Sequence[tuple[model.Attestation, Sequence[keys.PublicKey]]],
+        requirement: model.Signatures | None,
+        policy_namespace: str | None,
+        deadline: float,
+    ) -> engine.SignatureVerdict:
+        """Every attestation requirement met (AND), each by any of its authorities."""
+        try:
+            found = await cosign.find_attestations(
+                client, image.registry, image.repository, digest, deadline=deadline
+            )
+            for attestation, public_keys in required:
+                signers = _authorities_of(attestation, requirement)
+                root = await self._root(signers, policy_namespace)
+                authority = authorities.of_requirement(signers, public_keys, root)
+                attestations.verify(attestation, found, digest, authority, self._now())
+        except staleness.UNREACHABLE:
+            raise
+        except FAILURES as error:
+            return _failed(error, digest, "attestation")
         return engine.SignatureVerdict(True, digest=digest)
 
     async def _root(
