@@ -1,0 +1,352 @@
+"""`imagegate migrate`: the plan that moves workloads onto hardened images (design.md §8).
+
+    imagegate migrate --catalog dhi --catalog chainguard k8s/       # offline, DHI first
+    imagegate migrate -p policy.yaml deploy.yaml --format patch -o json
+    imagegate migrate --cluster                                      # from the scan's reports
+
+Offline it reads manifests (files, directories, `-` for stdin) with `imagegate check`'s reader;
+online it reads the background scan's PolicyReports, whose rows carry the suggestion
+(`properties.suggestion`). The plan itself is policy/migration.py; here is reading and printing.
+
+`-o table` prints the plan and then the change picked by `--format` (kubectl unless told);
+`-o json|yaml` prints the whole plan with every change, or, with `--format`, only that change,
+ready to pipe (`--format kustomize -o yaml` is an `images:` block). Exit status: 0 when a plan
+was produced (even one with nothing to change), 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import yaml
+
+from imagegate.commands import check
+from imagegate.core import workloads
+from imagegate.errors import UsageError
+from imagegate.policy import catalog as catalogue
+from imagegate.policy import engine, migration, model
+
+Output = Literal["table", "json", "yaml"]
+Change = Literal["kubectl", "patch", "kustomize"]
+#: Manifest files a directory contributes.
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+# -- input --------------------------------------------------------------------------------------
+
+
+def manifest_files(sources: Sequence[str]) -> list[str]:
+    """Files and `-` as given; a directory contributes its YAML and JSON files, recursively and
+    sorted, so that a plan over a checkout is stable."""
+    found: list[str] = []
+    for source in sources:
+        path = Path(source)
+        if source != "-" and path.is_dir():
+            found += sorted(
+                str(file)
+                for file in path.rglob("*")
+                if file.suffix in MANIFEST_SUFFIXES and file.is_file()
+            )
+        else:
+            found.append(source)
+    return found
+
+
+def planner_for(
+    catalogs: Sequence[str], policies: Sequence[engine.CompiledPolicy]
+) -> migration.Planner | None:
+    """The policies' rewrites when given (they are what the webhook would do), else the
+    catalogues in preference order; None when neither is given."""
+    if policies:
+        return migration.PolicyPlanner(tuple(policies))
+    if not catalogs:
+        return None
+    names: list[catalogue.CatalogName] = []
+    for name in catalogs:
+        if name not in catalogue.CATALOG_NAMES:
+            raise UsageError(
+                f"--catalog {name!r}: choose from {', '.join(catalogue.CATALOG_NAMES)}"
+            )
+        names.append("dhi" if name == "dhi" else "chainguard")
+    return migration.CatalogPlanner(tuple(names))
+
+
+def plans_from_manifests(
+    documents: Iterable[tuple[str, dict[str, Any]]], planner: migration.Planner
+) -> list[migration.WorkloadPlan]:
+    plans = []
+    for origin, document in documents:
+        if model.is_policy_document(document):
+            continue
+        plan = migration.plan_object(document, planner, origin)
+        if plan is not None:
+            plans.append(plan)
+    return plans
+
+
+def plans_from_reports(
+    reports: Iterable[Mapping[str, Any]], planner: migration.Planner | None
+) -> list[migration.WorkloadPlan]:
+    """One plan per object the reports list, each image once (a report has a row per image and
+    policy). Without a planner, the suggestion the scan wrote is the target."""
+    images: dict[migration.Workload, dict[str, migration.ImagePlan]] = {}
+    for report in reports:
+        for result in report.get("results") or []:
+            found = _image_of(result, planner)
+            if found is not None:
+                workload, image = found
+                images.setdefault(workload, {}).setdefault(image.container.pointer, image)
+    return [
+        migration.WorkloadPlan(workload, tuple(by_path.values()))
+        for workload, by_path in images.items()
+    ]
+
+
+def _image_of(
+    result: Mapping[str, Any], planner: migration.Planner | None
+) -> tuple[migration.Workload, migration.ImagePlan] | None:
+    properties = result.get("properties")
+    resources = result.get("resources")
+    if not isinstance(properties, Mapping) or not isinstance(resources, list) or not resources:
+        return None
+    image, path = str(properties.get("image") or ""), str(properties.get("path") or "")
+    resource = resources[0] if isinstance(resources[0], Mapping) else {}
+    if not image or not path:
+        return None  # an error row: no image to plan
+    workload = migration.Workload(
+        kind=str(resource.get("kind", "")),
+        name=str(resource.get("name", "")),
+        namespace=str(resource.get("namespace", "")),
+        api_version=str(resource.get("apiVersion", "")),
+        origin="PolicyReport",
+    )
+    container = migration.container_at(path, str(properties.get("container") or ""), image)
+    if planner is not None:
+        return workload, planner.plan(container)
+    return workload, _suggested(container, properties, str(result.get("policy", "")))
+
+
+def _suggested(
+    container: workloads.ContainerImage, properties: Mapping[str, Any], policy: str
+) -> migration.ImagePlan:
+    dropped = str(properties.get("droppedVersion") or "") or None
+    return migration.from_suggestion(
+        container, str(properties.get("suggestion") or ""), dropped, policy
+    )
+
+
+def read_reports(kubeconfig: Path | None, namespace: str | None) -> list[dict[str, Any]]:
+    """imagegate's PolicyReports (all namespaces, or one)."""
+    from kubernetes import client
+
+    from imagegate.admission import records as audit
+    from imagegate.cluster import kube
+    from imagegate.trail import reports
+
+    api = kube.admin_client(kubeconfig)
+    try:
+        found: Any = client.CustomObjectsApi(api).list_cluster_custom_object(
+            reports.GROUP, reports.VERSION, reports.PLURAL, label_selector=audit.MANAGED_BY_SELECTOR
+        )
+    except client.ApiException as error:
+        if error.status == 404:
+            raise UsageError("no PolicyReport CRD in this cluster: enable policyReports") from error
+        raise UsageError(f"cannot list PolicyReports: {error.reason} ({error.status})") from error
+    items = found.get("items", []) if isinstance(found, dict) else []
+    return [
+        item
+        for item in items
+        if namespace is None or (item.get("metadata") or {}).get("namespace") == namespace
+    ]
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def image_json(image: migration.ImagePlan) -> dict[str, Any]:
+    return {
+        "container": image.container.container_name,
+        "list": image.container.kind,
+        "path": image.container.pointer,
+        "image": image.container.image,
+        "status": image.status,
+        "target": str(image.target) if image.target is not None else None,
+        "by": image.by or None,
+        "droppedVersion": image.dropped_version,
+        "note": describe(image),
+    }
+
+
+def workload_json(plan: migration.WorkloadPlan) -> dict[str, Any]:
+    workload = plan.workload
+    document: dict[str, Any] = {
+        "kind": workload.kind,
+        "namespace": workload.namespace,
+        "name": workload.name,
+        "origin": workload.origin,
+        "images": [image_json(image) for image in plan.images],
+        "kubectl": migration.kubectl_line(plan),
+        "patch": migration.json_patch(plan),
+    }
+    if plan.error is not None:
+        document["error"] = plan.error
+    return document
+
+
+def kustomize_json(plans: Sequence[migration.WorkloadPlan]) -> dict[str, Any]:
+    found = migration.kustomize_images(plans)
+    return {
+        "images": [entry.to_json() for entry in found.entries],
+        "conflicts": list(found.conflicts),
+    }
+
+
+def plan_json(plans: Sequence[migration.WorkloadPlan]) -> dict[str, Any]:
+    return {
+        "workloads": [workload_json(plan) for plan in plans],
+        "kustomize": kustomize_json(plans),
+        "summary": migration.summary(plans),
+    }
+
+
+def change_json(plans: Sequence[migration.WorkloadPlan], change: Change) -> Any:
+    """Only the change, as `--format` with `-o json|yaml` prints it."""
+    if change == "kubectl":
+        return [line for plan in plans if (line := migration.kubectl_line(plan))]
+    if change == "patch":
+        return [
+            {
+                "kind": plan.workload.kind,
+                "namespace": plan.workload.namespace,
+                "name": plan.workload.name,
+                "origin": plan.workload.origin,
+                "patch": migration.json_patch(plan),
+            }
+            for plan in plans
+            if plan.changing
+        ]
+    return {"images": kustomize_json(plans)["images"]}
+
+
+def describe(image: migration.ImagePlan) -> str:
+    """The NOTE column: what happens to the tag, or why nothing changes."""
+    if image.note:
+        return image.note
+    if image.status == "latest-only":
+        return f"latest only: version {image.dropped_version} dropped"
+    if image.status == "mapped" and image.target is not None:
+        written = migration.written_tag(image.container.image)
+        if written is not None and written != image.target.tag:
+            return f"tag mapped {written} -> {image.target.tag}"
+        return "tag kept"
+    return {
+        "hardened": "already hardened",
+        "no-equivalent": "no hardened equivalent known",
+        "latest-only-refused": f"latest only (version {image.dropped_version}), not allowed",
+    }.get(image.status, image.status)
+
+
+_LIST_WORDS = {
+    "initContainers": " (init)",
+    "ephemeralContainers": " (ephemeral)",
+    "volumes": " (volume)",
+}
+
+
+def render_table(plans: Sequence[migration.WorkloadPlan], change: Change) -> str:
+    rows = [["WORKLOAD", "CONTAINER", "IMAGE", "NEW IMAGE", "NOTE"]]
+    for plan in plans:
+        label = plan.workload.label
+        if plan.error is not None:
+            rows.append([label, "-", "-", "-", f"cannot read the pod spec: {plan.error}"])
+        for image in plan.images:
+            container = image.container
+            new = str(image.target) if image.changes else "-"
+            name = container.container_name + _LIST_WORDS.get(container.kind, "")
+            rows.append([label, name, container.image, new, describe(image)])
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
+        + "  "
+        + row[4]
+        for row in rows
+    ]
+    counts = migration.summary(plans)["byStatus"]
+    lines.append(
+        f"{len(plans)} workloads, {sum(counts.values())} images: "
+        + ", ".join(f"{count} {status}" for status, count in counts.items())
+    )
+    return "\n".join(lines) + "\n\n" + render_change(plans, change)
+
+
+def render_change(plans: Sequence[migration.WorkloadPlan], change: Change) -> str:
+    """The change as text: a shell script, JSON patches, or a kustomization `images:` block."""
+    if change == "kubectl":
+        lines = []
+        for plan in plans:
+            line = migration.kubectl_line(plan)
+            if line:
+                lines.append(line)
+            for image in migration.not_for_kubectl(plan):
+                lines.append(
+                    f"# {plan.workload.label}: {image.container.where} is not changed by "
+                    "kubectl set image: apply the JSON patch (--format patch)"
+                )
+        return "\n".join(lines or ["# nothing to change"]) + "\n"
+    if change == "patch":
+        return json.dumps(change_json(plans, "patch"), indent=2) + "\n"
+    found = migration.kustomize_images(plans)
+    text = yaml.safe_dump({"images": [e.to_json() for e in found.entries]}, sort_keys=False)
+    return text + "".join(f"# not expressible: {conflict}\n" for conflict in found.conflicts)
+
+
+def write(stream: TextIO, document: Any, output: Output) -> None:
+    if output == "yaml":
+        stream.write(yaml.safe_dump(document, sort_keys=False))
+    else:
+        stream.write(json.dumps(document, indent=2) + "\n")
+
+
+# -- command ------------------------------------------------------------------------------------
+
+
+def run(
+    manifests: Sequence[str],
+    *,
+    policy_paths: Sequence[str] = (),
+    catalogs: Sequence[str] = (),
+    cluster: bool = False,
+    kubeconfig: Path | None = None,
+    namespace: str | None = None,
+    output: Output = "table",
+    change: Change | None = None,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+) -> int:
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    if list(policy_paths).count("-") + list(manifests).count("-") > 1:
+        raise UsageError("stdin (-) can be read only once")
+    policies = check.load_policies(policy_paths, stdin) if policy_paths else []
+    planner = planner_for(catalogs, policies)
+    if cluster:
+        if manifests:
+            raise UsageError("--cluster reads PolicyReports: give no manifests")
+        plans = plans_from_reports(read_reports(kubeconfig, namespace), planner)
+    else:
+        if not manifests:
+            raise UsageError("give manifests (files, directories or -), or --cluster")
+        if planner is None:
+            raise UsageError("say what to migrate to: -p POLICY.yaml or --catalog dhi|chainguard")
+        documents = check.load_documents(manifest_files(manifests), stdin)
+        plans = plans_from_manifests(documents, planner)
+    if output == "table":
+        stdout.write(render_table(plans, change or "kubectl"))
+    elif change is not None:
+        write(stdout, change_json(plans, change), output)
+    else:
+        write(stdout, plan_json(plans), output)
+    return 0
