@@ -317,3 +317,15 @@ def test_online_plans_come_from_the_scan_reports_suggestions() -> None:
     assert str(replanned_by_name["cache"].target) == "dhi.io/redis:7.2"
     volume = replanned_by_name["data"]
     assert (volume.container.kind, str(volume.target)) == ("volumes", "dhi.io/node:20")
+
+
+def test_a_file_in_a_directory_that_is_not_a_manifest_is_skipped_with_a_note(
+    cli: Callable[..., tuple[int, str]], manifests: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (manifests / "apps" / "chart-template.yaml").write_text("image: {{ .Values.image }}\n")
+    code, out = cli("--catalog", "dhi", "-o", "json", str(manifests))
+    assert code == 0
+    assert len(json.loads(out)["workloads"]) == 2
+    assert (
+        main(["migrate", "--catalog", "dhi", str(manifests / "apps" / "chart-template.yaml")]) == 2
+    )

@@ -39,21 +39,38 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 # -- input --------------------------------------------------------------------------------------
 
 
-def manifest_files(sources: Sequence[str]) -> list[str]:
-    """Files and `-` as given; a directory contributes its YAML and JSON files, recursively and
-    sorted, so that a plan over a checkout is stable."""
-    found: list[str] = []
+def manifest_files(sources: Sequence[str]) -> list[tuple[str, bool]]:
+    """(file, found in a directory) for the sources: files and `-` as given; a directory gives
+    its YAML and JSON files, recursively and sorted, so that a plan over a checkout is stable."""
+    found: list[tuple[str, bool]] = []
     for source in sources:
         path = Path(source)
         if source != "-" and path.is_dir():
             found += sorted(
-                str(file)
+                (str(file), True)
                 for file in path.rglob("*")
                 if file.suffix in MANIFEST_SUFFIXES and file.is_file()
             )
         else:
-            found.append(source)
+            found.append((source, False))
     return found
+
+
+def read_manifests(
+    sources: Sequence[str], stdin: TextIO, stderr: TextIO
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every object in the sources. A file named on the command line that cannot be read is
+    bad input; one found in a directory (a Helm template, a JSON array) is skipped with a
+    line on stderr, so that one odd file does not stop a plan over a whole checkout."""
+    documents = []
+    for file, in_directory in manifest_files(sources):
+        try:
+            documents += check.load_documents([file], stdin)
+        except UsageError as error:
+            if not in_directory:
+                raise
+            stderr.write(f"imagegate: skipped: {error.user_message}\n")
+    return documents
 
 
 def planner_for(
@@ -326,6 +343,7 @@ def run(
     change: Change | None = None,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
 ) -> int:
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     if list(policy_paths).count("-") + list(manifests).count("-") > 1:
@@ -341,7 +359,7 @@ def run(
             raise UsageError("give manifests (files, directories or -), or --cluster")
         if planner is None:
             raise UsageError("say what to migrate to: -p POLICY.yaml or --catalog dhi|chainguard")
-        documents = check.load_documents(manifest_files(manifests), stdin)
+        documents = read_manifests(manifests, stdin, stderr or sys.stderr)
         plans = plans_from_manifests(documents, planner)
     if output == "table":
         stdout.write(render_table(plans, change or "kubectl"))
