@@ -329,3 +329,16 @@ def test_a_file_in_a_directory_that_is_not_a_manifest_is_skipped_with_a_note(
     assert (
         main(["migrate", "--catalog", "dhi", str(manifests / "apps" / "chart-template.yaml")]) == 2
     )
+
+
+def test_official_images_are_counted_under_ecr_publics_mirror_too() -> None:
+    containers = [
+        workloads.ContainerImage("containers", 0, "a", image, "/spec/containers/0/image")
+        for image in ("public.ecr.aws/docker/library/redis:8", "quay.io/acme/x:1")
+    ]
+    plan = migration.plan_workload(
+        migration.Workload("Pod", "p"), containers, migration.CatalogPlanner(("dhi",))
+    )
+    found = migration.summary([plan])
+    assert found["officialImages"] == {"total": 1, "withEquivalent": 1}
+    assert found["vendorImages"] == {"total": 1, "withEquivalent": 0}

@@ -376,6 +376,8 @@ def summary(plans: Sequence[WorkloadPlan], top: int = 10) -> dict[str, Any]:
 
 
 def _official(text: str) -> bool:
-    return reference.parse(text).name.startswith(
-        f"{reference.DOCKER_HUB}/{reference.OFFICIAL_NAMESPACE}/"
-    )
+    """A Docker Official Image, under its own name or a mirror's (ECR Public's)."""
+    prefix = f"{reference.DOCKER_HUB}/{reference.OFFICIAL_NAMESPACE}"
+    mirrors = catalogue.load().source_mirrors.get(prefix, ())
+    name = reference.parse(text).name
+    return any(name.startswith(f"{root}/") for root in (prefix, *mirrors))
