@@ -137,6 +137,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         output=args.output,
         change=args.format,
+        verify=args.verify,
+        insecure_registries=frozenset(args.insecure_registry),
     )
 
 
@@ -356,6 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the change: kubectl set image lines, RFC 6902 JSON patches, kustomize images: "
         "entries (with -o json|yaml: print only that change)",
+    )
+    migrate.add_argument(
+        "--verify",
+        action="store_true",
+        help="ask each target's registry whether its tag exists (uses `docker login`)",
+    )
+    migrate.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="with --verify: reach this registry over plain HTTP (for test registries only)",
     )
     migrate.add_argument("manifests", nargs="*", metavar="MANIFEST", help="files, dirs, or -")
     migrate.set_defaults(handler=_cmd_migrate)

@@ -16,22 +16,32 @@ was produced (even one with nothing to change), 2 for bad input.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import yaml
 
 from imagegate.commands import check
-from imagegate.core import workloads
+from imagegate.core import reference, workloads
 from imagegate.errors import UsageError
 from imagegate.policy import catalog as catalogue
 from imagegate.policy import engine, migration, model
+from imagegate.registry import keychain
+
+if TYPE_CHECKING:
+    from imagegate.registry import client
 
 Output = Literal["table", "json", "yaml"]
 Change = Literal["kubectl", "patch", "kustomize"]
+#: Seconds for each target's registry to answer `--verify`.
+VERIFY_TIMEOUT = 10.0
 #: Manifest files a directory contributes.
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -181,10 +191,85 @@ def read_reports(kubeconfig: Path | None, namespace: str | None) -> list[dict[st
     ]
 
 
+# -- --verify ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What the target's registry said about its tag: exists (with the digest it names), is
+    missing, or could not be asked (`exists` None, `detail` says why)."""
+
+    exists: bool | None
+    digest: str | None = None
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"exists": self.exists, "digest": self.digest, "detail": self.detail}
+
+    @property
+    def note(self) -> str:
+        if self.exists:
+            return f"target exists ({self.digest})"
+        return "TARGET MISSING" if self.exists is False else f"target not checked: {self.detail}"
+
+
+async def verify_targets(
+    plans: Sequence[migration.WorkloadPlan],
+    registry: client.RegistryClient,
+    timeout: float = VERIFY_TIMEOUT,
+) -> dict[str, Verified]:
+    """Resolve every target tag once (a HEAD request each; no signature is verified here: the
+    mutating webhook does that under the policy that will validate the image)."""
+    from imagegate.registry import errors
+
+    targets = sorted({str(image.target) for plan in plans for image in plan.changing})
+    found: dict[str, Verified] = {}
+    for target in targets:
+        deadline = time.monotonic() + timeout
+        try:
+            descriptor = await registry.resolve(reference.parse(target), deadline=deadline)
+        except errors.ManifestUnknown:
+            found[target] = Verified(False, detail="the registry has no such tag")
+        except (errors.RegistryError, TimeoutError) as error:
+            found[target] = Verified(None, detail=f"{type(error).__name__}: {error}")
+        else:
+            found[target] = Verified(True, descriptor.digest)
+    return found
+
+
+def docker_keychain() -> keychain.Keychain:
+    """The credentials `docker login` saved ($DOCKER_CONFIG or ~/.docker/config.json), if any:
+    dhi.io answers only with a Docker login."""
+    from imagegate.cluster import credentials
+
+    folder = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    try:
+        data = (folder / "config.json").read_bytes()
+    except OSError:
+        return keychain.NoCredentials()
+    try:
+        return credentials.EntryKeychain(credentials.parse_docker_config(data))
+    except credentials.CredentialsError as error:
+        raise UsageError(f"{folder / 'config.json'}: {error.user_message}") from error
+
+
+async def _verify(
+    plans: Sequence[migration.WorkloadPlan], insecure: frozenset[str]
+) -> dict[str, Verified]:
+    import aiohttp
+
+    from imagegate.registry import client
+
+    async with aiohttp.ClientSession() as session:
+        registry = client.RegistryClient(session, keychain=docker_keychain(), insecure=insecure)
+        return await verify_targets(plans, registry)
+
+
 # -- output -------------------------------------------------------------------------------------
 
 
-def image_json(image: migration.ImagePlan) -> dict[str, Any]:
+def image_json(image: migration.ImagePlan, verified: Mapping[str, Verified]) -> dict[str, Any]:
+    found = verified.get(str(image.target)) if image.changes else None
     return {
         "container": image.container.container_name,
         "list": image.container.kind,
@@ -195,17 +280,18 @@ def image_json(image: migration.ImagePlan) -> dict[str, Any]:
         "by": image.by or None,
         "droppedVersion": image.dropped_version,
         "note": describe(image),
+        **({"verified": found.to_json()} if found is not None else {}),
     }
 
 
-def workload_json(plan: migration.WorkloadPlan) -> dict[str, Any]:
+def workload_json(plan: migration.WorkloadPlan, verified: Mapping[str, Verified]) -> dict[str, Any]:
     workload = plan.workload
     document: dict[str, Any] = {
         "kind": workload.kind,
         "namespace": workload.namespace,
         "name": workload.name,
         "origin": workload.origin,
-        "images": [image_json(image) for image in plan.images],
+        "images": [image_json(image, verified) for image in plan.images],
         "kubectl": migration.kubectl_line(plan),
         "patch": migration.json_patch(plan),
     }
@@ -222,9 +308,11 @@ def kustomize_json(plans: Sequence[migration.WorkloadPlan]) -> dict[str, Any]:
     }
 
 
-def plan_json(plans: Sequence[migration.WorkloadPlan]) -> dict[str, Any]:
+def plan_json(
+    plans: Sequence[migration.WorkloadPlan], verified: Mapping[str, Verified]
+) -> dict[str, Any]:
     return {
-        "workloads": [workload_json(plan) for plan in plans],
+        "workloads": [workload_json(plan, verified) for plan in plans],
         "kustomize": kustomize_json(plans),
         "summary": migration.summary(plans),
     }
@@ -274,7 +362,11 @@ _LIST_WORDS = {
 }
 
 
-def render_table(plans: Sequence[migration.WorkloadPlan], change: Change) -> str:
+def render_table(
+    plans: Sequence[migration.WorkloadPlan],
+    change: Change,
+    verified: Mapping[str, Verified] | None = None,
+) -> str:
     rows = [["WORKLOAD", "CONTAINER", "IMAGE", "NEW IMAGE", "NOTE"]]
     for plan in plans:
         label = plan.workload.label
@@ -284,7 +376,10 @@ def render_table(plans: Sequence[migration.WorkloadPlan], change: Change) -> str
             container = image.container
             new = str(image.target) if image.changes else "-"
             name = container.container_name + _LIST_WORDS.get(container.kind, "")
-            rows.append([label, name, container.image, new, describe(image)])
+            note = describe(image)
+            if image.changes and verified and str(image.target) in verified:
+                note += "; " + verified[str(image.target)].note
+            rows.append([label, name, container.image, new, note])
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
@@ -341,6 +436,8 @@ def run(
     namespace: str | None = None,
     output: Output = "table",
     change: Change | None = None,
+    verify: bool = False,
+    insecure_registries: frozenset[str] = frozenset(),
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
@@ -361,10 +458,11 @@ def run(
             raise UsageError("say what to migrate to: -p POLICY.yaml or --catalog dhi|chainguard")
         documents = read_manifests(manifests, stdin, stderr or sys.stderr)
         plans = plans_from_manifests(documents, planner)
+    verified = asyncio.run(_verify(plans, insecure_registries)) if verify else {}
     if output == "table":
-        stdout.write(render_table(plans, change or "kubectl"))
+        stdout.write(render_table(plans, change or "kubectl", verified))
     elif change is not None:
         write(stdout, change_json(plans, change), output)
     else:
-        write(stdout, plan_json(plans), output)
+        write(stdout, plan_json(plans, verified), output)
     return 0
