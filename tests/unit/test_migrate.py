@@ -342,3 +342,13 @@ def test_official_images_are_counted_under_ecr_publics_mirror_too() -> None:
     found = migration.summary([plan])
     assert found["officialImages"] == {"total": 1, "withEquivalent": 1}
     assert found["vendorImages"] == {"total": 1, "withEquivalent": 0}
+
+
+def test_an_image_listed_twice_in_a_report_is_planned_from_the_row_with_a_suggestion() -> None:
+    obj = yaml.safe_load(DEPLOYMENT)
+    rows = reports.results_for(obj, decide(obj, REWRITE), [REWRITE])
+    app = next(row for row in rows if row.container == "app")
+    body = {"results": [app._replace(suggestion="", action="").to_json(0), app.to_json(0)]}
+    [plan] = migrate.plans_from_reports([body], None)
+    [image] = plan.images
+    assert str(image.target) == "cgr.dev/chainguard/python:latest"

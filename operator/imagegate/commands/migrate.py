@@ -126,7 +126,10 @@ def plans_from_reports(
             found = _image_of(result, planner)
             if found is not None:
                 workload, image = found
-                images.setdefault(workload, {}).setdefault(image.container.pointer, image)
+                by_path = images.setdefault(workload, {})
+                known = by_path.get(image.container.pointer)
+                if known is None or (image.changes and not known.changes):
+                    by_path[image.container.pointer] = image
     return [
         migration.WorkloadPlan(workload, tuple(by_path.values()))
         for workload, by_path in images.items()
@@ -184,6 +187,13 @@ def read_reports(kubeconfig: Path | None, namespace: str | None) -> list[dict[st
             raise UsageError("no PolicyReport CRD in this cluster: enable policyReports") from error
         raise UsageError(f"cannot list PolicyReports: {error.reason} ({error.status})") from error
     items = found.get("items", []) if isinstance(found, dict) else []
+    for item in items:
+        truncated = ((item.get("metadata") or {}).get("annotations") or {}).get(
+            reports.TRUNCATED_ANNOTATION
+        )
+        if truncated:
+            where = (item.get("metadata") or {}).get("namespace", "")
+            print(f"imagegate: the report of {where} is truncated ({truncated})", file=sys.stderr)
     return [
         item
         for item in items

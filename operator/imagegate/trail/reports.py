@@ -17,6 +17,8 @@ REPORT_NAME = "imagegate"
 CATEGORY = "Image provenance"
 #: etcd objects are capped at ~1.5 MiB; a report this long is already past reading.
 MAX_RESULTS = 1000
+#: On a report that lists only MAX_RESULTS of its results: how many it leaves out.
+TRUNCATED_ANNOTATION = "imagegate.dev/truncated"
 
 #: (API group, kind) → (apiVersion, plural) of every kind with a pod spec that is scanned.
 SCANNED: Mapping[tuple[str, str], tuple[str, str]] = {
@@ -276,7 +278,7 @@ def report(
     annotations = {}
     unlisted = sum(summary.values()) - len(ordered)
     if unlisted > 0:
-        annotations["imagegate.dev/truncated"] = f"{unlisted} results not listed"
+        annotations[TRUNCATED_ANNOTATION] = f"{unlisted} results not listed"
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PolicyReport",
