@@ -30,7 +30,7 @@ import yaml
 
 from imagegate.commands import check
 from imagegate.core import reference, workloads
-from imagegate.errors import UsageError
+from imagegate.errors import ImagegateError, UsageError
 from imagegate.policy import catalog as catalogue
 from imagegate.policy import engine, migration, model
 from imagegate.registry import keychain
@@ -185,7 +185,8 @@ def read_reports(kubeconfig: Path | None, namespace: str | None) -> list[dict[st
     except client.ApiException as error:
         if error.status == 404:
             raise UsageError("no PolicyReport CRD in this cluster: enable policyReports") from error
-        raise UsageError(f"cannot list PolicyReports: {error.reason} ({error.status})") from error
+        message = f"cannot list PolicyReports: {error.reason} ({error.status})"
+        raise ImagegateError(message) from error  # the cluster's answer, not bad input: exit 1
     items = found.get("items", []) if isinstance(found, dict) else []
     for item in items:
         truncated = ((item.get("metadata") or {}).get("annotations") or {}).get(
