@@ -11,7 +11,8 @@ online it reads the background scan's PolicyReports, whose rows carry the sugges
 `-o table` prints the plan and then the change picked by `--format` (kubectl unless told);
 `-o json|yaml` prints the whole plan with every change, or, with `--format`, only that change,
 ready to pipe (`--format kustomize -o yaml` is an `images:` block). Exit status: 0 when a plan
-was produced (even one with nothing to change), 2 for bad input.
+was produced (even one with nothing to change), 1 when the cluster refuses to list the
+reports, 2 for bad input.
 """
 
 from __future__ import annotations
