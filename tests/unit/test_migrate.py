@@ -63,6 +63,13 @@ metadata: {name: chainguard}
 spec:
   rewrites: [{catalog: chainguard}]
 """
+PYTHON_ONLY = """
+apiVersion: imagegate.dev/v1alpha1
+kind: ClusterImagePolicy
+metadata: {name: python-only}
+spec:
+  rewrites: [{from: docker.io/library/python, to: cgr.dev/chainguard/python}]
+"""
 
 
 @pytest.fixture
@@ -352,3 +359,47 @@ def test_an_image_listed_twice_in_a_report_is_planned_from_the_row_with_a_sugges
     [plan] = migrate.plans_from_reports([body], None)
     [image] = plan.images
     assert str(image.target) == "cgr.dev/chainguard/python:latest"
+
+
+def test_a_policy_and_a_catalogue_together_the_policy_first_then_the_catalogue(
+    cli: Callable[..., tuple[int, str]], manifests: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "python.yaml").write_text(PYTHON_ONLY)
+    (tmp_path / "strict.yaml").write_text(CHAINGUARD_VERSIONS_KEPT)
+    found = images_by_container(
+        plan_of(cli, manifests, "-p", str(tmp_path / "python.yaml"), "--catalog", "dhi")
+    )
+    assert (found["app"]["target"], found["app"]["by"]) == (
+        "cgr.dev/chainguard/python:latest",
+        "python-only",
+    )
+    assert (found["cache"]["target"], found["cache"]["by"]) == ("dhi.io/redis:7.2", "dhi")
+
+    # A policy's refusal stands: the webhook would not rewrite, so the plan does not either.
+    strict = images_by_container(
+        plan_of(cli, manifests, "-p", str(tmp_path / "strict.yaml"), "--catalog", "dhi")
+    )
+    assert strict["cache"]["status"] == "latest-only-refused"
+
+
+def test_a_pod_templates_images_are_left_to_the_patch_not_kubectl() -> None:
+    container = workloads.ContainerImage(
+        "containers", 0, "app", "python:3.12", "/template/spec/containers/0/image"
+    )
+    plan = migration.plan_workload(
+        migration.Workload("PodTemplate", "t"), [container], migration.CatalogPlanner(("dhi",))
+    )
+    assert migration.kubectl_line(plan) is None
+    assert [image.container.container_name for image in migration.not_for_kubectl(plan)] == ["app"]
+    assert migration.json_patch(plan)[1]["value"] == "dhi.io/python:3.12"
+
+
+def test_verified_targets_are_noted_in_the_table() -> None:
+    container = workloads.ContainerImage("containers", 0, "app", "python:3.12", "/spec/x")
+    plan = migration.plan_workload(
+        migration.Workload("Pod", "p"), [container], migration.CatalogPlanner(("dhi",))
+    )
+    table = migrate.render_table(
+        [plan], "kubectl", {"dhi.io/python:3.12": migrate.Verified(False, detail="no such tag")}
+    )
+    assert "tag kept; TARGET MISSING" in table

@@ -87,12 +87,11 @@ def read_manifests(
 def planner_for(
     catalogs: Sequence[str], policies: Sequence[engine.CompiledPolicy]
 ) -> migration.Planner | None:
-    """The policies' rewrites when given (they are what the webhook would do), else the
-    catalogues in preference order; None when neither is given."""
+    """The policies' rewrites (what the webhook would do), then the catalogues in preference
+    order for images the policies know no equivalent for; None when neither is given."""
+    planners: list[migration.CatalogPlanner | migration.PolicyPlanner] = []
     if policies:
-        return migration.PolicyPlanner(tuple(policies))
-    if not catalogs:
-        return None
+        planners.append(migration.PolicyPlanner(tuple(policies)))
     names: list[catalogue.CatalogName] = []
     for name in catalogs:
         if name not in catalogue.CATALOG_NAMES:
@@ -100,7 +99,11 @@ def planner_for(
                 f"--catalog {name!r}: choose from {', '.join(catalogue.CATALOG_NAMES)}"
             )
         names.append("dhi" if name == "dhi" else "chainguard")
-    return migration.CatalogPlanner(tuple(names))
+    if names:
+        planners.append(migration.CatalogPlanner(tuple(names)))
+    if not planners:
+        return None
+    return planners[0] if len(planners) == 1 else migration.FirstPlanner(tuple(planners))
 
 
 def plans_from_manifests(

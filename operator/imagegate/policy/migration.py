@@ -36,6 +36,11 @@ CHANGING: frozenset[Status] = frozenset({"mapped", "latest-only"})
 HARDENED_PREFIXES = ("cgr.dev/", "docker.io/chainguard/", "dhi.io/")
 #: Container lists `kubectl set image` edits (image volumes are not containers).
 KUBECTL_LISTS = ("containers", "initContainers")
+#: Kinds `kubectl set image` accepts (not PodTemplate).
+KUBECTL_KINDS = frozenset(
+    {"Pod", "ReplicationController", "Deployment", "DaemonSet", "StatefulSet", "ReplicaSet"}
+    | {"Job", "CronJob"}
+)
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,23 @@ class PolicyPlanner:
         return refused or ImagePlan(container, "no-equivalent")
 
 
-Planner = CatalogPlanner | PolicyPlanner
+@dataclass(frozen=True)
+class FirstPlanner:
+    """Planners in preference order (a policy's rewrites, then catalogues): the first that
+    knows an equivalent. Only "no equivalent" falls through; a policy's refusal stands."""
+
+    planners: tuple[CatalogPlanner | PolicyPlanner, ...]
+
+    def plan(self, container: workloads.ContainerImage) -> ImagePlan:
+        found = ImagePlan(container, "no-equivalent")
+        for planner in self.planners:
+            found = planner.plan(container)
+            if found.status != "no-equivalent":
+                return found
+        return found
+
+
+Planner = CatalogPlanner | PolicyPlanner | FirstPlanner
 
 
 def from_suggestion(
@@ -234,26 +255,31 @@ def container_at(pointer: str, name: str, image: str) -> workloads.ContainerImag
 
 def kubectl_line(plan: WorkloadPlan) -> str | None:
     """`kubectl set image` for the workload's changing containers, or None when none."""
+    workload = plan.workload
     pairs = [
         f"{image.container.container_name}={image.target}"
         for image in plan.changing
-        if image.container.kind in KUBECTL_LISTS and image.container.container_name
+        if _kubectl_can(workload, image)
     ]
     if not pairs:
         return None
-    workload = plan.workload
     namespace = f" -n {_quoted(workload.namespace)}" if workload.namespace else ""
     resource = f"{workload.kind.lower()}/{workload.name}"
     return f"kubectl set image{namespace} {_quoted(resource)} " + " ".join(map(_quoted, pairs))
 
 
 def not_for_kubectl(plan: WorkloadPlan) -> list[ImagePlan]:
-    """Changes `kubectl set image` cannot make (image volumes, ephemeral containers)."""
-    return [
-        image
-        for image in plan.changing
-        if image.container.kind not in KUBECTL_LISTS or not image.container.container_name
-    ]
+    """Changes `kubectl set image` cannot make (image volumes, ephemeral containers, unnamed
+    containers, a PodTemplate's)."""
+    return [image for image in plan.changing if not _kubectl_can(plan.workload, image)]
+
+
+def _kubectl_can(workload: Workload, image: ImagePlan) -> bool:
+    return (
+        workload.kind in KUBECTL_KINDS
+        and image.container.kind in KUBECTL_LISTS
+        and bool(image.container.container_name)
+    )
 
 
 def _quoted(text: str) -> str:
