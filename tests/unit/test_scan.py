@@ -75,6 +75,15 @@ def test_an_image_the_webhook_would_rewrite_is_reported_rewritten_with_its_sugge
     assert properties["action"] == "rewrite"
 
 
+def test_a_warn_policys_row_keeps_its_own_message_beside_a_rewritten_one() -> None:
+    obj = with_namespace(deployment("python:3.12"))
+    rows = reports.results_for(obj, decide(obj, REWRITE, WARN), [REWRITE, WARN])
+    by_policy = {row.policy: row for row in rows}
+    assert by_policy["hardened"].message.startswith("rewritten: ")
+    assert by_policy["preview"].result == "warn"
+    assert "would be denied by policy preview" in by_policy["preview"].message
+
+
 def test_a_rewrite_to_an_untrusted_target_still_fails_and_carries_the_suggestion() -> None:
     elsewhere = policy(
         "elsewhere",

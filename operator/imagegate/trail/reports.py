@@ -165,11 +165,12 @@ def results_for(
 
         for violation in image.violations:
             message = engine.describe(image, violation)
+            enforced = violation.policy.mode is engine.Mode.ENFORCE
             if "registry error" in violation.reason:
                 outcome = "error"  # not a verdict on the image: nobody could look
-            elif pending is not None and _admissible(pending, policies):
+            elif enforced and pending is not None and _admissible(pending, policies):
                 outcome, message = "warn", _rewritten_message(pending, violation)
-            elif violation.policy.mode is engine.Mode.ENFORCE:
+            elif enforced:
                 outcome = "fail"
             else:
                 outcome = "warn"
