@@ -19,6 +19,7 @@ from kubernetes import client
 
 from imagegate.cluster import resources
 from imagegate.commands import audit as trail
+from imagegate.commands import migrate
 from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
 from imagegate.testbed import local
@@ -127,6 +128,55 @@ def test_existing_workloads_are_reported_after_a_policy_is_applied(
 
     policies.delete(namespace, "hardened")
     wait_for(lambda: report(api, namespace) is None, "report deleted with the policy")
+
+
+def test_a_rewritable_image_is_reported_rewritten_and_migrate_plans_from_the_report(
+    api: client.ApiClient,
+    cluster: Cluster,
+    operator: local.LocalOperator,
+    namespace: str,
+    image_policy: PolicyFactory,
+) -> None:
+    """design.md §10: the scan writes the suggestion into the report; `imagegate migrate
+    --cluster` reads it back into a plan."""
+    _, deployment = workload("Deployment", "python:3.12")
+    deployment["metadata"] = {"name": "web"}
+    client.AppsV1Api(api).create_namespaced_deployment(namespace, deployment)
+    image_policy(
+        namespace,
+        "hardened",
+        {"sources": [CHAINGUARD], "rewrites": [{"catalog": "chainguard", "allowLatestOnly": True}]},
+    )
+    found = wait_for(lambda: report(api, namespace), "PolicyReport after the policy")
+    [row] = found["results"]
+    assert row["result"] == "warn"
+    assert row["message"].startswith("rewritten: container 'app' image 'python:3.12' is rewritten")
+    assert row["properties"]["suggestion"] == "cgr.dev/chainguard/python:latest"
+    assert row["properties"]["droppedVersion"] == "3.12"
+
+    out = io.StringIO()
+    assert (
+        migrate.run(
+            [],
+            cluster=True,
+            kubeconfig=cluster.kubeconfig,
+            namespace=namespace,
+            output="json",
+            stdout=out,
+        )
+        == 0
+    )
+    [planned] = json.loads(out.getvalue())["workloads"]
+    assert (planned["kind"], planned["name"], planned["namespace"]) == (
+        "Deployment",
+        "web",
+        namespace,
+    )
+    assert planned["images"][0]["target"] == "cgr.dev/chainguard/python:latest"
+    assert planned["images"][0]["droppedVersion"] == "3.12"
+    assert planned["kubectl"] == (
+        f"kubectl set image -n {namespace} deployment/web app=cgr.dev/chainguard/python:latest"
+    )
 
 
 class _Policies:

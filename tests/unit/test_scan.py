@@ -13,7 +13,7 @@ from imagegate.core import workloads
 from imagegate.policy import engine
 from imagegate.trail import reports, scan
 
-from .test_webhook import REWRITE, Policies, deployment, policy, review
+from .test_webhook import REWRITE, Policies, apply_patch, deployment, policy, review
 
 NOW = datetime.datetime(2026, 11, 23, 12, 0, tzinfo=datetime.UTC)
 WARN = policy("preview", mode="warn", sources=[{"name": "cg", "images": ["cgr.dev/**"]}])
@@ -50,13 +50,70 @@ def test_enforce_violations_fail_warn_and_audit_ones_warn_trusted_images_pass() 
     ] == [("hardened", "pass")]
 
 
-async def test_the_scan_reaches_the_webhooks_verdict() -> None:
-    """Same engine calls as /validate: the report fails exactly what admission would deny."""
+async def test_the_scan_reaches_the_admission_chains_verdict() -> None:
+    """Same engine calls as the webhooks: the report fails exactly what admission (mutation,
+    then validation) would deny, and what mutation would rewrite is a warning, not a failure."""
     for image in ("python:3.12", "ghcr.io/x/y:1", "cgr.dev/chainguard/python:latest"):
         obj = deployment(image)
-        response = await webhook.Validator(Policies(REWRITE))(review(obj), 0)
-        failed = any(r.result == "fail" for r in reports.results_for(obj, decide(obj, REWRITE)))
+        mutated = apply_patch(obj, await webhook.Mutator(Policies(REWRITE))(review(obj), 0))
+        response = await webhook.Validator(Policies(REWRITE))(review(mutated), 0)
+        rows = reports.results_for(obj, decide(obj, REWRITE), [REWRITE])
+        failed = any(r.result == "fail" for r in rows)
         assert failed is (not response.allowed), image
+
+
+def test_an_image_the_webhook_would_rewrite_is_reported_rewritten_with_its_suggestion() -> None:
+    obj = with_namespace(deployment("python:3.12"))
+    [row] = reports.results_for(obj, decide(obj, REWRITE), [REWRITE])
+    assert row.result == "warn"
+    assert row.message.startswith(
+        "rewritten: container 'app' image 'python:3.12' is rewritten to "
+        "cgr.dev/chainguard/python:latest by policy hardened when next admitted"
+    )
+    properties = row.to_json(0)["properties"]
+    assert properties["suggestion"] == "cgr.dev/chainguard/python:latest"
+    assert properties["action"] == "rewrite"
+
+
+def test_a_warn_policys_row_keeps_its_own_message_beside_a_rewritten_one() -> None:
+    obj = with_namespace(deployment("python:3.12"))
+    rows = reports.results_for(obj, decide(obj, REWRITE, WARN), [REWRITE, WARN])
+    by_policy = {row.policy: row for row in rows}
+    assert by_policy["hardened"].message.startswith("rewritten: ")
+    assert by_policy["preview"].result == "warn"
+    assert "would be denied by policy preview" in by_policy["preview"].message
+
+
+def test_a_rewrite_to_an_untrusted_target_still_fails_and_carries_the_suggestion() -> None:
+    elsewhere = policy(
+        "elsewhere",
+        sources=[{"name": "ours", "images": ["ghcr.io/acme/**"]}],
+        rewrites=[{"from": "docker.io/library/python", "to": "cgr.dev/chainguard/python"}],
+    )
+    obj = with_namespace(deployment("python:3.12"))
+    [row] = reports.results_for(obj, decide(obj, elsewhere), [elsewhere])
+    assert row.result == "fail"
+    assert row.to_json(0)["properties"]["suggestion"] == "cgr.dev/chainguard/python:latest"
+
+
+def test_a_latest_only_rewrite_names_the_dropped_version_in_the_report() -> None:
+    chainguard = policy(
+        "cg",
+        sources=[{"name": "cg", "images": ["cgr.dev/chainguard/**"]}],
+        rewrites=[{"catalog": "chainguard", "allowLatestOnly": True}],
+    )
+    obj = with_namespace(deployment("redis:7.2"))
+    [row] = reports.results_for(obj, decide(obj, chainguard), [chainguard])
+    assert (row.result, row.dropped_version) == ("warn", "7.2")
+    assert "dropping version 7.2" in row.message
+    assert row.to_json(0)["properties"]["droppedVersion"] == "7.2"
+
+
+def test_rows_without_a_suggestion_carry_no_suggestion_property() -> None:
+    obj = with_namespace(deployment("ghcr.io/acme/billing:2"))
+    [row] = reports.results_for(obj, decide(obj, REWRITE), [REWRITE])
+    assert row.result == "fail"
+    assert set(row.to_json(0)["properties"]) == {"image", "container", "path"}
 
 
 def test_a_missing_verdict_or_registry_error_is_an_error_row_not_a_pass() -> None:

@@ -221,6 +221,23 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     return catalog.run(args.search, target=args.target, output=args.output)
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from imagegate.commands import migrate
+
+    return migrate.run(
+        args.manifests,
+        policy_paths=args.policy,
+        catalogs=args.catalog,
+        cluster=args.cluster,
+        kubeconfig=args.kubeconfig,
+        namespace=args.namespace,
+        output=args.output,
+        change=args.format,
+        verify=args.verify,
+        insecure_registries=frozenset(args.insecure_registry),
+    )
+
+
 def _cmd_selftest(args: argparse.Namespace) -> int:
     from imagegate.commands import selftest
 
@@ -413,6 +430,55 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.add_argument("--target", choices=["chainguard", "dhi"], default=None)
     catalog.add_argument("-o", "--output", choices=["table", "json"], default="table")
     catalog.set_defaults(handler=_cmd_catalog)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="plan the move to hardened images: new references and the change to apply",
+        description="Offline over manifests, or --cluster from the scan's PolicyReports. "
+        "Exit status: 0 a plan was produced, 2 bad input.",
+    )
+    migrate.add_argument(
+        "-p",
+        "--policy",
+        action="append",
+        default=[],
+        metavar="POLICY.yaml",
+        help="plan with these policies' rewrites (repeatable; - for stdin)",
+    )
+    migrate.add_argument(
+        "--catalog",
+        action="append",
+        default=[],
+        choices=["dhi", "chainguard"],
+        help="plan with this catalogue (repeatable: the first with an equivalent wins)",
+    )
+    migrate.add_argument(
+        "--cluster", action="store_true", help="read the scan's PolicyReports, not manifests"
+    )
+    migrate.add_argument("--kubeconfig", type=Path, default=None, help="default: $KUBECONFIG")
+    migrate.add_argument("-n", "--namespace", default=None, help="with --cluster: only here")
+    migrate.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    migrate.add_argument(
+        "--format",
+        choices=["kubectl", "patch", "kustomize"],
+        default=None,
+        help="the change: kubectl set image lines, RFC 6902 JSON patches, kustomize images: "
+        "entries (with -o json|yaml: print only that change)",
+    )
+    migrate.add_argument(
+        "--verify",
+        action="store_true",
+        help="ask each target's registry whether its tag exists (uses `docker login`)",
+    )
+    migrate.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="with --verify: reach this registry over plain HTTP (for test registries only)",
+    )
+    migrate.add_argument("manifests", nargs="*", metavar="MANIFEST", help="files, dirs, or -")
+    migrate.set_defaults(handler=_cmd_migrate)
 
     selftest = commands.add_parser(
         "selftest",

@@ -17,6 +17,8 @@ REPORT_NAME = "imagegate"
 CATEGORY = "Image provenance"
 #: etcd objects are capped at ~1.5 MiB; a report this long is already past reading.
 MAX_RESULTS = 1000
+#: On a report that lists only MAX_RESULTS of its results: how many it leaves out.
+TRUNCATED_ANNOTATION = "imagegate.dev/truncated"
 
 #: (API group, kind) → (apiVersion, plural) of every kind with a pod spec that is scanned.
 SCANNED: Mapping[tuple[str, str], tuple[str, str]] = {
@@ -48,6 +50,12 @@ class Result(NamedTuple):
     image: str
     container: str
     path: str
+    #: The hardened equivalent a rewrite rule names for the image ("" when none): design.md §10.
+    suggestion: str = ""
+    #: "rewrite" when the mutating webhook would rewrite the image on its next admission.
+    action: str = ""
+    #: The version the suggestion drops (a latest-only target), if any.
+    dropped_version: str = ""
 
     @property
     def resource(self) -> dict[str, str]:
@@ -67,8 +75,18 @@ class Result(NamedTuple):
             "scored": True,
             "timestamp": {"seconds": timestamp, "nanos": 0},
             "resources": [self.resource],
-            "properties": {"image": self.image, "container": self.container, "path": self.path},
+            "properties": self.properties,
         }
+
+    @property
+    def properties(self) -> dict[str, str]:
+        found = {"image": self.image, "container": self.container, "path": self.path}
+        extra = {
+            "suggestion": self.suggestion,
+            "action": self.action,
+            "droppedVersion": self.dropped_version,
+        }
+        return found | {key: value for key, value in extra.items() if value}
 
 
 # -- pure -----------------------------------------------------------------------------------------
@@ -106,18 +124,30 @@ def reference_of(obj: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
     )
 
 
-def results_for(obj: Mapping[str, Any], decision: engine.Decision) -> list[Result]:
-    """The report rows of one object's decision: a row per (image, policy) judged."""
+def results_for(
+    obj: Mapping[str, Any],
+    decision: engine.Decision,
+    policies: Sequence[engine.CompiledPolicy] = (),
+) -> list[Result]:
+    """The report rows of one object's decision: a row per (image, policy) judged.
+
+    `policies` are the applicable ones: where an enforce policy's rewrite applies to a stored
+    image and the target comes from trusted sources, the mutating webhook would rewrite it on
+    its next admission, so its violation is a "warn" that says so, not a "fail" (design.md §10).
+    """
     reference = reference_of(obj)
     rows = []
     for image in decision.images:
         container = image.planned.container
+        pending = _pending_rewrite(container, policies)
 
         def row(
             policy: str,
             result: str,
             message: str,
+            suggestion: str = "",
             container: workloads.ContainerImage = container,
+            pending: engine.PlannedImage | None = pending,
         ) -> Result:
             return Result(
                 policy=policy,
@@ -128,21 +158,54 @@ def results_for(obj: Mapping[str, Any], decision: engine.Decision) -> list[Resul
                 image=container.image,
                 container=container.container_name,
                 path=container.pointer,
+                suggestion=pending.final_text if pending else suggestion,
+                action="rewrite" if pending else "",
+                dropped_version=(pending.dropped_version or "") if pending else "",
             )
 
         for violation in image.violations:
+            message = engine.describe(image, violation)
+            enforced = violation.policy.mode is engine.Mode.ENFORCE
             if "registry error" in violation.reason:
                 outcome = "error"  # not a verdict on the image: nobody could look
-            elif violation.policy.mode is engine.Mode.ENFORCE:
+            elif enforced and pending is not None and _admissible(pending, policies):
+                outcome, message = "warn", _rewritten_message(pending, violation)
+            elif enforced:
                 outcome = "fail"
             else:
                 outcome = "warn"
             rows.append(
-                row(violation.policy.display_name, outcome, engine.describe(image, violation))
+                row(violation.policy.display_name, outcome, message, violation.suggestion or "")
             )
         for policy, source in image.trusted_by:
             rows.append(row(policy, "pass", f"{container.image!r} is from source {source}"))
     return rows
+
+
+def _pending_rewrite(
+    container: workloads.ContainerImage, policies: Sequence[engine.CompiledPolicy]
+) -> engine.PlannedImage | None:
+    """What the mutating webhook would make of the stored image, when it would change it."""
+    if not policies:
+        return None
+    [planned] = engine.plan_rewrites([container], policies, apply=True)
+    return planned if planned.rewritten_by and planned.final != planned.original else None
+
+
+def _admissible(pending: engine.PlannedImage, policies: Sequence[engine.CompiledPolicy]) -> bool:
+    """Whether the rewritten image comes from sources every enforce policy trusts (signatures
+    are verified at admission: a target that fails is not rewritten, and then denied)."""
+    return pending.final is not None and engine.trusted_by_sources(pending.final, policies)
+
+
+def _rewritten_message(pending: engine.PlannedImage, violation: engine.Violation) -> str:
+    dropping = engine.dropping(pending.dropped_version)
+    return (
+        f"rewritten: {pending.container.where} image {pending.container.image!r} is rewritten to "
+        f"{pending.final_text} by policy {pending.rewritten_by} when next admitted"
+        + (f", {dropping}" if dropping else "")
+        + f" (as stored it is not admitted: {violation.reason})"
+    )
 
 
 def malformed_result(obj: Mapping[str, Any], error: workloads.MalformedWorkloadError) -> Result:
@@ -216,7 +279,7 @@ def report(
     annotations = {}
     unlisted = sum(summary.values()) - len(ordered)
     if unlisted > 0:
-        annotations["imagegate.dev/truncated"] = f"{unlisted} results not listed"
+        annotations[TRUNCATED_ANNOTATION] = f"{unlisted} results not listed"
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "PolicyReport",

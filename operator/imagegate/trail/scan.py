@@ -184,7 +184,7 @@ class PolicyReportScanner:
             ),
             OBJECT_DEADLINE + 1,
         )
-        return reports.results_for(obj, decision)
+        return reports.results_for(obj, decision, policies)
 
     async def _objects(self, summary: ScanSummary) -> AsyncIterator[dict[str, Any]]:
         """Every scanned object as raw JSON, with apiVersion and kind set (lists omit them),
