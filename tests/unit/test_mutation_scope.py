@@ -11,6 +11,7 @@ from imagegate.admission import patches
 from imagegate.admission import reviewers as webhook
 from imagegate.core import workloads
 from imagegate.policy import engine, model
+from imagegate.trail import reports
 
 from .test_webhook import Policies, Resolver, apply_patch, deployment, policy, review
 
@@ -205,3 +206,25 @@ async def test_the_background_scan_judges_a_controller_as_validate_does() -> Non
     )
     assert decision.allowed
     assert [str(image.planned.final) for image in decision.images] == ["dhi.io/python:3.12"]
+
+
+async def test_the_scan_reports_a_controller_left_to_its_pods_as_rewritten_not_pass() -> None:
+    """Its Pods are admitted, but its stored spec still names the original: the report says
+    so ("rewritten", with the suggestion), so the migration is not hidden behind a pass."""
+    obj = deployment("python:3.12-slim")
+    policies = [hardened()]
+    decision = await webhook.judge(
+        workloads.find_images(obj),
+        policies,
+        obj=obj,
+        namespace="shop",
+        group_kind=("apps", "Deployment"),
+        verifier=None,
+        keychains=None,
+        deadline=0,
+    )
+    [row] = reports.results_for(obj, decision, policies)
+    assert row.result == "warn"
+    assert row.message.startswith("rewritten: ")
+    assert "mutation scope Pods" in row.message
+    assert row.suggestion == "dhi.io/python:3.12"

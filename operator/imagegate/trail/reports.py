@@ -178,7 +178,12 @@ def results_for(
                 row(violation.policy.display_name, outcome, message, violation.suggestion or "")
             )
         for policy, source in image.trusted_by:
-            rows.append(row(policy, "pass", f"{container.image!r} is from source {source}"))
+            if image.planned.rewritten_by is not None and pending is not None:
+                # Judged as its Pods will run (mutation scope Pods): they are admitted, but the
+                # stored spec still names the original, so the migration is still to be made.
+                rows.append(row(policy, "warn", _left_to_pods_message(pending, source)))
+            else:
+                rows.append(row(policy, "pass", f"{container.image!r} is from source {source}"))
     return rows
 
 
@@ -205,6 +210,17 @@ def _rewritten_message(pending: engine.PlannedImage, violation: engine.Violation
         f"{pending.final_text} by policy {pending.rewritten_by} when next admitted"
         + (f", {dropping}" if dropping else "")
         + f" (as stored it is not admitted: {violation.reason})"
+    )
+
+
+def _left_to_pods_message(pending: engine.PlannedImage, source: str) -> str:
+    dropping = engine.dropping(pending.dropped_version)
+    return (
+        f"rewritten: {pending.container.where} image {pending.container.image!r} is rewritten to "
+        f"{pending.final_text} by policy {pending.rewritten_by} in every Pod this object makes "
+        f"(mutation scope Pods; from source {source})"
+        + (f", {dropping}" if dropping else "")
+        + "; the stored spec still names the original"
     )
 
 
