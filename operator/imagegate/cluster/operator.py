@@ -135,6 +135,9 @@ class _State:
     startup_failures: int = 0
     #: Set on SIGTERM: /readyz fails from then on, so the Service stops sending new connections.
     draining: bool = False
+    #: Set once kopf has listed every watched resource and streams their changes: until then
+    #: kopf is still starting on this loop (and policy edits would not arrive yet).
+    watches_listed: bool = False
 
     @property
     def cache(self) -> policies.PolicyCache:
@@ -142,7 +145,7 @@ class _State:
 
     @property
     def ready(self) -> bool:
-        return self.webhook_server is not None and not self.draining
+        return self.webhook_server is not None and self.watches_listed and not self.draining
 
 
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
@@ -174,8 +177,13 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         async def policy_event(event: Mapping[str, Any], **_: Any) -> None:
             await state.watch.apply(event)
 
+    _hold_handlers_until_listed(registry)
+
     @kopf.on.event("", "v1", "namespaces", registry=registry)
     async def namespace_event(event: Mapping[str, Any], **_: Any) -> None:
+        # kopf calls this only once every watched resource is listed (see below), and there
+        # is always a namespace: the first call means the watches run.
+        state.watches_listed = True
         body = event.get("object") or {}
         name = body.get("metadata", {}).get("name")
         if name:
@@ -183,6 +191,21 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             state.cache.set_namespace(name, None if deleted else body["metadata"].get("labels", {}))
 
     return registry
+
+
+def _hold_handlers_until_listed(registry: kopf.OperatorRegistry) -> None:
+    """Index handlers that index nothing (None is not stored), one per watched resource.
+
+    With an index on a resource, kopf holds every other handler until each indexed resource's
+    initial listing is over (kopf "indexing"), even an empty one: so the first namespace event
+    comes after the policies' and namespaces' lists, and `/readyz` (design.md §13) follows it.
+    """
+    watched = [(model.GROUP, model.VERSION, plural) for plural in policies.PLURALS.values()]
+    for group, version, plural in [*watched, ("", "v1", "namespaces")]:
+
+        @kopf.on.index(group, version, plural, id=f"listed-{plural}", registry=registry)
+        def listed(**_: Any) -> None:
+            return None
 
 
 async def shut_down(state: _State) -> None:
