@@ -1,4 +1,5 @@
-"""`/readyz` turns 200 only once kopf's watches run (design.md §13), against the real API server.
+"""`/readyz` turns 200 only once kopf's watches run (design.md "Memory and start-up"), against
+the real API server.
 
 The operator runs in this process (kopf, health server, webhook server), with kopf's initial
 listing slowed by a second, so the window between "start-up handler done" and "every watched

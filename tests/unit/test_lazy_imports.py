@@ -1,4 +1,4 @@
-"""What `imagegate run` loads: only what its policies need (design.md §13).
+"""What `imagegate run` loads: only what its policies need (design.md "Memory and start-up").
 
 Each check runs in a fresh interpreter, so what an earlier test imported does not count. Memory
 itself is measured by bench/memory.py, never asserted here; these say which modules load.

@@ -198,7 +198,8 @@ def _hold_handlers_until_listed(registry: kopf.OperatorRegistry) -> None:
 
     With an index on a resource, kopf holds every other handler until each indexed resource's
     initial listing is over (kopf "indexing"), even an empty one: so the first namespace event
-    comes after the policies' and namespaces' lists, and `/readyz` (design.md §13) follows it.
+    comes after the policies' and namespaces' lists, and `/readyz` follows it (design.md
+    "Memory and start-up").
     """
     watched = [(model.GROUP, model.VERSION, plural) for plural in policies.PLURALS.values()]
     for group, version, plural in [*watched, ("", "v1", "namespaces")]:

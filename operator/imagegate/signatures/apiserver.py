@@ -1,5 +1,5 @@
 """JSON to and from the API server through the kubernetes client's `ApiClient`, without its
-typed APIs (design.md §13).
+typed APIs (design.md "Memory and start-up").
 
 `kubernetes.client.CoreV1Api` imports every model its methods name (about 250 pydantic classes):
 80 MiB of resident memory, half of a replica's, for reading a Secret. What imagegate reads and

@@ -60,7 +60,7 @@ class IdentityAuthority:
 
     def _verify_one(self, signature: cosign.FoundSignature, digest: str, root: roots.Root) -> None:
         # Imported here: sigstore-python's keyless stack loads only when a policy names a
-        # keyless identity and a signature is checked against it (design.md §13).
+        # keyless identity and a signature is checked against it (design.md "Memory and start-up").
         from imagegate.signatures import fulcio, keyless
 
         if signature.bundle is not None:

@@ -25,7 +25,8 @@ def _public_good_file() -> Traversable:
 @functools.cache
 def public_good_root() -> TrustedRoot:
     # Imported here (as below): sigstore-python's models, verifier and OIDC stack cost ~12 MiB
-    # and 180 modules, and only keyless signatures and bundles need them (design.md §13).
+    # and 180 modules, and only keyless signatures and bundles need them (design.md "Memory
+    # and start-up").
     from sigstore.models import TrustedRoot
 
     return TrustedRoot.from_file(str(_public_good_file()))
