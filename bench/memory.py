@@ -13,6 +13,7 @@ The clients run in a process of their own. Each figure is printed with the machi
 
     .venv/bin/python bench/memory.py                 # the whole run, about 2 min
     .venv/bin/python bench/memory.py --ready-only    # ready time and RSS at ready, 3 starts
+    .venv/bin/python bench/memory.py --imports       # what importing the run path costs
     MALLOC_ARENA_MAX=2 .venv/bin/python bench/memory.py   # the server inherits the environment
 """
 
@@ -23,6 +24,7 @@ import asyncio
 import json
 import os
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -245,6 +247,34 @@ def run_whole(plane: ControlPlane, workdir: Path) -> None:
         print(f"RSS {SETTLE_SECONDS:.0f} s after the load: {rss_mib(pid):.1f} MiB")
 
 
+#: What `imagegate run` imports before it starts, then what each top-level package costs.
+IMPORT_PROBE = """
+import collections, json, sys
+def rss():
+    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])
+before = rss()
+from imagegate.commands import cli
+from imagegate.admission import server
+from imagegate.cluster import operator
+from imagegate.trail import logs
+packages = collections.Counter(name.split('.')[0] for name in sys.modules)
+print(json.dumps({"kib": rss() - before, "total_kib": rss(), "modules": len(sys.modules),
+                  "packages": packages.most_common(12)}))
+"""
+
+
+def run_imports() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, check=True
+    )
+    found = json.loads(done.stdout)
+    print(
+        f"importing what `imagegate run` imports: {found['kib'] / 1024:.1f} MiB "
+        f"(RSS {found['total_kib'] / 1024:.1f} MiB), {found['modules']} modules; most by package: "
+        + ", ".join(f"{name} {count}" for name, count in found["packages"])
+    )
+
+
 def run_ready_only(plane: ControlPlane, workdir: Path, starts: int) -> None:
     for n in range(starts):
         started = time.monotonic()
@@ -259,7 +289,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ready-only", action="store_true", help="only ready time and RSS")
     parser.add_argument("--starts", type=int, default=3, help="with --ready-only")
+    parser.add_argument("--imports", action="store_true", help="only the cost of the imports")
     args = parser.parse_args()
+    if args.imports:
+        run_imports()
+        return
     with tempfile.TemporaryDirectory() as directory:
         workdir = Path(directory)
         plane = ControlPlane(ControlPlaneBinaries.resolve(build.Builder()), workdir / "cp")

@@ -33,7 +33,7 @@ from imagegate.admission import decisions, health, server
 from imagegate.admission import policies as policyreview
 from imagegate.admission import records as audit
 from imagegate.admission import reviewers as webhook
-from imagegate.cluster import certs, credentials, kube, policies, resources, status
+from imagegate.cluster import certs, credentials, heap, kube, policies, resources, status
 from imagegate.policy import model
 from imagegate.registry import client as oci
 from imagegate.registry import pinning, staleness
@@ -113,6 +113,10 @@ class OperatorConfig:
     #: On SIGTERM: seconds the webhook goes on serving with /readyz failing, so the Service
     #: stops routing here first. The chart's terminationGracePeriodSeconds covers it + deadline.
     drain_delay: float = field(default_factory=_env_seconds("IMAGEGATE_DRAIN_DELAY", 5.0))
+    #: Seconds between returns of freed heap to the kernel (heap.py; 0: never).
+    heap_trim_interval: float = field(
+        default_factory=_env_seconds("IMAGEGATE_HEAP_TRIM_INTERVAL", heap.TRIM_INTERVAL)
+    )
     #: Seconds between checks of a self-managed serving certificate (`--tls-secret`).
     certificate_check_interval: float = field(
         default_factory=_env_seconds("IMAGEGATE_CERTIFICATE_CHECK_INTERVAL", certs.CHECK_INTERVAL)
@@ -312,6 +316,7 @@ async def _start(state: _State) -> None:
         registry_client, stale_ttl=config.stale_digest_ttl, on_stale=state.metrics.stale_digest
     )
     decision_log = decisions.DecisionLog(config.log_admits)
+    _background(state, "heap trim", lambda: heap.run(config.heap_trim_interval))
     _background(state, "admission count", decision_log.run)
     state.metrics.watch_cache(verdicts)
     counter = status.DenialCounter(state.api)
