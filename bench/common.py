@@ -39,7 +39,15 @@ def machine() -> str:
 
 def twenty_policies() -> list[engine.CompiledPolicy]:
     """20 cluster policies: each trusts a few registries, half rewrite, a quarter select."""
-    policies = []
+    return [
+        compile_policy(model.parse_policy_document(document))
+        for document in twenty_policy_documents()
+    ]
+
+
+def twenty_policy_documents() -> list[dict[str, Any]]:
+    """The twenty ClusterImagePolicy documents, as they would be applied to a cluster."""
+    documents = []
     for n in range(20):
         spec: dict[str, Any] = {
             "mode": "enforce" if n % 4 else "warn",
@@ -64,19 +72,15 @@ def twenty_policies() -> list[engine.CompiledPolicy]:
                     {"key": "tier", "operator": "In", "values": ["prod", "staging"]}
                 ]
             }
-        policies.append(
-            compile_policy(
-                model.parse_policy_document(
-                    {
-                        "apiVersion": "imagegate.dev/v1alpha1",
-                        "kind": "ClusterImagePolicy",
-                        "metadata": {"name": f"policy-{n:02d}"},
-                        "spec": spec,
-                    }
-                )
-            )
+        documents.append(
+            {
+                "apiVersion": "imagegate.dev/v1alpha1",
+                "kind": "ClusterImagePolicy",
+                "metadata": {"name": f"policy-{n:02d}"},
+                "spec": spec,
+            }
         )
-    return policies
+    return documents
 
 
 POD: dict[str, Any] = {

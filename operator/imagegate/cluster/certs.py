@@ -35,6 +35,7 @@ from imagegate.admission import records as audit
 from imagegate.admission import server
 from imagegate.cluster import tls
 from imagegate.errors import ImagegateError
+from imagegate.signatures import apiserver
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class SelfManagedTLS:
 
     def refresh(self) -> dict[str, bytes]:
         """The Secret's data, made usable (renewed, remade) and past-grace previous CA dropped."""
-        core = client.CoreV1Api(self.api)
+        core = apiserver.ApiServer(self.api)
         data, version, annotations = self._read(core)
         if data is None or not self._usable(data):
             return self._replace(core, version, data)
@@ -196,21 +197,20 @@ class SelfManagedTLS:
     # -- internals ------------------------------------------------------------------------------
 
     def _read(
-        self, core: client.CoreV1Api
+        self, core: apiserver.ApiServer
     ) -> tuple[dict[str, bytes] | None, str | None, dict[str, str]]:
         """The Secret's data, resourceVersion and annotations; (None, None, {}) when none yet."""
         try:
-            secret = core.read_namespaced_secret(self.secret_name, self.namespace)
+            secret = core.get(self._secret_path())
         except client.ApiException as error:
             if error.status == 404:
                 return None, None, {}
             raise CertificateError(
                 f"cannot read Secret {self.namespace}/{self.secret_name}: {error.reason}"
             ) from error
-        data = {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
-        metadata = secret.metadata
-        annotations = dict((metadata.annotations if metadata else None) or {})
-        return data, (metadata.resource_version if metadata else None), annotations
+        data = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+        metadata = secret.get("metadata") or {}
+        return data, metadata.get("resourceVersion"), dict(metadata.get("annotations") or {})
 
     def _grace_over(self, annotations: dict[str, str]) -> bool:
         try:
@@ -242,30 +242,35 @@ class SelfManagedTLS:
 
     def _store(
         self,
-        core: client.CoreV1Api,
+        core: apiserver.ApiServer,
         data: dict[str, bytes],
         version: str | None,
         annotations: dict[str, str],
     ) -> None:
-        body = client.V1Secret(
-            metadata=client.V1ObjectMeta(
-                name=self.secret_name,
-                labels=dict(audit.MANAGED_BY),
-                annotations=annotations or None,
-                # Replace only what we read: two replicas renewing at once cannot both win.
-                resource_version=version,
-            ),
-            type="kubernetes.io/tls",
-            data={key: base64.b64encode(value).decode() for key, value in data.items()},
-        )
+        metadata: dict[str, Any] = {"name": self.secret_name, "labels": dict(audit.MANAGED_BY)}
+        if annotations:
+            metadata["annotations"] = annotations
         if version is not None:
-            core.replace_namespaced_secret(self.secret_name, self.namespace, body)
+            # Replace only what we read: two replicas renewing at once cannot both win.
+            metadata["resourceVersion"] = version
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": metadata,
+            "type": "kubernetes.io/tls",
+            "data": {key: base64.b64encode(value).decode() for key, value in data.items()},
+        }
+        if version is not None:
+            core.replace(self._secret_path(), body)
         else:
-            core.create_namespaced_secret(self.namespace, body)
+            core.create(apiserver.core_path(self.namespace, "secrets"), body)
+
+    def _secret_path(self) -> str:
+        return apiserver.core_path(self.namespace, "secrets", self.secret_name)
 
     def _drop_previous(
         self,
-        core: client.CoreV1Api,
+        core: apiserver.ApiServer,
         data: dict[str, bytes],
         version: str | None,
         annotations: dict[str, str],
@@ -296,7 +301,7 @@ class SelfManagedTLS:
         return fresh and set(self.dns_names) <= set(names)
 
     def _replace(
-        self, core: client.CoreV1Api, version: str | None, old: dict[str, bytes] | None
+        self, core: apiserver.ApiServer, version: str | None, old: dict[str, bytes] | None
     ) -> dict[str, bytes]:
         """Store a new CA and certificate, the old CA kept trusted; on a lost race, the winner's."""
         authority = tls.CertificateAuthority.create(f"imagegate-ca.{self.namespace}")

@@ -33,7 +33,7 @@ from imagegate.admission import decisions, health, server
 from imagegate.admission import policies as policyreview
 from imagegate.admission import records as audit
 from imagegate.admission import reviewers as webhook
-from imagegate.cluster import certs, credentials, kube, policies, resources, status
+from imagegate.cluster import certs, credentials, heap, kube, policies, resources, status
 from imagegate.policy import model
 from imagegate.registry import client as oci
 from imagegate.registry import mirrors, pinning, staleness
@@ -115,6 +115,10 @@ class OperatorConfig:
     #: On SIGTERM: seconds the webhook goes on serving with /readyz failing, so the Service
     #: stops routing here first. The chart's terminationGracePeriodSeconds covers it + deadline.
     drain_delay: float = field(default_factory=_env_seconds("IMAGEGATE_DRAIN_DELAY", 5.0))
+    #: Seconds between returns of freed heap to the kernel (heap.py; 0: never).
+    heap_trim_interval: float = field(
+        default_factory=_env_seconds("IMAGEGATE_HEAP_TRIM_INTERVAL", heap.TRIM_INTERVAL)
+    )
     #: Seconds between checks of a self-managed serving certificate (`--tls-secret`).
     certificate_check_interval: float = field(
         default_factory=_env_seconds("IMAGEGATE_CERTIFICATE_CHECK_INTERVAL", certs.CHECK_INTERVAL)
@@ -137,6 +141,9 @@ class _State:
     startup_failures: int = 0
     #: Set on SIGTERM: /readyz fails from then on, so the Service stops sending new connections.
     draining: bool = False
+    #: Set once kopf has listed every watched resource and streams their changes: until then
+    #: kopf is still starting on this loop (and policy edits would not arrive yet).
+    watches_listed: bool = False
 
     @property
     def cache(self) -> policies.PolicyCache:
@@ -144,7 +151,7 @@ class _State:
 
     @property
     def ready(self) -> bool:
-        return self.webhook_server is not None and not self.draining
+        return self.webhook_server is not None and self.watches_listed and not self.draining
 
 
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
@@ -176,8 +183,13 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         async def policy_event(event: Mapping[str, Any], **_: Any) -> None:
             await state.watch.apply(event)
 
+    _hold_handlers_until_listed(registry)
+
     @kopf.on.event("", "v1", "namespaces", registry=registry)
     async def namespace_event(event: Mapping[str, Any], **_: Any) -> None:
+        # kopf calls this only once every watched resource is listed (see below), and there
+        # is always a namespace: the first call means the watches run.
+        state.watches_listed = True
         body = event.get("object") or {}
         name = body.get("metadata", {}).get("name")
         if name:
@@ -185,6 +197,22 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             state.cache.set_namespace(name, None if deleted else body["metadata"].get("labels", {}))
 
     return registry
+
+
+def _hold_handlers_until_listed(registry: kopf.OperatorRegistry) -> None:
+    """Index handlers that index nothing (None is not stored), one per watched resource.
+
+    With an index on a resource, kopf holds every other handler until each indexed resource's
+    initial listing is over (kopf "indexing"), even an empty one: so the first namespace event
+    comes after the policies' and namespaces' lists, and `/readyz` follows it (design.md
+    "Memory and start-up").
+    """
+    watched = [(model.GROUP, model.VERSION, plural) for plural in policies.PLURALS.values()]
+    for group, version, plural in [*watched, ("", "v1", "namespaces")]:
+
+        @kopf.on.index(group, version, plural, id=f"listed-{plural}", registry=registry)
+        def listed(**_: Any) -> None:
+            return None
 
 
 async def shut_down(state: _State) -> None:
@@ -293,6 +321,7 @@ async def _start(state: _State) -> None:
         registry_client, stale_ttl=config.stale_digest_ttl, on_stale=state.metrics.stale_digest
     )
     decision_log = decisions.DecisionLog(config.log_admits)
+    _background(state, "heap trim", lambda: heap.run(config.heap_trim_interval))
     _background(state, "admission count", decision_log.run)
     state.metrics.watch_cache(verdicts)
     counter = status.DenialCounter(state.api)

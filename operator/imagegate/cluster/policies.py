@@ -30,6 +30,7 @@ from imagegate.cluster import resources
 from imagegate.errors import ImagegateError
 from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine, model
+from imagegate.signatures import apiserver
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +59,11 @@ class PolicyCache:
         labels = self._labels.get(namespace)
         if labels is None:
             # A namespace created a moment ago may not have reached the watch yet.
-            core = client.CoreV1Api(self._api)
-            found = await asyncio.to_thread(core.read_namespace, namespace)
-            labels = dict((found.metadata.labels if found.metadata else None) or {})
+            server = apiserver.ApiServer(self._api)
+            found = await asyncio.to_thread(
+                server.get, apiserver.core_path(None, "namespaces", namespace)
+            )
+            labels = dict((found.get("metadata") or {}).get("labels") or {})
             self._labels[namespace] = labels
         return labels
 
@@ -110,11 +113,12 @@ class PolicyWatch:
 
     async def load(self) -> None:
         """List namespaces and policies once, before the webhooks may answer."""
-        core = client.CoreV1Api(self.api)
-        namespaces = await asyncio.to_thread(core.list_namespace)
-        for namespace in namespaces.items:
-            if namespace.metadata is not None and namespace.metadata.name:
-                self.cache.set_namespace(namespace.metadata.name, namespace.metadata.labels or {})
+        server = apiserver.ApiServer(self.api)
+        namespaces = await asyncio.to_thread(server.get, apiserver.core_path(None, "namespaces"))
+        for namespace in namespaces.get("items") or []:
+            metadata = namespace.get("metadata") or {}
+            if metadata.get("name"):
+                self.cache.set_namespace(metadata["name"], metadata.get("labels") or {})
         objects = client.CustomObjectsApi(self.api)
         for kind, plural in PLURALS.items():
             try:

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from imagegate.core import keys
 from imagegate.policy import model
-from imagegate.signatures import cosign, fulcio, keyless, roots
+from imagegate.signatures import cosign, roots
 from imagegate.signatures.failures import SignatureFailure, UnusableTrustRoot
 
 
@@ -59,6 +59,10 @@ class IdentityAuthority:
         cosign.each_signature(found, lambda signature: self._verify_one(signature, digest, root))
 
     def _verify_one(self, signature: cosign.FoundSignature, digest: str, root: roots.Root) -> None:
+        # Imported here: sigstore-python's keyless stack loads only when a policy names a
+        # keyless identity and a signature is checked against it (design.md "Memory and start-up").
+        from imagegate.signatures import fulcio, keyless
+
         if signature.bundle is not None:
             if root.parsed is None:
                 raise SignatureFailure("bundles need a trust root sigstore-python accepts")

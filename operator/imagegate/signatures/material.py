@@ -17,12 +17,13 @@ import base64
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import urllib3
 from kubernetes import client
 
 from imagegate.errors import ImagegateError
+from imagegate.signatures import apiserver
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class KubernetesMaterial:
         stale_for: float = STALE_FOR,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._core = client.CoreV1Api(api)
+        self._server = apiserver.ApiServer(api, timeout=REQUEST_TIMEOUT)
         self._ttl = ttl
         self._stale_for = stale_for
         self._clock = clock
@@ -156,26 +157,14 @@ class KubernetesMaterial:
         return good[1]
 
     def _read(self, kind: str, namespace: str, name: str) -> dict[str, str]:
-        found: Any  # V1Secret.data is typed loosely by the client
-        if kind == "Secret":
-            found = self._core.read_namespaced_secret(
-                name, namespace, _request_timeout=REQUEST_TIMEOUT
-            ).data
-            return dict(found or {})
-        if kind == "ConfigMap":
-            found = self._core.read_namespaced_config_map(
-                name, namespace, _request_timeout=REQUEST_TIMEOUT
-            ).data
-            return dict(found or {})
-        account = self._core.read_namespaced_service_account(
-            name, namespace, _request_timeout=REQUEST_TIMEOUT
-        )
+        plural = {"Secret": "secrets", "ConfigMap": "configmaps"}.get(kind, "serviceaccounts")
+        found = self._server.get(apiserver.core_path(namespace, plural, name))
+        if kind != "ServiceAccount":
+            return {str(key): str(value) for key, value in (found.get("data") or {}).items()}
         # Kept as data entries so that one cache serves all three kinds.
-        return {
-            f"pull/{index:04d}": ref.name
-            for index, ref in enumerate(account.image_pull_secrets or [])
-            if ref.name
-        }
+        refs = found.get("imagePullSecrets") or []
+        names = [ref.get("name") for ref in refs if isinstance(ref, dict)]
+        return {f"pull/{index:04d}": str(name) for index, name in enumerate(names) if name}
 
 
 def _remember(cache: dict[CacheKey, Entry], key: CacheKey, value: Entry) -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from importlib.abc import Traversable
-from typing import Any
-
-from sigstore.models import TrustedRoot
-from sigstore_models.trustroot import v1 as trustroot_v1
+from typing import TYPE_CHECKING, Any
 
 from imagegate.signatures import sigstore_internals
+
+if TYPE_CHECKING:
+    from sigstore.models import TrustedRoot
 
 
 def _public_good_file() -> Traversable:
@@ -23,6 +24,11 @@ def _public_good_file() -> Traversable:
 
 @functools.cache
 def public_good_root() -> TrustedRoot:
+    # Imported here (as below): sigstore-python's models, verifier and OIDC stack cost ~12 MiB
+    # and 180 modules, and only keyless signatures and bundles need them (design.md "Memory
+    # and start-up").
+    from sigstore.models import TrustedRoot
+
     return TrustedRoot.from_file(str(_public_good_file()))
 
 
@@ -35,15 +41,19 @@ def public_good_json() -> dict[str, Any]:
 
 class Root:
     """A trust root as JSON (what imagegate's own checks read) and, when sigstore-python accepts
-    it, as its TrustedRoot (for bundles and SCTs)."""
+    it, as its TrustedRoot (for bundles and SCTs), parsed when first asked for."""
 
-    def __init__(self, document: dict[str, Any], parsed: TrustedRoot | None) -> None:
+    def __init__(self, document: dict[str, Any], parse: Callable[[], TrustedRoot | None]) -> None:
         self.document = document
-        self.parsed = parsed
+        self._parse = parse
+
+    @functools.cached_property
+    def parsed(self) -> TrustedRoot | None:
+        return self._parse()
 
 
 def public_good() -> Root:
-    return Root(public_good_json(), public_good_root())
+    return Root(public_good_json(), public_good_root)
 
 
 @functools.lru_cache(maxsize=32)
@@ -54,8 +64,14 @@ def custom(text: str) -> Root:
         "application/vnd.dev.sigstore.trustedroot"
     ):
         raise ValueError("not a Sigstore trusted_root.json (mediaType)")
+    return Root(document, functools.partial(_parsed, text))
+
+
+def _parsed(text: str) -> TrustedRoot | None:
+    from sigstore.models import TrustedRoot
+    from sigstore_models.trustroot import v1 as trustroot_v1
+
     try:
-        parsed: TrustedRoot | None = TrustedRoot(trustroot_v1.TrustedRoot.from_json(text))
+        return TrustedRoot(trustroot_v1.TrustedRoot.from_json(text))
     except Exception:  # sigstore-python refuses some private roots; our own checks still run
-        parsed = None
-    return Root(document, parsed)
+        return None

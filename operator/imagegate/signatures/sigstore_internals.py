@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from importlib import resources
 from importlib.abc import Traversable
+from typing import TYPE_CHECKING
 
 from cryptography import x509
-from sigstore._internal import sct as _sct
-from sigstore._internal.trust import KeyringPurpose as _KeyringPurpose
-from sigstore.errors import Error as SigstoreError
-from sigstore.models import TrustedRoot
+
+if TYPE_CHECKING:
+    from sigstore.models import TrustedRoot
 
 #: Where sigstore-python keeps the public-good root it ships (its `_store` folder).
 PUBLIC_GOOD_ROOT = "https%3A%2F%2Ftuf-repo-cdn.sigstore.dev/trusted_root.json"
@@ -34,6 +34,11 @@ def public_good_root_file() -> Traversable:
 
 def verify_sct(leaf: x509.Certificate, chain: list[x509.Certificate], root: TrustedRoot) -> None:
     """Raise `SCTError` unless `leaf` carries a valid SCT from one of `root`'s CT logs."""
+    # Imported here: sigstore's keyless stack is loaded only once a keyless signature is checked.
+    from sigstore._internal import sct as _sct
+    from sigstore._internal.trust import KeyringPurpose as _KeyringPurpose
+    from sigstore.errors import Error as SigstoreError
+
     try:
         _sct.verify_sct(leaf, chain, root.ct_keyring(_KeyringPurpose.VERIFY))
     except SigstoreError as error:

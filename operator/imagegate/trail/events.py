@@ -26,6 +26,7 @@ from kubernetes import client
 
 from imagegate.admission.records import MANAGED_BY, MAX_MESSAGE, Action, AuditEntry
 from imagegate.policy import model
+from imagegate.signatures import apiserver
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class EventRecorder:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
     ) -> None:
-        self._core = client.CoreV1Api(api)
+        self._server = apiserver.ApiServer(api)
         self._instance = instance or os.environ.get("POD_NAME") or os.uname().nodename
         self._clock = clock
         self._wall_clock = wall_clock
@@ -176,40 +177,43 @@ class EventRecorder:
             raise ValueError("an Event needs the entry it reports")
         pending, tracked.pending = tracked.pending, 0
         timestamp = tracked.last_seen
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(
-                name=tracked.name,
-                namespace=tracked.namespace,
-                labels=dict(MANAGED_BY),
-                annotations=_annotations(entry),
-            ),
-            involved_object=client.V1ObjectReference(
-                api_version=model.API_VERSION,
-                kind=model.NAMESPACED_KIND if entry.policy.namespace else model.CLUSTER_KIND,
-                name=entry.policy.name,
-                namespace=entry.policy.namespace,
-                uid=entry.policy.uid or None,
-            ),
-            reason=entry.action.reason,
-            message=entry.message(),
-            type="Normal" if entry.action is Action.REWRITTEN else "Warning",
-            count=pending,
-            first_timestamp=timestamp,
-            last_timestamp=timestamp,
-            source=client.V1EventSource(component=COMPONENT),
-            reporting_component=f"{model.GROUP}/{COMPONENT}",
-            reporting_instance=self._instance[:128],
-            action="Admission",
-        )
-        self._core.create_namespaced_event(tracked.namespace, body)
+        policy = entry.policy
+        involved = {
+            "apiVersion": model.API_VERSION,
+            "kind": model.NAMESPACED_KIND if policy.namespace else model.CLUSTER_KIND,
+            "name": policy.name,
+            "namespace": policy.namespace,
+            "uid": policy.uid or None,
+        }
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": tracked.name,
+                "namespace": tracked.namespace,
+                "labels": dict(MANAGED_BY),
+                "annotations": _annotations(entry),
+            },
+            "involvedObject": {key: value for key, value in involved.items() if value},
+            "reason": entry.action.reason,
+            "message": entry.message(),
+            "type": "Normal" if entry.action is Action.REWRITTEN else "Warning",
+            "count": pending,
+            "firstTimestamp": _rfc3339(timestamp),
+            "lastTimestamp": _rfc3339(timestamp),
+            "source": {"component": COMPONENT},
+            "reportingComponent": f"{model.GROUP}/{COMPONENT}",
+            "reportingInstance": self._instance[:128],
+            "action": "Admission",
+        }
+        self._server.create(apiserver.core_path(tracked.namespace, "events"), body)
         tracked.count = pending
 
     def _bump(self, entry: AuditEntry | None, tracked: _Tracked) -> None:
         pending, tracked.pending = tracked.pending, 0
         count = tracked.count + pending
-        self._core.patch_namespaced_event(
-            tracked.name,
-            tracked.namespace,
+        self._server.merge_patch(
+            apiserver.core_path(tracked.namespace, "events", tracked.name),
             {"count": count, "lastTimestamp": _rfc3339(tracked.last_seen)},
         )
         tracked.count = count

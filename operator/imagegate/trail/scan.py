@@ -31,6 +31,7 @@ from imagegate.admission import records as audit
 from imagegate.admission import reviewers as webhook
 from imagegate.core import workloads
 from imagegate.policy import engine
+from imagegate.signatures import apiserver
 from imagegate.trail import reports
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,13 @@ class ScanSummary:
     counts: dict[str, int] = field(default_factory=dict)
     #: False when some kind could not be listed: reports are then written but none deleted.
     complete: bool = True
+
+
+#: Where each scanned kind is listed, across namespaces.
+_LIST_PATHS = {
+    plural: f"/api/{version}/{plural}" if version == "v1" else f"/apis/{version}/{plural}"
+    for version, plural in reports.SCANNED.values()
+}
 
 
 class PolicyReportScanner:
@@ -211,30 +219,12 @@ class PolicyReportScanner:
                     break
 
     def _fetch_page(self, plural: str, token: str) -> dict[str, Any]:
-        core, apps, batch = (
-            client.CoreV1Api(self._api),
-            client.AppsV1Api(self._api),
-            client.BatchV1Api(self._api),
-        )
-        lister: Callable[..., Any] = {
-            "pods": core.list_pod_for_all_namespaces,
-            "replicationcontrollers": core.list_replication_controller_for_all_namespaces,
-            "deployments": apps.list_deployment_for_all_namespaces,
-            "statefulsets": apps.list_stateful_set_for_all_namespaces,
-            "daemonsets": apps.list_daemon_set_for_all_namespaces,
-            "replicasets": apps.list_replica_set_for_all_namespaces,
-            "jobs": batch.list_job_for_all_namespaces,
-            "cronjobs": batch.list_cron_job_for_all_namespaces,
-        }[plural]
-        arguments: dict[str, Any] = {"limit": PAGE_SIZE, "_preload_content": False}
+        # As JSON through the ApiClient: the typed Core/Apps/Batch APIs import ~300 pydantic
+        # models (over 80 MiB) to list what is read as JSON anyway (signatures/apiserver.py).
+        query: dict[str, str | int] = {"limit": PAGE_SIZE}
         if token:
-            arguments["_continue"] = token
-        response = lister(**arguments)
-        try:
-            page: dict[str, Any] = json.loads(response.data)
-        finally:
-            response.release_conn()
-        return page
+            query["continue"] = token
+        return apiserver.ApiServer(self._api).get(_LIST_PATHS[plural], query)
 
     async def _write(
         self,

@@ -172,7 +172,7 @@ async def _verdict(
 ) -> engine.SignatureVerdict:
     verifier = CosignVerifier(registry)  # type: ignore[arg-type]
     check = engine.SignatureCheck(IMAGE, "p", "s", needs)
-    root = roots.Root(trusted_root, None)
+    root = roots.Root(trusted_root, lambda: None)
     with mock.patch.object(roots, "public_good", return_value=root):
         return (await verifier.verify([check], time.monotonic() + 30))[check]
 

@@ -1,0 +1,119 @@
+"""What `imagegate run` loads: only what its policies need (design.md "Memory and start-up").
+
+Each check runs in a fresh interpreter, so what an earlier test imported does not count. Memory
+itself is measured by bench/memory.py, never asserted here; these say which modules load.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+#: What `imagegate run` imports before it starts (commands/cli.py's `run` branch).
+RUN_IMPORTS = (
+    "from imagegate.commands import cli\n"
+    "from imagegate.admission import server\n"
+    "from imagegate.cluster import operator\n"
+    "from imagegate.trail import logs\n"
+)
+
+#: A key-signed image verified as a key-only policy asks: a fresh P-256 key signs the
+#: simple-signing payload of a digest, and the policy's authorities check it.
+VERIFY_WITH_A_KEY = """
+import base64, json
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from imagegate.core import keys
+from imagegate.policy import model
+from imagegate.signatures import authorities, cosign, roots
+
+private = ec.generate_private_key(ec.SECP256R1())
+pem = private.public_key().public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+)
+digest = "sha256:" + "ab" * 32
+payload = json.dumps(
+    {"critical": {"identity": {"docker-reference": "registry.invalid/app"},
+                  "image": {"docker-manifest-digest": digest},
+                  "type": "cosign container image signature"}, "optional": None}
+).encode()
+found = [cosign.FoundSignature("legacy", payload, private.sign(payload, ec.ECDSA(hashes.SHA256())),
+                               payload)]
+requirement = model.Signatures.model_validate(
+    {"keys": [{"publicKey": pem.decode()}], "requireTransparencyLog": False}
+)
+root = roots.public_good()
+assert root.document["mediaType"].startswith("application/vnd.dev.sigstore.trustedroot")
+authorities.of_requirement(requirement, [keys.load_public_key(pem)], root).verify(found, digest)
+"""
+
+
+def loaded_after(code: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The modules named with one of `prefixes` that are loaded once `code` has run."""
+    probe = (
+        "import json, sys\n"
+        + code
+        + f"\nprint(json.dumps(sorted(m for m in sys.modules if m.startswith({prefixes!r}))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    loaded: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return loaded
+
+
+KEYLESS_STACK = (
+    # sigstore-python's verifier, OIDC, models and TUF client (its package itself, a version
+    # string, is loaded to find the trusted root it ships).
+    "sigstore.",
+    "sigstore_models",
+    "tuf",
+    "rekor_types",
+    "imagegate.signatures.keyless",
+    "imagegate.signatures.fulcio",
+)
+
+
+def test_a_key_only_policy_never_loads_sigstores_keyless_stack() -> None:
+    assert loaded_after(RUN_IMPORTS + VERIFY_WITH_A_KEY, KEYLESS_STACK) == []
+
+
+def test_a_keyless_identity_loads_it_when_a_signature_is_checked() -> None:
+    """The other side: laziness must not lose the keyless verifier (bundles, certificates)."""
+    code = (
+        RUN_IMPORTS
+        + "from imagegate.signatures import roots\n"
+        + "assert roots.public_good().parsed is not None\n"
+    )
+    loaded = loaded_after(code, ("sigstore.models",))
+    assert loaded == ["sigstore.models"]
+
+
+def test_talking_to_the_api_server_never_loads_the_clients_typed_core_api() -> None:
+    """`CoreV1Api` imports ~250 pydantic models (80 MiB): the run path reads core objects as
+    JSON (signatures/apiserver.py) through the same `ApiClient`."""
+    code = RUN_IMPORTS + (
+        "from kubernetes import client\n"
+        "from imagegate.cluster import certs, policies, resources\n"
+        "from imagegate.signatures import material\n"
+        "from imagegate.trail import events\n"
+        "api = client.ApiClient(client.Configuration())\n"
+        "material.KubernetesMaterial(api)\n"
+        "events.EventRecorder(api)\n"
+        "policies.PolicyWatch(api, resources.PolicyResources(api))\n"
+        # The background scan lists each kind (nothing listens on port 9: each list fails).
+        "from imagegate.trail import reports, scan\n"
+        "api.configuration.host = 'http://127.0.0.1:9'\n"
+        "scanner = scan.PolicyReportScanner(api, policies.PolicyCache(api))\n"
+        "for _, plural in reports.SCANNED.values():\n"
+        "    try:\n"
+        "        scanner._fetch_page(plural, '')\n"
+        "    except Exception:\n"
+        "        pass\n"
+    )
+    loaded = loaded_after(code, ("kubernetes.client.api.", "kubernetes.client.models."))
+    for typed in ("core_v1_api", "apps_v1_api", "batch_v1_api"):
+        assert f"kubernetes.client.api.{typed}" not in loaded
+    assert not [name for name in loaded if name.startswith("kubernetes.client.models.v1_pod")]
