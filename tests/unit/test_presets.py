@@ -157,7 +157,9 @@ def test_the_rewrite_presets_map_as_their_comments_say(
     assert str(rewritten.image) == expected
     assert rewritten.dropped_version == dropped
     comments = (ROOT / "policies" / f"{name}.yaml").read_text()
-    assert image in comments and expected in comments  # the example given is what happens
+    # The example the comments give is what happens.
+    assert image in comments
+    assert expected in comments
 
 
 @pytest.mark.parametrize(
