@@ -84,7 +84,8 @@ def _compiled(name: str) -> engine.CompiledPolicy:
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_every_preset_is_one_policy_that_compiles_under_its_file_name(path: Path) -> None:
-    (document,) = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    (document,) = [d for d in yaml.safe_load_all(path.read_text()) if d]  # the chart needs one
+    assert model.is_policy_document(document)
     policy = compile_policy(model.parse_policy_document(document))
     assert policy.broken is None
     assert policy.name == path.stem
