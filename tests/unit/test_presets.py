@@ -107,13 +107,32 @@ def test_each_preset_trusts_the_documented_identities(
             assert source.get(field) == value, f"{name}: sources[{source_name}].{field}"
 
 
-@pytest.mark.parametrize("name", HARDENED)
-def test_each_hardened_preset_documents_the_runtime_differences(name: str) -> None:
-    comments = " ".join(
+def _comments(name: str) -> str:
+    return " ".join(
         line.lstrip("# ").strip()
         for line in (ROOT / "policies" / f"{name}.yaml").read_text().splitlines()
         if line.startswith("#")
     )
+
+
+@pytest.mark.parametrize("name", ["chainguard-only", "chainguard-org", "dhi-only"])
+def test_the_comments_name_what_the_preset_reads(name: str) -> None:
+    """The predicate types and issuer the comments say were verified, and the Secret and data
+    keys the comments' kubectl line creates, are the ones the preset uses."""
+    comments = _comments(name)
+    for source in _document(name)["spec"]["sources"]:
+        for attestation in source.get("attestations", []):
+            assert attestation["predicateType"] in comments
+        for keyless in source["signatures"].get("keyless", []):
+            assert keyless["issuer"] in comments
+        for key in source["signatures"].get("keys", []):
+            assert f"secret generic {key['secretRef']['name']}" in comments
+            assert f"--from-file={key['secretRef']['key']}=" in comments
+
+
+@pytest.mark.parametrize("name", HARDENED)
+def test_each_hardened_preset_documents_the_runtime_differences(name: str) -> None:
+    comments = _comments(name)
     for words in ("non-root", "no shell", "entrypoints"):
         assert words in comments, f"{name}: say '{words}'"
 
