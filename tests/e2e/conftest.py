@@ -18,7 +18,7 @@ from imagegate.cluster import kube, resources
 from imagegate.testbed import local, processes
 from imagegate.testbed.registry import LocalRegistry
 from netproxy import Shaping, TcpProxy, ThreadedProxy
-from support import Cluster, push_random_image
+from support import Cluster, cosign_key_pair, cosign_sign, push_random_image
 
 #: Only namespaces with this label are sent to the webhooks: the tests never lock out anything else.
 E2E_LABEL = "imagegate.dev/e2e"
@@ -186,3 +186,97 @@ def hardened_python(
         f"{repository}:latest",
         digest,
     )
+
+
+# -- real upstream names through a mirror (design.md §8) -------------------------------------
+
+#: Namespaces only the mirror tests' webhooks see (the session's own select imagegate.dev/e2e).
+MIRRORS_LABEL = "imagegate.dev/e2e-mirrors"
+#: Upstream name -> its stand-in's repository in the local registry, under the mirror's prefix.
+STAND_INS = {
+    "dhi.io/python:3.12": "mirror/dhi.io/python",
+    "cgr.dev/chainguard/python:latest": "mirror/cgr.dev/chainguard/python",
+}
+#: The hosts whose hosts.toml may name the local registry as a mirror.
+MIRRORED_HOSTS = ("dhi.io", "cgr.dev")
+
+
+@pytest.fixture(scope="module")
+def offline_upstream() -> Iterator[TcpProxy]:
+    """A loopback port that refuses connections: the `server` of every upstream host."""
+    threaded = ThreadedProxy("127.0.0.1", 9)
+    with threaded as proxy:
+        threaded.refuse()
+        yield proxy
+
+
+@dataclass(frozen=True)
+class StandIns:
+    #: Upstream name (as in STAND_INS) -> the digest of its stand-in.
+    digests: dict[str, str]
+    #: The PEM public key that signed every stand-in.
+    public_key: str
+
+
+@pytest.fixture(scope="module")
+def stand_ins(
+    registry: LocalRegistry, crane: Path, cosign: Path, tmp_path_factory: pytest.TempPathFactory
+) -> StandIns:
+    """Each name's stand-in pushed under the mirror prefix and signed for its upstream name
+    (cosign's docker-reference is the upstream's)."""
+    workdir = tmp_path_factory.mktemp("stand-ins")
+    cosign_key_pair(cosign, workdir)
+    digests = {}
+    for name, repository in STAND_INS.items():
+        tag = name.rsplit(":", 1)[1]
+        digest = push_random_image(crane, registry.address, repository, tag, workdir)
+        cosign_sign(
+            cosign,
+            workdir / "cosign.key",
+            f"{registry.address}/{repository}@{digest}",
+            extra=("--sign-container-identity", name.rsplit(":", 1)[0]),
+        )
+        digests[name] = digest
+    return StandIns(digests, (workdir / "cosign.pub").read_text())
+
+
+def hosts_directory(
+    directory: Path,
+    upstream: TcpProxy,
+    registry: LocalRegistry | None,
+    offline: tuple[str, ...] = (),
+) -> Path:
+    """containerd's config_path: for MIRRORED_HOSTS the mirror entry when `registry` is given,
+    for them and the `offline` hosts an unreachable server, so nothing leaves loopback."""
+    for host in (*MIRRORED_HOSTS, *offline):
+        text = f'server = "http://{upstream.address}"\n'
+        if registry is not None and host in MIRRORED_HOSTS:
+            text += (
+                f'[host."{registry.url}/v2/mirror/{host}"]\n'
+                '  capabilities = ["pull", "resolve"]\n'
+                "  override_path = true\n"
+            )
+        (directory / host).mkdir(parents=True)
+        (directory / host / "hosts.toml").write_text(text)
+    return directory
+
+
+@contextlib.contextmanager
+def mirrors_operator(
+    api: client.ApiClient, cluster: Cluster, directory: Path, workdir: Path, which: str
+) -> Iterator[None]:
+    """An operator started with `--registry-mirrors directory`, with webhooks that see only the
+    namespaces labelled MIRRORS_LABEL=`which`."""
+    with local.operator_process(
+        cluster.kubeconfig,
+        workdir,
+        cluster.webhook_host,
+        extra_args=["--log-format=json", f"--registry-mirrors={directory}"],
+    ) as running:
+        try:
+            selector = {"matchLabels": {MIRRORS_LABEL: which}}
+            name = f"imagegate-e2e-mirrors-{which}"
+            with local.registered_webhooks(api, running, name, selector, policies=False):
+                yield
+        finally:
+            print(f"operator log:\n{processes.tail(running.process.log_path, 40)}")

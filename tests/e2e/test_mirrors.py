@@ -11,75 +11,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from imagegate.testbed import local, processes
 from imagegate.testbed.registry import LocalRegistry
-from netproxy import TcpProxy, ThreadedProxy
-from support import Cluster, cosign_key_pair, cosign_sign, push_random_image
+from netproxy import TcpProxy
+from support import Cluster
 
-from .conftest import PolicyFactory, fresh_namespace
+from .conftest import (
+    MIRRORS_LABEL,
+    STAND_INS,
+    PolicyFactory,
+    StandIns,
+    fresh_namespace,
+    hosts_directory,
+    mirrors_operator,
+)
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.registry, pytest.mark.cosign]
-
-#: Namespaces only this module's webhooks see (the session's own select imagegate.dev/e2e).
-MIRRORS_LABEL = "imagegate.dev/e2e-mirrors"
-#: Upstream name -> its repository in the local registry, under the mirror's prefix.
-STAND_INS = {
-    "dhi.io/python:3.12": "mirror/dhi.io/python",
-    "cgr.dev/chainguard/python:latest": "mirror/cgr.dev/chainguard/python",
-}
-
-
-@pytest.fixture(scope="module")
-def offline_upstream() -> Iterator[TcpProxy]:
-    """A loopback port that refuses connections: `server` for dhi.io and cgr.dev."""
-    threaded = ThreadedProxy("127.0.0.1", 9)
-    with threaded as proxy:
-        threaded.refuse()
-        yield proxy
-
-
-@pytest.fixture(scope="module")
-def stand_ins(
-    registry: LocalRegistry, crane: Path, cosign: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[dict[str, str], str]:
-    """Each name's stand-in pushed under the mirror prefix and signed for its upstream name
-    (cosign's docker-reference is the upstream's); gives (name -> digest, the public key)."""
-    workdir = tmp_path_factory.mktemp("stand-ins")
-    cosign_key_pair(cosign, workdir)
-    digests = {}
-    for name, repository in STAND_INS.items():
-        tag = name.rsplit(":", 1)[1]
-        digest = push_random_image(crane, registry.address, repository, tag, workdir)
-        cosign_sign(
-            cosign,
-            workdir / "cosign.key",
-            f"{registry.address}/{repository}@{digest}",
-            extra=("--sign-container-identity", name.rsplit(":", 1)[0]),
-        )
-        digests[name] = digest
-    return digests, (workdir / "cosign.pub").read_text()
-
-
-def hosts_directory(directory: Path, upstream: TcpProxy, registry: LocalRegistry | None) -> Path:
-    """containerd's config_path: the mirror entry when `registry` is given, the server always."""
-    for host in ("dhi.io", "cgr.dev"):
-        text = f'server = "http://{upstream.address}"\n'
-        if registry is not None:
-            text += (
-                f'[host."{registry.url}/v2/mirror/{host}"]\n'
-                '  capabilities = ["pull", "resolve"]\n'
-                "  override_path = true\n"
-            )
-        (directory / host).mkdir(parents=True)
-        (directory / host / "hosts.toml").write_text(text)
-    return directory
 
 
 @pytest.fixture(scope="module", params=["mirrored", "upstream-only"])
@@ -99,22 +51,11 @@ def mirrors_namespace(
     directory = hosts_directory(
         workdir / "certs.d", offline_upstream, registry if which == "mirrored" else None
     )
-    with local.operator_process(
-        cluster.kubeconfig,
-        workdir,
-        cluster.webhook_host,
-        extra_args=["--log-format=json", f"--registry-mirrors={directory}"],
-    ) as running:
-        try:
-            selector = {"matchLabels": {MIRRORS_LABEL: which}}
-            name = f"imagegate-e2e-mirrors-{which}"
-            with (
-                local.registered_webhooks(api, running, name, selector, policies=False),
-                fresh_namespace(api, "mirrors", {MIRRORS_LABEL: which}) as namespace,
-            ):
-                yield namespace, which
-        finally:
-            print(f"operator log:\n{processes.tail(running.process.log_path, 40)}")
+    with (
+        mirrors_operator(api, cluster, directory, workdir, which),
+        fresh_namespace(api, "mirrors", {MIRRORS_LABEL: which}) as namespace,
+    ):
+        yield namespace, which
 
 
 def pod(name: str, image: str) -> dict[str, Any]:
@@ -127,11 +68,11 @@ def test_a_real_name_is_verified_and_pinned_through_the_mirror_and_denied_withou
     api: client.ApiClient,
     mirrors_namespace: tuple[str, str],
     image_policy: PolicyFactory,
-    stand_ins: tuple[dict[str, str], str],
+    stand_ins: StandIns,
     image: str,
 ) -> None:
     namespace, which = mirrors_namespace
-    digests, public_key = stand_ins
+    digests, public_key = stand_ins.digests, stand_ins.public_key
     name = f"p{list(STAND_INS).index(image)}"
     image_policy(
         namespace,

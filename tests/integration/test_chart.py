@@ -35,9 +35,12 @@ URL_VALUES = [
 ]
 PRESETS = {
     "chainguardOnly": "chainguard-only.yaml",
+    "chainguardOrg": "chainguard-org.yaml",
+    "dhiOnly": "dhi-only.yaml",
     "trustedPublishers": "trusted-publishers.yaml",
     "rewriteToChainguard": "rewrite-to-chainguard.yaml",
     "rewriteToDhi": "rewrite-to-dhi.yaml",
+    "rewriteToDhiElseChainguard": "rewrite-to-dhi-else-chainguard.yaml",
     "onboardingWarn": "onboarding-warn.yaml",
 }
 

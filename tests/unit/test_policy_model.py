@@ -508,12 +508,3 @@ def test_models_are_frozen_and_hashable() -> None:
         spec.mode = "enforce"
     assert hash(spec) == hash(model.parse_spec(_full_spec()))
     assert len({spec, model.parse_spec(_full_spec())}) == 1
-
-
-@pytest.mark.parametrize("path", sorted((ROOT / "policies").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_preset_parses(path: Path) -> None:
-    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    assert documents
-    for document in documents:
-        assert model.is_policy_document(document)
-        model.parse_policy_document(document)
