@@ -18,10 +18,10 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from imagegate.testbed import local, processes
+from imagegate.testbed import images, local, processes
 from imagegate.testbed.registry import LocalRegistry
 from netproxy import TcpProxy, ThreadedProxy
-from support import Cluster, cosign_key_pair, cosign_sign, push_random_image
+from support import Cluster
 
 from .conftest import PolicyFactory, fresh_namespace
 
@@ -29,11 +29,8 @@ pytestmark = [pytest.mark.controlplane, pytest.mark.registry, pytest.mark.cosign
 
 #: Namespaces only this module's webhooks see (the session's own select imagegate.dev/e2e).
 MIRRORS_LABEL = "imagegate.dev/e2e-mirrors"
-#: Upstream name -> its repository in the local registry, under the mirror's prefix.
-STAND_INS = {
-    "dhi.io/python:3.12": "mirror/dhi.io/python",
-    "cgr.dev/chainguard/python:latest": "mirror/cgr.dev/chainguard/python",
-}
+#: Upstream names served by stand-ins in the local registry, under `mirror/<host>/...`.
+STAND_INS = ["dhi.io/python:3.12", "cgr.dev/chainguard/python:latest"]
 
 
 @pytest.fixture(scope="module")
@@ -52,31 +49,19 @@ def stand_ins(
     """Each name's stand-in pushed under the mirror prefix and signed for its upstream name
     (cosign's docker-reference is the upstream's); gives (name -> digest, the public key)."""
     workdir = tmp_path_factory.mktemp("stand-ins")
-    cosign_key_pair(cosign, workdir)
-    digests = {}
-    for name, repository in STAND_INS.items():
-        tag = name.rsplit(":", 1)[1]
-        digest = push_random_image(crane, registry.address, repository, tag, workdir)
-        cosign_sign(
-            cosign,
-            workdir / "cosign.key",
-            f"{registry.address}/{repository}@{digest}",
-            extra=("--sign-container-identity", name.rsplit(":", 1)[0]),
-        )
-        digests[name] = digest
-    return digests, (workdir / "cosign.pub").read_text()
+    pushed = images.push_stand_ins(crane, cosign, registry.address, workdir, signed=STAND_INS)
+    return dict(pushed.digests), pushed.public_key
 
 
 def hosts_directory(directory: Path, upstream: TcpProxy, registry: LocalRegistry | None) -> Path:
     """containerd's config_path: the mirror entry when `registry` is given, the server always."""
     for host in ("dhi.io", "cgr.dev"):
-        text = f'server = "http://{upstream.address}"\n'
-        if registry is not None:
-            text += (
-                f'[host."{registry.url}/v2/mirror/{host}"]\n'
-                '  capabilities = ["pull", "resolve"]\n'
-                "  override_path = true\n"
-            )
+        server = f"http://{upstream.address}"
+        text = (
+            images.mirror_hosts_toml(registry.url, host, server)
+            if registry is not None
+            else f'server = "{server}"\n'
+        )
         (directory / host).mkdir(parents=True)
         (directory / host / "hosts.toml").write_text(text)
     return directory
@@ -132,7 +117,7 @@ def test_a_real_name_is_verified_and_pinned_through_the_mirror_and_denied_withou
 ) -> None:
     namespace, which = mirrors_namespace
     digests, public_key = stand_ins
-    name = f"p{list(STAND_INS).index(image)}"
+    name = f"p{STAND_INS.index(image)}"
     image_policy(
         namespace,
         f"hardened-{name}",
