@@ -26,6 +26,8 @@ from netproxy import ThreadedProxy
 pytestmark = [pytest.mark.registry, pytest.mark.cosign]
 
 PYTHON = "dhi.io/python:3.12"
+#: A stand-in pushed but not signed: a rewrite to it must be refused.
+UNSIGNED = "dhi.io/python:3.13"
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,9 @@ def bed(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Mirrored:
     work = tmp_path_factory.mktemp("online-mirrors")
-    stand_ins = images.push_stand_ins(crane, cosign, registry.address, work, signed=[PYTHON])
+    stand_ins = images.push_stand_ins(
+        crane, cosign, registry.address, work, signed=[PYTHON], unsigned=[UNSIGNED]
+    )
     directories = {}
     for which, toml in {
         "mirrored": images.mirror_hosts_toml(registry.url, "dhi.io", f"http://{refused}"),
@@ -136,3 +140,45 @@ def test_migrate_verify_finds_the_target_through_the_mirror(
         assert image["verified"] == {"exists": True, "digest": bed.digest, "detail": ""}
     else:
         assert image["verified"]["exists"] is None  # not answered: not checked, not missing
+
+
+def test_check_verify_checks_rewrite_targets_as_mutate_does(
+    bed: Mirrored, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """python:3.12 → a signed target: rewritten; 3.13 → an unsigned one and 3.11 → a missing one:
+    not rewritten, with /mutate's warning, and judged as written (untrusted: denied)."""
+    manifests = tmp_path / "pods.yaml"
+    tags = ("3.12", "3.13", "3.11")
+    manifests.write_text(
+        yaml.safe_dump_all([builder.pod(f"p{t[-2:]}", f"python:{t}") for t in tags])
+    )
+    argv = ["check", "--verify", *_mirrors(bed, True), "-p", str(bed.policy), "-o", "json"]
+    assert main([*argv, str(manifests)]) == 1
+    objects = json.loads(capsys.readouterr().out)["objects"]
+    finals = {obj["images"][0]["image"]: obj["images"][0]["final"] for obj in objects}
+    assert finals == {
+        "python:3.12": PYTHON,
+        "python:3.13": "python:3.13",
+        "python:3.11": "python:3.11",
+    }
+    checked, unsigned, missing = objects
+    assert checked["allowed"] is True
+    assert (
+        checked["images"][0]["reason"] == "rewritten from docker.io/library/python; target checked"
+    )
+    assert checked["warnings"] == []
+    [warning] = unsigned["warnings"]
+    assert warning.startswith(
+        "imagegate: not rewriting python:3.13 to dhi.io/python:3.13: signature not verified by "
+        "policy dhi, source dhi: keys[0]: no signature found"
+    ), warning
+    assert missing["warnings"] == [
+        "imagegate: not rewriting python:3.11 to dhi.io/python:3.11: not found in its registry; "
+        "validation decides"
+    ]
+    assert unsigned["allowed"] is False
+    assert missing["allowed"] is False
+    assert (
+        "docker.io/library/python is not from a source this policy trusts"
+        in (missing["images"][0]["reason"])
+    )
