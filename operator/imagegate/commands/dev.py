@@ -190,16 +190,7 @@ def run(*, once: bool = False) -> int:
                     f"\nimagegate dev: ready in {time.monotonic() - started:.1f}s: "
                     f"kube-apiserver {control_plane.version()['gitVersion']} at "
                     f"{control_plane.url}, imagegate at {operator.url}\n"
-                    + _stand_in_notice(registry.address)
-                    + f"policy {DEMO_POLICY_NAME}: trust cgr.dev/chainguard/** signed with the "
-                    "demo key, and registry.internal.example/**; rewrite python and nginx to "
-                    "Chainguard, pin digests\n\n"
-                    + _table(rows)
-                    + "\n\nTry it from another shell:\n"
-                    + "".join(f"  export {k}={shlex.quote(v)}\n" for k, v in bed.env().items())
-                    + f"  kubectl get clusterimagepolicies\n"
-                    f"  kubectl -n {DEMO_NAMESPACE} run test --image=node:22\n"
-                    f"  {sys.executable} -m imagegate audit --since 10m   # the audit trail\n",
+                    + _summary(registry.address, rows, bed.env()),
                     flush=True,
                 )
                 if once:
@@ -212,6 +203,25 @@ def run(*, once: bool = False) -> int:
                     pass
     print("imagegate dev: stopped", file=sys.stderr)
     return 0
+
+
+def _summary(
+    registry_address: str, rows: list[tuple[str, str, str, str]], env: dict[str, str]
+) -> str:
+    """What the demo did and why, and how to go on from another shell."""
+    return (
+        _stand_in_notice(registry_address)
+        + f"policy {DEMO_POLICY_NAME}: trust cgr.dev/chainguard/** signed with the demo key, and "
+        "registry.internal.example/**; rewrite python and nginx to Chainguard, pin digests\n\n"
+        + _table(rows)
+        + "\n\nTry it from another shell:\n"
+        + "".join(f"  export {k}={shlex.quote(v)}\n" for k, v in env.items())
+        + "  kubectl get clusterimagepolicies\n"
+        f"  kubectl -n {DEMO_NAMESPACE} run test --image=node:22\n"
+        f"  kubectl -n {DEMO_NAMESPACE} run web2 --image=nginx:1.25   "
+        "# rewritten to the cgr.dev stand-in\n"
+        f"  {sys.executable} -m imagegate audit --since 10m   # the audit trail\n"
+    )
 
 
 def _serve_stand_ins(bed: Testbed) -> tuple[images.StandIns, Path]:
