@@ -11,6 +11,15 @@ from typing import Any
 from imagegate.admission import builder
 from imagegate.testbed.controlplane import ControlPlane
 
+# Moved to the test bed for `imagegate dev`; re-exported for the tests that import them here.
+from imagegate.testbed.images import (  # noqa: F401
+    COSIGN_PASSWORD,
+    cosign_env,
+    cosign_key_pair,
+    cosign_sign,
+    push_random_image,
+)
+
 
 def pod_review(namespace: str, image: str, *, name: str = "p") -> dict[str, Any]:
     """An AdmissionReview of a one-container Pod CREATE, as the API server would send it."""
@@ -38,45 +47,6 @@ class Cluster:
     webhook_host: str
     #: The local control plane when we started one (None for an existing cluster).
     control_plane: ControlPlane | None
-
-
-def push_random_image(
-    crane: Path,
-    registry: str,
-    repository: str,
-    tag: str,
-    workdir: Path,
-    *,
-    docker_config: Path | None = None,
-) -> str:
-    """Push a one-layer image with random content with the real crane CLI; return its digest.
-
-    `docker_config`: a directory with a config.json holding credentials (a private registry).
-    """
-    import io
-    import os
-    import secrets
-    import subprocess
-    import tarfile
-
-    layer = workdir / f"{repository.replace('/', '_')}-{tag}.tar"
-    content = secrets.token_bytes(256)
-    with tarfile.open(layer, "w") as archive:
-        info = tarfile.TarInfo("random.bin")
-        info.size = len(content)
-        archive.addfile(info, io.BytesIO(content))
-    reference = f"{registry}/{repository}:{tag}"
-    env = {**os.environ, **({"DOCKER_CONFIG": str(docker_config)} if docker_config else {})}
-    subprocess.run(
-        [str(crane), "append", "--new_layer", str(layer), "--new_tag", reference],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    return subprocess.run(
-        [str(crane), "digest", reference], check=True, capture_output=True, text=True, env=env
-    ).stdout.strip()
 
 
 def push_key_signed_image(
@@ -179,67 +149,6 @@ class RecordingWebhook:
         self._server.shutdown()
         self._server.server_close()
         self._dir.cleanup()
-
-
-COSIGN_PASSWORD = "imagegate-test"
-
-
-def cosign_env(docker_config: Path | None = None) -> dict[str, str]:
-    """cosign's environment for tests: a fixed key password, no prompts."""
-    import os
-
-    env = {**os.environ, "COSIGN_PASSWORD": COSIGN_PASSWORD, "COSIGN_YES": "true"}
-    if docker_config is not None:
-        env["DOCKER_CONFIG"] = str(docker_config)
-    return env
-
-
-def cosign_key_pair(cosign: Path, directory: Path, prefix: str = "cosign") -> Path:
-    """A new cosign key pair in `directory`; returns `directory/prefix` (add .key or .pub)."""
-    import subprocess
-
-    subprocess.run(
-        [str(cosign), "generate-key-pair", "--output-key-prefix", prefix],
-        cwd=directory,
-        env=cosign_env(),
-        check=True,
-        capture_output=True,
-    )
-    return directory / prefix
-
-
-def cosign_sign(
-    cosign: Path,
-    key: Path,
-    reference: str,
-    *,
-    bundle: bool = True,
-    extra: tuple[str, ...] = (),
-    docker_config: Path | None = None,
-) -> None:
-    """Sign `reference` with the real cosign CLI, offline: no transparency log, no signing config.
-
-    `bundle` picks cosign v3's Sigstore bundle referrer (True) or the legacy `.sig` tag (False).
-    """
-    import subprocess
-
-    subprocess.run(
-        [
-            str(cosign),
-            "sign",
-            "--key",
-            str(key),
-            "--tlog-upload=false",
-            "--use-signing-config=false",
-            f"--new-bundle-format={str(bundle).lower()}",
-            *extra,
-            reference,
-        ],
-        env=cosign_env(docker_config),
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
 
 
 def pad_signature_manifest(registry_url: str, repository: str, digest: str) -> int:

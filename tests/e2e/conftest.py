@@ -15,10 +15,10 @@ import yaml
 from kubernetes import client
 
 from imagegate.cluster import kube, resources
-from imagegate.testbed import local, processes
+from imagegate.testbed import images, local, processes
 from imagegate.testbed.registry import LocalRegistry
 from netproxy import Shaping, TcpProxy, ThreadedProxy
-from support import Cluster, cosign_key_pair, cosign_sign, push_random_image
+from support import Cluster, push_random_image
 
 #: Only namespaces with this label are sent to the webhooks: the tests never lock out anything else.
 E2E_LABEL = "imagegate.dev/e2e"
@@ -192,13 +192,12 @@ def hardened_python(
 
 #: Namespaces only the mirror tests' webhooks see (the session's own select imagegate.dev/e2e).
 MIRRORS_LABEL = "imagegate.dev/e2e-mirrors"
-#: Upstream name -> its stand-in's repository in the local registry, under the mirror's prefix.
-STAND_INS = {
-    "dhi.io/python:3.12": "mirror/dhi.io/python",
-    "cgr.dev/chainguard/python:latest": "mirror/cgr.dev/chainguard/python",
-}
+#: Upstream names served by stand-ins in the local registry, under the mirror's prefix
+#: (`images.stand_in_repository`).
+STAND_INS = ("dhi.io/python:3.12", "cgr.dev/chainguard/python:latest")
 #: The hosts whose hosts.toml may name the local registry as a mirror.
 MIRRORED_HOSTS = ("dhi.io", "cgr.dev")
+StandIns = images.StandIns
 
 
 @pytest.fixture(scope="module")
@@ -210,14 +209,6 @@ def offline_upstream() -> Iterator[TcpProxy]:
         yield proxy
 
 
-@dataclass(frozen=True)
-class StandIns:
-    #: Upstream name (as in STAND_INS) -> the digest of its stand-in.
-    digests: dict[str, str]
-    #: The PEM public key that signed every stand-in.
-    public_key: str
-
-
 @pytest.fixture(scope="module")
 def stand_ins(
     registry: LocalRegistry, crane: Path, cosign: Path, tmp_path_factory: pytest.TempPathFactory
@@ -225,19 +216,7 @@ def stand_ins(
     """Each name's stand-in pushed under the mirror prefix and signed for its upstream name
     (cosign's docker-reference is the upstream's)."""
     workdir = tmp_path_factory.mktemp("stand-ins")
-    cosign_key_pair(cosign, workdir)
-    digests = {}
-    for name, repository in STAND_INS.items():
-        tag = name.rsplit(":", 1)[1]
-        digest = push_random_image(crane, registry.address, repository, tag, workdir)
-        cosign_sign(
-            cosign,
-            workdir / "cosign.key",
-            f"{registry.address}/{repository}@{digest}",
-            extra=("--sign-container-identity", name.rsplit(":", 1)[0]),
-        )
-        digests[name] = digest
-    return StandIns(digests, (workdir / "cosign.pub").read_text())
+    return images.push_stand_ins(crane, cosign, registry.address, workdir, signed=STAND_INS)
 
 
 def hosts_directory(
@@ -248,14 +227,11 @@ def hosts_directory(
 ) -> Path:
     """containerd's config_path: for MIRRORED_HOSTS the mirror entry when `registry` is given,
     for them and the `offline` hosts an unreachable server, so nothing leaves loopback."""
+    server = f"http://{upstream.address}"
     for host in (*MIRRORED_HOSTS, *offline):
-        text = f'server = "http://{upstream.address}"\n'
+        text = f'server = "{server}"\n'
         if registry is not None and host in MIRRORED_HOSTS:
-            text += (
-                f'[host."{registry.url}/v2/mirror/{host}"]\n'
-                '  capabilities = ["pull", "resolve"]\n'
-                "  override_path = true\n"
-            )
+            text = images.mirror_hosts_toml(registry.url, host, server)
         (directory / host).mkdir(parents=True)
         (directory / host / "hosts.toml").write_text(text)
     return directory

@@ -163,14 +163,21 @@ def test_imagegate_dev_once_runs_the_whole_demo() -> None:
         for line in out.splitlines()
         if line.startswith(("Deployment/", "Pod/"))
     }
+    # The rewrites and the pin are verified against the stand-ins' key through the mirror:
+    # without it cgr.dev cannot be resolved here and these rows turn DENIED.
     assert rows == {
         "Deployment/web": "REWRITTEN",
         "Pod/worker": "REWRITTEN",
-        "Pod/tools": "ADMITTED",
+        "Pod/tools": "PINNED",
+        "Pod/unsigned": "DENIED",
         "Pod/billing": "DENIED",
         "Pod/cache": "DENIED",
         "Pod/internal": "ADMITTED",
     }
+    assert "NOTE: cgr.dev is served by a local stand-in" in out
+    assert "now runs cgr.dev/chainguard/nginx:latest@sha256:" in out
+    assert "signature verification failed for source chainguard" in out
+    assert "keys[0]: no signature found" in out
     assert "ghcr.io/acme/billing is not from a source this policy trusts" in out
     assert "export KUBECONFIG=" in out
 

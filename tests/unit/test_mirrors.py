@@ -124,3 +124,34 @@ def test_run_refuses_a_mirror_directory_it_cannot_use(
     )
     assert cli.main([*base, str(tmp_path / "absent")]) == 2
     assert "not a directory of <host>/hosts.toml files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["check", "--verify", "-p", "p.yaml", "m.yaml"], ["verify", "img", "-p", "p.yaml"]],
+    ids=["check", "verify"],
+)
+def test_the_online_tools_refuse_a_mirror_directory_as_run_does(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "certs.d" / "dhi.io").mkdir(parents=True)
+    (tmp_path / "certs.d" / "dhi.io" / "hosts.toml").write_text(
+        '[host."https://m"]\nclient = "x"\n'
+    )
+    assert cli.main([*command, "--registry-mirrors", str(tmp_path / "certs.d")]) == 2
+    assert "--registry-mirrors: dhi.io/hosts.toml: host.https://m.client: not supported" in (
+        capsys.readouterr().err
+    )
+
+
+def test_the_demo_mirror_directory_asks_the_local_registry_first_then_the_upstream(
+    tmp_path: Path,
+) -> None:
+    from imagegate.testbed import images
+
+    images.write_mirror_directory(tmp_path, "http://127.0.0.1:5000", ["cgr.dev"])
+    endpoints = mirrors.read_directory(tmp_path).endpoints_for("cgr.dev")
+    assert [(e.api_root, e.host, e.mirror) for e in endpoints] == [
+        ("http://127.0.0.1:5000/v2/mirror/cgr.dev", "127.0.0.1:5000", True),
+        ("https://cgr.dev/v2", "cgr.dev", False),
+    ]

@@ -5,8 +5,9 @@ usage. A bad policy file stops at once (one line on stderr); a bad manifest file
 (one line on stderr, and in the output) and the other files are still judged, then the exit
 status is 2. The decision is the webhooks', step for step: rewrites of enforce policies first
 (as `/mutate`), then `reviewers.judge` on the images as stored (as `/validate`). Offline (the
-default) no registry is asked and signature requirements fail saying so; `--verify` asks the
-registries with the webhook's own verifier (docs/design.md §6.2).
+default) no registry is asked, signature requirements fail saying so and rewrites are shown
+with their targets unchecked; `--verify` asks the registries with the webhook's own verifier and
+checks rewrite targets as `/mutate` does (admission/targets.py; docs/design.md §5.2, §6.2).
 """
 
 from __future__ import annotations
@@ -20,14 +21,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 from imagegate.admission import reviewers as webhook
+from imagegate.admission import targets
 from imagegate.commands import documents, online, sarif
 from imagegate.core import workloads
 from imagegate.errors import UsageError
 from imagegate.policy import compile as policy_compile
 from imagegate.policy import engine, model
+from imagegate.registry.keychain import Keychain
 
 OFFLINE_SIGNATURE_REASON = online.OFFLINE_SIGNATURE_REASON
 OUTPUTS = ("text", "json", "sarif")
+#: What a rewrite's reason adds offline: `/mutate` would first check that the target resolves
+#: and verifies (design.md §5.2), and offline nothing was asked.
+OFFLINE_TARGET_NOTE = "target not checked offline (--verify checks it)"
 
 
 def load_documents(sources: Sequence[str], stdin: TextIO) -> list[documents.Loaded]:
@@ -85,8 +91,12 @@ async def check_object(
     labels: Mapping[str, str],
     verifier: webhook.SignatureVerifier,
     keychains: webhook.KeychainSource | None,
+    checker: targets.TargetChecker | None = None,
 ) -> dict[str, Any]:
-    """One object's verdict, in the `-o json` shape of docs/design.md §6."""
+    """One object's verdict, in the `-o json` shape of docs/design.md §6.
+
+    `checker`: rewrite targets are checked with it, as `/mutate` checks them; None (offline):
+    rewrites are made unchecked and say so."""
     obj = loaded.document
     raw_metadata = obj.get("metadata")
     metadata: Mapping[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
@@ -112,6 +122,12 @@ async def check_object(
         policies, namespace, {"kubernetes.io/metadata.name": namespace, **labels}
     )
     planned = engine.plan_rewrites(images, chosen, apply=True)
+    deadline = time.monotonic() + online.OBJECT_DEADLINE
+    refusals: list[str] = []
+    if checker is not None:
+        planned, refusals = await _check_targets(
+            checker, planned, chosen, obj, namespace, keychains, deadline
+        )
     decision = await webhook.judge(
         _as_stored(planned),
         chosen,
@@ -120,19 +136,49 @@ async def check_object(
         group_kind=_group_kind(obj),
         verifier=verifier,
         keychains=keychains,
-        deadline=time.monotonic() + online.OBJECT_DEADLINE,
+        deadline=deadline,
     )
     result["allowed"] = decision.allowed
-    result["warnings"] = decision.warnings()
+    result["warnings"] = [*refusals, *decision.warnings()]
     result["images"] = [
-        _image_result(rewrite, judged, loaded.line_of(rewrite.container.pointer))
+        _image_result(
+            rewrite, judged, loaded.line_of(rewrite.container.pointer), checked=checker is not None
+        )
         for rewrite, judged in zip(planned, decision.images, strict=True)
     ]
     return result
 
 
+async def _check_targets(
+    checker: targets.TargetChecker,
+    planned: Sequence[engine.PlannedImage],
+    policies: Sequence[engine.CompiledPolicy],
+    obj: Mapping[str, Any],
+    namespace: str,
+    keychains: webhook.KeychainSource | None,
+    deadline: float,
+) -> tuple[list[engine.PlannedImage], list[str]]:
+    """The images as `/mutate` would store them, each refused rewrite undone, and the warnings
+    it would give for those."""
+
+    async def keychain() -> Keychain | None:
+        if keychains is None:
+            return None
+        pull = workloads.pull_context(obj, _group_kind(obj))
+        return await keychains.keychain(namespace, pull, policies)
+
+    window = targets.Window(online.OBJECT_DEADLINE, deadline)
+    checked = await checker.check(planned, policies, window, keychain)
+    warnings = [
+        targets.refusal_warning(before, before.final, after.refusal)
+        for before, after in zip(planned, checked, strict=True)
+        if after.refusal is not None and before.final is not None
+    ]
+    return [c.image for c in checked], warnings
+
+
 def _image_result(
-    planned: engine.PlannedImage, image: engine.ImageDecision, line: int
+    planned: engine.PlannedImage, image: engine.ImageDecision, line: int, *, checked: bool
 ) -> dict[str, Any]:
     violation = next(iter(image.violations), None)
     policy, source = image.trusted_by[0] if image.trusted_by else (None, None)
@@ -144,6 +190,7 @@ def _image_result(
         )
     elif planned.rewritten_by and planned.original is not None:
         policy, reason = planned.rewritten_by, f"rewritten from {planned.original.name}"
+        reason += "; target checked" if checked else f"; {OFFLINE_TARGET_NOTE}"
     return {
         "path": planned.container.pointer,
         "line": line,
@@ -192,7 +239,10 @@ def render_text(objects: Iterable[Mapping[str, Any]]) -> str:
 
 
 def summarise(
-    objects: Sequence[Mapping[str, Any]], bad_files: Sequence[Mapping[str, Any]], not_checked: int
+    objects: Sequence[Mapping[str, Any]],
+    bad_files: Sequence[Mapping[str, Any]],
+    not_checked: int,
+    targets_not_checked: int = 0,
 ) -> str:
     """The one summary line: counts, and how many signature checks were not done (offline)."""
     denied = sum(not obj["allowed"] for obj in objects)
@@ -208,7 +258,18 @@ def summarise(
     line = "imagegate check: " + ", ".join(parts)
     if not_checked:
         line += f"; {not_checked} signature checks not done offline (--verify does them)"
+    if targets_not_checked:
+        line += (
+            f"; {targets_not_checked} rewrite targets not checked offline (--verify checks them)"
+        )
     return line
+
+
+def _rewrites(objects: Iterable[Mapping[str, Any]]) -> int:
+    """How many images the objects' rewrites changed."""
+    return sum(
+        image["final"] != image["image"] for obj in objects for image in obj.get("images", [])
+    )
 
 
 def _read_manifests(
@@ -235,8 +296,12 @@ async def _judge_all(
     """The objects' verdicts, and how many signature checks were not done (offline)."""
     session = online.offline() if options is None else online.online(options)
     async with session as wired:
+        # Online, rewrite targets are checked with the resolver and verifier `judge` uses.
+        checker = targets.TargetChecker(wired.resolver, wired.verifier) if options else None
         objects = [
-            await check_object(item, policies, namespace, labels, wired.verifier, wired.keychains)
+            await check_object(
+                item, policies, namespace, labels, wired.verifier, wired.keychains, checker
+            )
             for item in loaded
             if not model.is_policy_document(item.document)
         ]
@@ -270,7 +335,8 @@ def run(
         stderr.write(f"imagegate: {bad['error']}\n")
     objects, not_checked = asyncio.run(_judge_all(loaded, policies, namespace, labels, verify))
     allowed = all(obj["allowed"] for obj in objects)
-    summary = summarise(objects, bad_files, not_checked)
+    unchecked_targets = 0 if verify else _rewrites(objects)
+    summary = summarise(objects, bad_files, not_checked, unchecked_targets)
     if output == "json":
         report = {"allowed": allowed, "objects": objects, "errors": bad_files, "summary": summary}
         json.dump(report, stdout, indent=2)

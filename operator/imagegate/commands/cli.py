@@ -108,6 +108,7 @@ def _online_options(args: argparse.Namespace) -> online.OnlineOptions:
         key_files=online.parse_named_files(args.key_file, "--key-file"),
         trust_roots=online.parse_named_files(args.trust_root, "--trust-root"),
         insecure_registries=frozenset(args.insecure_registry),
+        registry_mirrors=_registry_mirrors(args.registry_mirrors),
     )
 
 
@@ -180,6 +181,19 @@ def _add_online_flags(parser: argparse.ArgumentParser) -> None:
         metavar="HOST[:PORT]",
         help="reach this registry over plain HTTP (repeatable; for test registries only)",
     )
+    _add_mirrors_flag(group)
+
+
+def _add_mirrors_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """`--registry-mirrors DIR`, as `imagegate run` reads it (design.md §8)."""
+    parser.add_argument(
+        "--registry-mirrors",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="read registries through mirrors: a directory of <host>/hosts.toml files, as "
+        "containerd's config_path (e.g. /etc/containerd/certs.d)",
+    )
 
 
 def _add_scope_flags(parser: argparse.ArgumentParser) -> None:
@@ -235,6 +249,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         change=args.format,
         verify=args.verify,
         insecure_registries=frozenset(args.insecure_registry),
+        registry_mirrors=_registry_mirrors(args.registry_mirrors),
     )
 
 
@@ -364,14 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST[:PORT]",
         help="reach this registry over plain HTTP (repeatable; for test registries only)",
     )
-    run.add_argument(
-        "--registry-mirrors",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="read registries through mirrors: a directory of <host>/hosts.toml files, as "
-        "containerd's config_path (e.g. /etc/containerd/certs.d)",
-    )
+    _add_mirrors_flag(run)
     run.set_defaults(handler=_cmd_run)
 
     check = commands.add_parser(
@@ -477,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST[:PORT]",
         help="with --verify: reach this registry over plain HTTP (for test registries only)",
     )
+    _add_mirrors_flag(migrate)
     migrate.add_argument("manifests", nargs="*", metavar="MANIFEST", help="files, dirs, or -")
     migrate.set_defaults(handler=_cmd_migrate)
 

@@ -34,7 +34,7 @@ from imagegate.core import reference, workloads
 from imagegate.errors import ImagegateError, UsageError
 from imagegate.policy import catalog as catalogue
 from imagegate.policy import engine, migration, model
-from imagegate.registry import keychain
+from imagegate.registry import keychain, mirrors
 
 if TYPE_CHECKING:
     from imagegate.registry import client
@@ -269,14 +269,18 @@ def docker_keychain() -> keychain.Keychain:
 
 
 async def _verify(
-    plans: Sequence[migration.WorkloadPlan], insecure: frozenset[str]
+    plans: Sequence[migration.WorkloadPlan],
+    insecure: frozenset[str],
+    registry_mirrors: mirrors.Mirrors,
 ) -> dict[str, Verified]:
     import aiohttp
 
     from imagegate.registry import client
 
     async with aiohttp.ClientSession() as session:
-        registry = client.RegistryClient(session, keychain=docker_keychain(), insecure=insecure)
+        registry = client.RegistryClient(
+            session, keychain=docker_keychain(), insecure=insecure, mirrors=registry_mirrors
+        )
         return await verify_targets(plans, registry)
 
 
@@ -453,6 +457,7 @@ def run(
     change: Change | None = None,
     verify: bool = False,
     insecure_registries: frozenset[str] = frozenset(),
+    registry_mirrors: mirrors.Mirrors = mirrors.NO_MIRRORS,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
@@ -473,7 +478,7 @@ def run(
             raise UsageError("say what to migrate to: -p POLICY.yaml or --catalog dhi|chainguard")
         documents = read_manifests(manifests, stdin, stderr or sys.stderr)
         plans = plans_from_manifests(documents, planner)
-    verified = asyncio.run(_verify(plans, insecure_registries)) if verify else {}
+    verified = asyncio.run(_verify(plans, insecure_registries, registry_mirrors)) if verify else {}
     if output == "table":
         stdout.write(render_table(plans, change or "kubectl", verified))
     elif change is not None:

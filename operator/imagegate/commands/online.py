@@ -18,6 +18,7 @@ from imagegate.admission import reviewers as webhook
 from imagegate.core import workloads
 from imagegate.errors import UsageError
 from imagegate.policy import engine
+from imagegate.registry import mirrors
 from imagegate.registry.keychain import Keychain
 
 #: The verdict of every signature check offline: a requirement is never met without a look.
@@ -55,6 +56,8 @@ class OnlineOptions:
     #: configMapRef name (or namespace/name) → trusted_root.json, for custom trust roots.
     trust_roots: Mapping[str, Path] = field(default_factory=dict)
     insecure_registries: frozenset[str] = frozenset()
+    #: `--registry-mirrors`: read registries through the nodes' mirrors, as `imagegate run`.
+    registry_mirrors: mirrors.Mirrors = mirrors.NO_MIRRORS
 
 
 def parse_named_files(pairs: Sequence[str], flag: str) -> dict[str, Path]:
@@ -157,7 +160,9 @@ async def online(options: OnlineOptions) -> AsyncIterator[Collaborators]:
     keychains = FileKeychains(docker_config(options.registry_config))
     material = FileMaterial(options.key_files, options.trust_roots)
     async with aiohttp.ClientSession() as session:
-        registry_client = oci.RegistryClient(session, insecure=options.insecure_registries)
+        registry_client = oci.RegistryClient(
+            session, insecure=options.insecure_registries, mirrors=options.registry_mirrors
+        )
         # One tag cache for the digest shown and the one verified, as the operator shares one
         # between /mutate and /validate; no verdict cache: one run asks each question once.
         resolver = pinning.CachingResolver(registry_client)
