@@ -195,7 +195,7 @@ def _check_body(
     payload: bytes,
     signature: bytes,
     signer_der: bytes,
-    envelope: bytes | None,
+    envelope: bytes | None = None,
 ) -> None:
     if not isinstance(body, Mapping):
         raise _bad("the log entry's body is malformed")
