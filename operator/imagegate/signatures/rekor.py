@@ -337,7 +337,8 @@ def _intoto_content(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], _Envelo
         spec = body["spec"]
         content = spec["content"]
         if body["apiVersion"] == "0.0.1":
-            logged = _Envelope(None, signers=((None, base64.b64decode(spec["publicKey"])),))
+            key = base64.b64decode(spec["publicKey"], validate=True)
+            logged = _Envelope(None, signers=((None, key),))
         else:
             listed = content["envelope"]["signatures"]
             if not isinstance(listed, list):
