@@ -184,12 +184,15 @@ class Log:
             },
         }
 
-    def promise(self, body: dict[str, Any], *, index: int = 7) -> dict[str, Any]:
-        """The legacy annotation (`dev.sigstore.cosign/bundle`) for `body`, with a valid SET."""
+    def promise(
+        self, body: dict[str, Any], *, index: int = 7, integrated_time: int | None = None
+    ) -> dict[str, Any]:
+        """The legacy annotation (`dev.sigstore.cosign/bundle`) for `body`, with a valid SET,
+        integrated at NOW unless `integrated_time` says when."""
         encoded = base64.b64encode(json.dumps(body).encode()).decode()
         payload = {
             "body": encoded,
-            "integratedTime": int(NOW.timestamp()),
+            "integratedTime": int(NOW.timestamp()) if integrated_time is None else integrated_time,
             "logID": self.log_id.hex(),
             "logIndex": index,
         }
@@ -240,6 +243,49 @@ def dsse(payload: bytes, signed: list[tuple[bytes, bytes]]) -> dict[str, Any]:
                 }
                 for signature, verifier in signed
             ],
+        },
+    }
+
+
+def _sha256(data: bytes) -> dict[str, str]:
+    return {"algorithm": "sha256", "value": hashlib.sha256(data).hexdigest()}
+
+
+def intoto_v001(envelope_json: bytes, signer_pem: bytes) -> dict[str, Any]:
+    """The `intoto` 0.0.1 body Rekor logs for a DSSE envelope (the `.att` layer's bytes) and
+    its signer's PEM (certificate or key)."""
+    payload = base64.b64decode(json.loads(envelope_json)["payload"])
+    return {
+        "apiVersion": "0.0.1",
+        "kind": "intoto",
+        "spec": {
+            "content": {"hash": _sha256(envelope_json), "payloadHash": _sha256(payload)},
+            "publicKey": base64.b64encode(signer_pem).decode(),
+        },
+    }
+
+
+def intoto_v002(envelope_json: bytes, signer_pems: list[bytes]) -> dict[str, Any]:
+    """The `intoto` 0.0.2 body for a DSSE envelope and the PEM of each of its signers: each
+    `sig` is the base64 of the envelope's (already base64) `sig` text, each key its PEM's."""
+    document = json.loads(envelope_json)
+    signatures = [
+        {
+            "keyid": entry.get("keyid", ""),
+            "sig": base64.b64encode(entry["sig"].encode()).decode(),
+            "publicKey": base64.b64encode(pem).decode(),
+        }
+        for entry, pem in zip(document["signatures"], signer_pems, strict=True)
+    ]
+    return {
+        "apiVersion": "0.0.2",
+        "kind": "intoto",
+        "spec": {
+            "content": {
+                "envelope": {"payloadType": document["payloadType"], "signatures": signatures},
+                "hash": _sha256(envelope_json),
+                "payloadHash": _sha256(base64.b64decode(document["payload"])),
+            }
         },
     }
 

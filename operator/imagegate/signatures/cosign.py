@@ -69,6 +69,9 @@ class FoundSignature:
     #: The predicate type the in-toto statement must carry to count: a cosign signature's, or
     #: the attestation's a policy asks for (attestations.py sets it). Never both.
     expected_predicate: str = COSIGN_PREDICATE
+    #: The DSSE envelope as an `.att` layer stores it, byte for byte: what its Rekor `intoto`
+    #: entry hashes (design.md §9.8). None for every other format.
+    envelope: bytes | None = None
 
 
 def _unreadable(format: str, reason: str) -> FoundSignature:
@@ -165,6 +168,7 @@ async def _legacy_attestations(
             certificate=_text(annotations.get(CERTIFICATE_ANNOTATION)),
             chain=_text(annotations.get(CHAIN_ANNOTATION)),
             transparency=annotations.get(REKOR_ANNOTATION),
+            envelope_bytes=raw,
         )
     return found
 
@@ -177,8 +181,10 @@ def _from_envelope(
     chain: str | None,
     transparency: object | None,
     bundle: bytes | None = None,
+    envelope_bytes: bytes | None = None,
 ) -> list[FoundSignature]:
-    """One signature per signature of a DSSE envelope (a bundle's or an `.att` layer's)."""
+    """One signature per signature of a DSSE envelope (a bundle's or an `.att` layer's, whose
+    bytes are `envelope_bytes`)."""
     try:
         payload = base64.b64decode(envelope["payload"], validate=True)
         payload_type = str(envelope["payloadType"])
@@ -201,6 +207,7 @@ def _from_envelope(
             transparency,
             bundle,
             chain,
+            envelope=envelope_bytes,
         )
         for signature in signatures
     ]
@@ -341,7 +348,12 @@ def verify_one_with_key(
     root = trusted_root if trusted_root is not None else roots.public_good_json()
     if signature.format in ("legacy", "attestation"):  # a SET in the layer's annotation
         rekor.verify_set(
-            signature.transparency, signature.signed, signature.signature, key.der, root
+            signature.transparency,
+            signature.signed,
+            signature.signature,
+            key.der,
+            root,
+            envelope=signature.envelope,
         )
     else:
         rekor.verify_bundle_entries(

@@ -89,6 +89,7 @@ def verify_legacy(
             found.signature,
             leaf.public_bytes(Encoding.DER),
             root_json,
+            envelope=found.envelope,
         )
         signed_at = _integrated_time(found.transparency)
     path = _chain_to_root(leaf, chain, _fulcio_anchors(root_json, signed_at), signed_at)

@@ -8,7 +8,9 @@ carry only a SET, so this part is done here, as cosign itself does it:
    valid at `integratedTime`;
 2. the entry's body is about *this* signature: same signature bytes, same public key (or
    certificate), and the SHA-256 of the signed payload. Legacy signatures are logged as
-   `hashedrekord` (or `rekord`); the DSSE envelopes of cosign v3 bundles as `dsse`.
+   `hashedrekord` (or `rekord`); the DSSE envelopes of cosign v3 bundles as `dsse`; legacy
+   `.att` attestations as `intoto` (0.0.1 or 0.0.2, design.md §9.8), whose entry is checked
+   against the envelope exactly as the layer stores it.
 
 Key-signed v0.3 bundles go through sigstore-python nowhere (it verifies certificates only), so
 their `tlogEntries` are checked here too, by the same SET (the `inclusionPromise`), which is
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -42,11 +45,14 @@ def verify_set(
     signature: bytes,
     signer_der: bytes,
     trusted_root: Mapping[str, Any],
+    *,
+    envelope: bytes | None = None,
 ) -> None:
     """Raises BadTransparencyLogEntry unless the SET proves this signature is in a trusted log.
 
     `signer_der` is the public key (SubjectPublicKeyInfo DER) or the certificate (DER) the log
-    entry must name.
+    entry must name. `envelope` is the DSSE envelope an `.att` layer stores, byte for byte (what
+    an `intoto` entry hashes); None for anything else, which no `intoto` entry can prove.
     """
     try:
         bundle: Any = json.loads(annotation) if isinstance(annotation, str) else annotation
@@ -72,7 +78,7 @@ def verify_set(
         log_key.verify(signed_timestamp, canonical, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise _bad("the log's signature does not verify") from None
-    _check_body(body, payload, signature, signer_der)
+    _check_body(body, payload, signature, signer_der, envelope)
 
 
 def _bad(reason: str) -> BadTransparencyLogEntry:
@@ -185,14 +191,21 @@ SHA256 = "sha256"
 
 
 def _check_body(
-    body: Mapping[str, Any], payload: bytes, signature: bytes, signer_der: bytes
+    body: Mapping[str, Any],
+    payload: bytes,
+    signature: bytes,
+    signer_der: bytes,
+    envelope: bytes | None = None,
 ) -> None:
     if not isinstance(body, Mapping):
         raise _bad("the log entry's body is malformed")
     kind = body.get("kind")
+    if kind == "intoto":
+        _check_intoto_body(body, signature, signer_der, envelope)
+        return
     # `rekord` (cosign before 2022) carries the same fields as `hashedrekord`.
     if kind not in ("hashedrekord", "rekord", "dsse"):
-        raise _bad(f"log entry kind {kind!r}, not hashedrekord, rekord or dsse")
+        raise _bad(f"log entry kind {kind!r}, not hashedrekord, rekord, dsse or intoto")
     if body.get("apiVersion") != API_VERSION:
         raise _bad(f"log entry version {body.get('apiVersion')!r}, not {API_VERSION}")
     if kind == "dsse":
@@ -251,6 +264,112 @@ def _check_dsse_body(
         raise _bad("the log entry is for another signature")
     if not any(_names_signer(verifier, signer_der) for verifier in signers):
         raise _bad("the log entry names another key")
+
+
+#: The `intoto` entry versions cosign writes for `.att` layers (Rekor's pkg/types/intoto).
+INTOTO_VERSIONS = ("0.0.1", "0.0.2")
+
+
+def _check_intoto_body(
+    body: Mapping[str, Any], signature: bytes, signer_der: bytes, envelope: bytes | None
+) -> None:
+    """An `intoto` entry logs the envelope's SHA-256 (`content.hash`, over the bytes cosign
+    uploaded, which are the `.att` layer's), its payload's (`content.payloadHash`) and the
+    signer: 0.0.1 one `publicKey`, 0.0.2 the envelope's payloadType and each (sig, publicKey).
+
+    The envelope hash binds the entry to the layer's every byte; the rest is checked too, so a
+    mismatch names what differs.
+    """
+    if envelope is None:
+        raise _bad("an intoto log entry, which only a DSSE envelope (.att layer) can match")
+    version = body.get("apiVersion")
+    if version not in INTOTO_VERSIONS:
+        raise _bad(f"intoto log entry version {version!r}, not 0.0.1 or 0.0.2")
+    presented = _presented_envelope(envelope)
+    content, logged = _intoto_content(body)
+    envelope_hash = _logged_sha256(content.get("hash"))
+    payload_hash = _logged_sha256(content.get("payloadHash"))
+    if signature not in presented.signatures:
+        raise _bad("the log entry is for another signature")
+    if envelope_hash != hashlib.sha256(envelope).hexdigest():
+        raise _bad("the log entry is for another envelope (content.hash)")
+    if payload_hash != hashlib.sha256(presented.payload).hexdigest():
+        raise _bad("the log entry is for another payload")
+    if logged.payload_type is not None and logged.payload_type != presented.payload_type:
+        raise _bad("the log entry is for another payload type")
+    signers = [key for sig, key in logged.signers if sig is None or sig == signature]
+    if not signers:
+        raise _bad("the log entry is for another signature")
+    if not any(_names_signer(key, signer_der) for key in signers):
+        raise _bad("the log entry names another key")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Envelope:
+    """What an `intoto` entry is checked against: a DSSE envelope, or what its entry logs of
+    one (`signers`: each signature, None where the entry does not log it, with its PEM key)."""
+
+    payload_type: str | None
+    payload: bytes = b""
+    signatures: tuple[bytes, ...] = ()
+    signers: tuple[tuple[bytes | None, bytes], ...] = ()
+
+
+def _presented_envelope(envelope: bytes) -> _Envelope:
+    try:
+        document = json.loads(envelope)
+        return _Envelope(
+            str(document["payloadType"]),
+            base64.b64decode(document["payload"], validate=True),
+            tuple(base64.b64decode(s["sig"], validate=True) for s in document["signatures"]),
+        )
+    except (KeyError, TypeError, ValueError, RecursionError, binascii.Error):
+        raise _bad("the attestation's envelope is malformed") from None
+
+
+def _intoto_content(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], _Envelope]:
+    """The entry's `content` and what it logs of the envelope.
+
+    0.0.2 logs each signature as the base64 of the envelope's (itself base64) `sig` text, and
+    each key as the base64 of its PEM; 0.0.1 logs one PEM key (base64) and no signature.
+    """
+    try:
+        spec = body["spec"]
+        content = spec["content"]
+        if body["apiVersion"] == "0.0.1":
+            key = base64.b64decode(spec["publicKey"], validate=True)
+            logged = _Envelope(None, signers=((None, key),))
+        else:
+            listed = content["envelope"]["signatures"]
+            if not isinstance(listed, list):
+                raise TypeError("signatures")
+            logged = _Envelope(
+                str(content["envelope"]["payloadType"]),
+                signers=tuple(
+                    (
+                        base64.b64decode(base64.b64decode(s["sig"], validate=True), validate=True),
+                        base64.b64decode(s["publicKey"], validate=True),
+                    )
+                    for s in listed
+                ),
+            )
+        if not isinstance(content, Mapping):
+            raise TypeError("content")
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise _bad("the log entry's body is malformed") from None
+    return content, logged
+
+
+def _logged_sha256(logged: object) -> str:
+    """The hex value of a logged `{algorithm, value}` hash; only SHA-256, as cosign."""
+    if not isinstance(logged, Mapping):
+        raise _bad("the log entry's body is malformed")
+    if logged.get("algorithm") != SHA256:
+        raise _bad(f"the log entry's hashes are {logged.get('algorithm')!r}, not sha256")
+    value = logged.get("value")
+    if not _is_sha256_hex(value):
+        raise _bad("the log entry's body is malformed")
+    return str(value)
 
 
 def _is_sha256_hex(value: object) -> bool:

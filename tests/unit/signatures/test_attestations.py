@@ -387,9 +387,9 @@ async def test_a_keyless_att_is_verified_by_its_fulcio_identity() -> None:
         attestations.verify(wanted, found, pki.DIGEST, keyless_authority("x@y.z", root), NOW)
 
 
-async def test_an_att_logged_as_intoto_is_refused_where_a_log_is_required() -> None:
-    """design.md §9.8: cosign logs `.att` as `intoto` entries, which the SET check does not
-    read: with requireTransparencyLog that is a reason, never a pass."""
+async def test_an_att_with_an_unreadable_intoto_entry_is_refused_where_a_log_is_required() -> None:
+    """design.md §9.8: cosign logs `.att` as `intoto` entries; one whose body says nothing
+    (test_rekor_intoto.py has the readable ones) is a reason, never a pass."""
     from imagegate.signatures import attestations, roots
 
     fulcio_root = pki.ca("test fulcio root")
@@ -400,7 +400,7 @@ async def test_an_att_logged_as_intoto_is_refused_where_a_log_is_required() -> N
     promise = log.promise({"apiVersion": "0.0.2", "kind": "intoto", "spec": {}})
     found = await keyless_found(signer, [intermediate, fulcio_root], bundle=json.dumps(promise))
     authority = keyless_authority(pki.SIGNER, root, tlog=True)
-    with pytest.raises(SignatureFailure, match="log entry kind 'intoto'"):
+    with pytest.raises(SignatureFailure, match="the log entry's body is malformed"):
         attestations.verify(requirement(), found, pki.DIGEST, authority, NOW)
 
 
