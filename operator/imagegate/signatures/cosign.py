@@ -92,29 +92,54 @@ async def find(
     return found[:MAX_SIGNATURES]
 
 
-async def _legacy(
-    client: registry.RegistryClient, host: str, repository: str, digest: str, deadline: float | None
-) -> list[FoundSignature]:
-    tag = digest.replace(":", "-") + ".sig"
+#: A layer of a legacy tag: its digest and annotations, or None when it cannot be read.
+TaggedLayer = tuple[str, Mapping[str, Any]] | None
+
+
+async def _tagged_layers(
+    client: registry.RegistryClient,
+    host: str,
+    repository: str,
+    tag: str,
+    media_type: str,
+    deadline: float | None,
+) -> list[TaggedLayer]:
+    """The layers of `media_type` in the manifest at `tag` (none when the tag is missing),
+    bounded by MAX_SIGNATURES; a layer without annotations or digest is None, so the caller
+    can judge it as its own unreadable signature."""
     try:
         body, _ = await client.manifest(host, repository, tag, deadline=deadline)
     except registry.ManifestUnknown:
         return []
     layers = _json(body).get("layers")
-    found = []
+    found: list[TaggedLayer] = []
     for layer in (layers if isinstance(layers, list) else [])[:MAX_SIGNATURES]:
-        if not isinstance(layer, dict) or layer.get("mediaType") != SIMPLE_SIGNING:
+        if not isinstance(layer, dict) or layer.get("mediaType") != media_type:
             continue
-        annotations = layer.get("annotations")
-        if not isinstance(annotations, dict) or not isinstance(layer.get("digest"), str):
+        annotations, digest = layer.get("annotations"), layer.get("digest")
+        if isinstance(annotations, dict) and isinstance(digest, str):
+            found.append((digest, annotations))
+        else:
+            found.append(None)
+    return found
+
+
+async def _legacy(
+    client: registry.RegistryClient, host: str, repository: str, digest: str, deadline: float | None
+) -> list[FoundSignature]:
+    tag = digest.replace(":", "-") + ".sig"
+    found = []
+    for layer in await _tagged_layers(client, host, repository, tag, SIMPLE_SIGNING, deadline):
+        if layer is None:
             found.append(_unreadable("legacy", "malformed signature: unreadable layer"))
             continue
+        blob_digest, annotations = layer
         try:
             signature = base64.b64decode(annotations.get(SIGNATURE_ANNOTATION, ""), validate=True)
         except (binascii.Error, ValueError, TypeError):
             found.append(_unreadable("legacy", "malformed signature: not base64"))
             continue
-        payload = await client.blob(host, repository, layer["digest"], deadline=deadline)
+        payload = await client.blob(host, repository, blob_digest, deadline=deadline)
         found.append(
             FoundSignature(
                 "legacy",
@@ -148,20 +173,13 @@ async def _legacy_attestations(
     client: registry.RegistryClient, host: str, repository: str, digest: str, deadline: float | None
 ) -> list[FoundSignature]:
     tag = digest.replace(":", "-") + ".att"
-    try:
-        body, _ = await client.manifest(host, repository, tag, deadline=deadline)
-    except registry.ManifestUnknown:
-        return []
-    layers = _json(body).get("layers")
     found = []
-    for layer in (layers if isinstance(layers, list) else [])[:MAX_SIGNATURES]:
-        if not isinstance(layer, dict) or layer.get("mediaType") != DSSE_ENVELOPE:
-            continue
-        annotations = layer.get("annotations")
-        if not isinstance(annotations, dict) or not isinstance(layer.get("digest"), str):
+    for layer in await _tagged_layers(client, host, repository, tag, DSSE_ENVELOPE, deadline):
+        if layer is None:
             found.append(_unreadable("attestation", "malformed attestation: unreadable layer"))
             continue
-        raw = await client.blob(host, repository, layer["digest"], deadline=deadline)
+        blob_digest, annotations = layer
+        raw = await client.blob(host, repository, blob_digest, deadline=deadline)
         found += _from_envelope(
             _json(raw),
             "attestation",
