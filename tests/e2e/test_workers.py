@@ -1,0 +1,134 @@
+"""`imagegate run --workers 2` (imagegate issue #14, item 2; docs/design.md §17), as a real process
+against the real kube-apiserver: two worker processes answer on one HTTPS port, both follow a
+policy change, a killed worker is started again while the other answers, and SIGTERM drains."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from imagegate.cluster import workers
+from imagegate.testbed import local, processes
+from support import Cluster, pod_review
+
+from .conftest import PolicyFactory
+
+pytestmark = pytest.mark.controlplane
+
+#: Not from the policy's only source: denied once the policy is in force.
+OUTSIDER = "elsewhere.example/app:1"
+
+
+def answer(running: local.LocalOperator, namespace: str) -> tuple[str, dict[str, Any]]:
+    """One review over a new connection: (the worker that answered, "index/pid"; the response)."""
+    request = urllib.request.Request(
+        running.url + "/validate",
+        data=json.dumps(pod_review(namespace, OUTSIDER)).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, context=running.ssl_context(), timeout=10) as reply:
+        worker = reply.headers.get(workers.WORKER_HEADER, "")
+        return worker, json.loads(reply.read())["response"]
+
+
+def answers_until(
+    running: local.LocalOperator,
+    namespace: str,
+    enough: Callable[[dict[str, list[bool]]], bool],
+    limit: int = 200,
+) -> dict[str, list[bool]]:
+    """Reviews sent one by one until `enough(allowed answers by worker)`, at most `limit`."""
+    by_worker: dict[str, list[bool]] = {}
+    for _ in range(limit):
+        worker, response = answer(running, namespace)
+        by_worker.setdefault(worker, []).append(bool(response["allowed"]))
+        if enough(by_worker):
+            return by_worker
+    pytest.fail(f"not enough answers after {limit} reviews: {by_worker}")
+
+
+def indices(by_worker: dict[str, list[bool]]) -> set[str]:
+    return {name.split("/")[0] for name in by_worker}
+
+
+def status_of(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+def metric(running: local.LocalOperator, prefix: str) -> float:
+    lines = [line for line in running.metrics().splitlines() if line.startswith(prefix)]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+def test_two_workers_share_the_port_follow_policies_restart_and_drain(
+    cluster: Cluster,
+    api: client.ApiClient,
+    crds: None,
+    namespace: str,
+    image_policy: PolicyFactory,
+    tmp_path: Path,
+) -> None:
+    with local.operator_process(
+        cluster.kubeconfig,
+        tmp_path / "operator",
+        extra_args=["--workers", "2"],
+        env={"IMAGEGATE_DRAIN_DELAY": "2"},
+    ) as running:
+        # Both workers answer on the one port (no policy yet: admitted).
+        before = answers_until(running, namespace, lambda seen: len(indices(seen)) == 2)
+        assert all(all(allowed) for allowed in before.values()), before
+        pids = {name.split("/")[0]: int(name.split("/")[1]) for name in before}
+        assert running.process.pid not in pids.values()  # the operator itself does not serve
+
+        # A policy the parent watches reaches both workers.
+        image_policy(namespace, "team-only", {"sources": [{"name": "team", "images": ["t.io/**"]}]})
+        time.sleep(0.2)  # Ready is written just after the policy goes down the pipes
+        after = answers_until(running, namespace, lambda seen: len(indices(seen)) == 2)
+        assert not any(any(allowed) for allowed in after.values()), after
+        assert metric(running, "imagegate_admissions_total") >= sum(map(len, after.values()))
+
+        # A killed worker is started again; the other answers meanwhile.
+        os.kill(pids["0"], signal.SIGKILL)
+        restarted = answers_until(
+            running,
+            namespace,
+            lambda seen: any(name.startswith("0/") and name != f"0/{pids['0']}" for name in seen),
+        )
+        assert f"0/{pids['0']}" not in restarted, restarted
+        assert not any(any(allowed) for allowed in restarted.values())  # it has the policy
+        assert metric(running, "imagegate_worker_restarts_total") == 1.0
+        serving = {int(name.split("/")[1]) for name in restarted}
+
+        # SIGTERM (to the operator only, as the kubelet sends it): /readyz fails while the
+        # workers go on answering, then every process exits.
+        pid = running.process.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while status_of(running.health_url + "/readyz") != 503:
+            assert time.monotonic() < deadline, "/readyz did not fail after SIGTERM"
+            time.sleep(0.05)
+        _, during_drain = answer(running, namespace)
+        assert during_drain["allowed"] is False
+        deadline = time.monotonic() + 20
+        while running.process.exit_code() is None:
+            assert time.monotonic() < deadline, "the operator did not exit after SIGTERM"
+            time.sleep(0.1)
+        assert running.process.exit_code() == 0
+        assert not any(processes.alive(worker) for worker in serving)
