@@ -45,16 +45,19 @@ def answers_until(
     running: local.LocalOperator,
     namespace: str,
     enough: Callable[[dict[str, list[bool]]], bool],
-    limit: int = 200,
+    timeout: float = 30.0,
 ) -> dict[str, list[bool]]:
-    """Reviews sent one by one until `enough(allowed answers by worker)`, at most `limit`."""
+    """Reviews sent one by one until `enough(allowed answers by worker)`, for at most `timeout`
+    seconds (every one must be answered)."""
     by_worker: dict[str, list[bool]] = {}
-    for _ in range(limit):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         worker, response = answer(running, namespace)
         by_worker.setdefault(worker, []).append(bool(response["allowed"]))
         if enough(by_worker):
             return by_worker
-    pytest.fail(f"not enough answers after {limit} reviews: {by_worker}")
+        time.sleep(0.02)
+    pytest.fail(f"not enough answers within {timeout:.0f}s: {by_worker}")
 
 
 def indices(by_worker: dict[str, list[bool]]) -> set[str]:
@@ -69,6 +72,13 @@ def status_of(url: str) -> int | None:
         return error.code
     except OSError:
         return None
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
+        time.sleep(0.1)
 
 
 def metric(running: local.LocalOperator, prefix: str) -> float:
@@ -97,11 +107,15 @@ def test_two_workers_share_the_port_follow_policies_restart_and_drain(
         assert running.process.pid not in pids.values()  # the operator itself does not serve
 
         # A policy the parent watches reaches both workers.
-        image_policy(namespace, "team-only", {"sources": [{"name": "team", "images": ["t.io/**"]}]})
+        team_only = {"sources": [{"name": "team", "images": ["t.io/**"]}]}
+        image_policy(namespace, "team-only", team_only)
         time.sleep(0.2)  # Ready is written just after the policy goes down the pipes
         after = answers_until(running, namespace, lambda seen: len(indices(seen)) == 2)
         assert not any(any(allowed) for allowed in after.values()), after
-        assert metric(running, "imagegate_admissions_total") >= sum(map(len, after.values()))
+        answered = sum(map(len, before.values())) + sum(map(len, after.values()))
+        wait_for(  # the workers' counts reach the operator's /metrics (sent once a second)
+            lambda: metric(running, "imagegate_admissions_total") >= answered, 5, "counts"
+        )
 
         # A killed worker is started again; the other answers meanwhile.
         os.kill(pids["0"], signal.SIGKILL)
