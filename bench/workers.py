@@ -91,16 +91,36 @@ async def measure(count: int, settings: workers.WorkerSettings, folder: Path) ->
     await pool.start()
     try:
         await asyncio.sleep(1.0)  # past start-up work
-        return await asyncio.to_thread(attack, vegeta(), settings.port, folder)
+        before = sum(cpu_seconds(pid) for pid in pool.pids)
+        report = await asyncio.to_thread(attack, vegeta(), settings.port, folder)
+        spent = sum(cpu_seconds(pid) for pid in pool.pids) - before
+        report["cpu_ms_per_request"] = spent * 1000 / max(1, report["requests"])
+        report["rss_mib"] = [rss_mib(pid) for pid in pool.pids]
+        return report
     finally:
         await pool.stop(timeout=10)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used (/proc/<pid>/stat, fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for entry in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if entry.startswith("VmRSS:"):
+            return int(entry.split()[1]) / 1024
+    return 0.0
 
 
 def line(count: int, report: dict[str, Any]) -> str:
     latencies = report["latencies"]
     return (
         f"{count} worker(s): {report['throughput']:,.0f} req/s, success {report['success']:.3f}, "
-        f"p50 {latencies['50th'] / 1e6:.1f} ms, p99 {latencies['99th'] / 1e6:.1f} ms"
+        f"p50 {latencies['50th'] / 1e6:.1f} ms, p99 {latencies['99th'] / 1e6:.1f} ms, "
+        f"workers' CPU {report['cpu_ms_per_request']:.2f} ms/request, "
+        f"RSS per worker after the load {', '.join(f'{m:.0f}' for m in report['rss_mib'])} MiB"
     )
 
 
