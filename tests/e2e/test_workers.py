@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from imagegate.cluster import workers
+from imagegate.cluster import tls, workers
 from imagegate.testbed import local, processes
 from support import Cluster, pod_review
 
@@ -29,14 +30,17 @@ pytestmark = pytest.mark.controlplane
 OUTSIDER = "elsewhere.example/app:1"
 
 
-def answer(running: local.LocalOperator, namespace: str) -> tuple[str, dict[str, Any]]:
+def answer(
+    running: local.LocalOperator, namespace: str, context: ssl.SSLContext | None = None
+) -> tuple[str, dict[str, Any]]:
     """One review over a new connection: (the worker that answered, "index/pid"; the response)."""
     request = urllib.request.Request(
         running.url + "/validate",
         data=json.dumps(pod_review(namespace, OUTSIDER)).encode(),
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, context=running.ssl_context(), timeout=10) as reply:
+    context = context or running.ssl_context()
+    with urllib.request.urlopen(request, context=context, timeout=10) as reply:
         worker = reply.headers.get(workers.WORKER_HEADER, "")
         return worker, json.loads(reply.read())["response"]
 
@@ -46,13 +50,14 @@ def answers_until(
     namespace: str,
     enough: Callable[[dict[str, list[bool]]], bool],
     timeout: float = 30.0,
+    context: ssl.SSLContext | None = None,
 ) -> dict[str, list[bool]]:
     """Reviews sent one by one until `enough(allowed answers by worker)`, for at most `timeout`
     seconds (every one must be answered)."""
     by_worker: dict[str, list[bool]] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        worker, response = answer(running, namespace)
+        worker, response = answer(running, namespace, context)
         by_worker.setdefault(worker, []).append(bool(response["allowed"]))
         if enough(by_worker):
             return by_worker
@@ -72,6 +77,18 @@ def status_of(url: str) -> int | None:
         return error.code
     except OSError:
         return None
+
+
+def served_with(
+    running: local.LocalOperator, namespace: str, context: ssl.SSLContext, seen: set[str]
+) -> set[str]:
+    """`seen` and the worker index that answered one review trusting only `context`, if any."""
+    try:
+        worker, _ = answer(running, namespace, context)
+    except urllib.error.URLError:  # a worker still on the old certificate
+        return seen
+    seen.add(worker.split("/")[0])
+    return seen
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -117,12 +134,31 @@ def test_two_workers_share_the_port_follow_policies_restart_and_drain(
             lambda: metric(running, "imagegate_admissions_total") >= answered, 5, "counts"
         )
 
+        # A new certificate (from a new CA) in the files is served by both workers.
+        ca = tls.CertificateAuthority.create("rotated-ca")
+        pair = ca.issue("imagegate", ip_addresses=["127.0.0.1"])
+        workdir = tmp_path / "operator"
+        (workdir / "tls.key").write_bytes(pair.key_pem)
+        (workdir / "tls.crt").write_bytes(pair.cert_pem)
+        rotated = ssl.create_default_context(cadata=ca.cert_pem.decode())
+        reloaded: set[str] = set()
+        wait_for(
+            lambda: len(served_with(running, namespace, rotated, reloaded)) == 2,
+            10,
+            "both workers serving the new certificate",
+        )
+
         # A killed worker is started again; the other answers meanwhile.
         os.kill(pids["0"], signal.SIGKILL)
+        # Connections the kernel queued on its socket before it died are reset (Linux hands
+        # them to no other socket): the kill is complete before the next review.
+        wait_for(lambda: not processes.alive(pids["0"]), 5, "the worker killed")
         restarted = answers_until(
             running,
             namespace,
             lambda seen: any(name.startswith("0/") and name != f"0/{pids['0']}" for name in seen),
+            timeout=60,  # a new process imports the webhook stack: seconds on a busy machine
+            context=rotated,  # and serves the certificate in the files
         )
         assert f"0/{pids['0']}" not in restarted, restarted
         assert not any(any(allowed) for allowed in restarted.values())  # it has the policy
@@ -138,7 +174,7 @@ def test_two_workers_share_the_port_follow_policies_restart_and_drain(
         while status_of(running.health_url + "/readyz") != 503:
             assert time.monotonic() < deadline, "/readyz did not fail after SIGTERM"
             time.sleep(0.05)
-        _, during_drain = answer(running, namespace)
+        _, during_drain = answer(running, namespace, rotated)
         assert during_drain["allowed"] is False
         deadline = time.monotonic() + 20
         while running.process.exit_code() is None:

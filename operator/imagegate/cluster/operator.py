@@ -393,6 +393,8 @@ async def _start_workers(state: _State, tls_files: server.TLSFiles) -> None:
         log_format=config.log_format,
     )
     pool = workers.WorkerPool(settings, config.workers, state.cache, state.metrics)
+    # A start-up that fails later (or times out waiting for them) stops them again.
+    state.closers.append(lambda: pool.stop(timeout=config.deadline + 2.0))
     await pool.start()
     state.worker_pool = pool
     gc.freeze()  # as in `_start`

@@ -1,4 +1,4 @@
-"""Several serving processes per pod (`imagegate run --workers N`, docs/design.md §17).
+"""Several serving processes per pod (`imagegate run --workers N`, docs/design.md §8).
 
 One event loop saturates one core. With N > 1 the operator process (the parent) keeps kopf, the
 policy and namespace watches, certificates, policy status and the scan, and starts N worker
@@ -9,7 +9,7 @@ The parent compiles each policy once and sends the compiled policy (it pickles: 
 Python `re` objects) and every namespace's labels down each worker's pipe; a worker never
 compiles or watches. A worker has its own Kubernetes client for what it reads on demand (keys,
 trust roots, pull secrets, a namespace not seen yet), cached as in a single process. Verdicts are
-not shared: a digest is verified at most once per worker (N is bounded by the CPUs), see §17.
+not shared: a digest is verified at most once per worker (N is bounded by the CPUs), see §8.
 
 A worker that exits is started again (logged, `imagegate_worker_restarts_total`); a worker whose
 parent is gone stops (its pipe closes). Counts of admissions and policy decisions are sent up
@@ -158,8 +158,9 @@ class WorkerPool:
         for index in range(self.count):
             self._spawn(index)
         async with asyncio.timeout(START_TIMEOUT):
-            for worker in list(self._workers.values()):
-                await worker.serving.wait()
+            # By index: a worker that died starting is replaced by a new one to wait for.
+            while not all(worker.serving.is_set() for worker in self._workers.values()):
+                await asyncio.sleep(0.05)
         logger.info("%d webhook workers serving on port %d", self.count, self.settings.port)
 
     def _spawn(self, index: int) -> None:
@@ -215,6 +216,7 @@ class WorkerPool:
     def _exited(self, worker: _Worker) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(worker.process.sentinel)
+        worker.process.join(timeout=1.0)  # reaped, so its exit code is known
         if not worker.pipe.closed:
             loop.remove_reader(worker.pipe.fileno())
             worker.pipe.close()
@@ -244,6 +246,8 @@ class WorkerPool:
         """Each worker stops accepting, answers what is in flight, and exits; stragglers are
         killed after `timeout` seconds."""
         self._stopping = True
+        if self._publish in self.cache.observers:
+            self.cache.observers.remove(self._publish)
         self._publish(("stop",))
         for worker in list(self._workers.values()):
             await asyncio.to_thread(worker.process.join, timeout)
