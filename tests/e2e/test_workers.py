@@ -62,7 +62,8 @@ def answers_until(
         if enough(by_worker):
             return by_worker
         time.sleep(0.02)
-    pytest.fail(f"not enough answers within {timeout:.0f}s: {by_worker}")
+    counted = {name: (sum(answers), len(answers)) for name, answers in by_worker.items()}
+    pytest.fail(f"not enough answers within {timeout:.0f}s: (allowed, answered) {counted}")
 
 
 def indices(by_worker: dict[str, list[bool]]) -> set[str]:
