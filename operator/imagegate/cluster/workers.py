@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import multiprocessing
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -249,8 +251,10 @@ class WorkerPool:
         if self._publish in self.cache.observers:
             self.cache.observers.remove(self._publish)
         self._publish(("stop",))
+        deadline = time.monotonic() + timeout  # they stop together: one wait for all
         for worker in list(self._workers.values()):
-            await asyncio.to_thread(worker.process.join, timeout)
+            left = max(0.0, deadline - time.monotonic())
+            await asyncio.to_thread(worker.process.join, left)
             if worker.process.exitcode is None:
                 logger.error("webhook worker %d did not stop in %.0fs", worker.index, timeout)
                 worker.process.kill()
@@ -321,6 +325,7 @@ async def _serve(
         loop.add_reader(pipe.fileno(), _on_message, pipe, cache, webhook_server, stopped)
         background.append(asyncio.create_task(_report_counts(pipe, counts)))
         pipe.send(("serving", os.getpid()))
+        gc.freeze()  # start-up's objects out of the collector's passes, as in operator.py
         await stopped.wait()
         loop.remove_reader(pipe.fileno())
         await webhook_server.stop()  # answers what is in flight
