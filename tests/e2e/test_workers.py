@@ -92,6 +92,14 @@ def served_with(
     return seen
 
 
+def event_writers(api: client.ApiClient, namespace: str) -> set[str]:
+    """The reporting instances of the Events on policy team-only."""
+    found = client.CoreV1Api(api).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=team-only"
+    )
+    return {event.reporting_instance for event in found.items}
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -134,6 +142,9 @@ def test_two_workers_share_the_port_follow_policies_restart_and_drain(
         wait_for(  # the workers' counts reach the operator's /metrics (sent once a second)
             lambda: metric(running, "imagegate_admissions_total") >= answered, 5, "counts"
         )
+
+        # Both workers' denials become Events on the policy, one Event name per worker.
+        wait_for(lambda: len(event_writers(api, namespace)) == 2, 15, "Events from both workers")
 
         # A new certificate (from a new CA) in the files is served by both workers.
         ca = tls.CertificateAuthority.create("rotated-ca")

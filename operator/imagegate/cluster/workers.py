@@ -309,7 +309,7 @@ async def _serve(
     background: list[asyncio.Task[None]] = []
     flushers: list[Callable[[], Awaitable[None]]] = []
     async with aiohttp.ClientSession() as session:
-        app = _build_app(settings, api, cache, session, counts, background, flushers)
+        app = _build_app(settings, api, cache, session, counts, background, flushers, index)
         app.on_response_prepare.append(_name_worker(f"{index}/{os.getpid()}"))
         webhook_server = server.WebhookServer(
             app,
@@ -392,6 +392,7 @@ def _build_app(
     counts: _Counts,
     background: list[asyncio.Task[None]],
     flushers: list[Callable[[], Awaitable[None]]],
+    index: int,
 ) -> web.Application:
     """The webhooks as operator.py builds them, with this worker's own clients and caches."""
     registry_client = oci.RegistryClient(session, insecure=settings.insecure_registries)
@@ -411,7 +412,9 @@ def _build_app(
     ]
     flushers.append(counter.flush)
     if settings.events:
-        event_recorder = events.EventRecorder(api)
+        # Per worker: Event names hash the instance, and two workers must not write the same one.
+        pod = os.environ.get("POD_NAME") or os.uname().nodename
+        event_recorder = events.EventRecorder(api, instance=f"{pod}-worker-{index}")
         recorders.append(event_recorder)
         background.append(asyncio.create_task(event_recorder.run()))
         flushers.append(event_recorder.flush)
