@@ -465,6 +465,23 @@ def test_operator_flags_follow_the_values(helm: Helm) -> None:
     assert not any(arg.startswith("--scan-interval") for arg in args)
 
 
+@pytest.mark.parametrize(
+    ("settings", "workers"),
+    [
+        ((), 1),  # the default request, 100m
+        (("--set", "resources.requests.cpu=1500m"), 2),
+        (("--set-string", "resources.requests.cpu=2"), 2),
+        (("--set", "resources.requests.cpu=0.5"), 1),
+        (("--set", "resources.requests.cpu=1500m", "--set", "workers=3"), 3),
+    ],
+)
+def test_worker_count_follows_the_cpu_request(
+    helm: Helm, settings: tuple[str, ...], workers: int
+) -> None:
+    args = container(helm.template(*settings))["args"]
+    assert f"--workers={workers}" in args
+
+
 def test_image_digest_wins_over_tag_and_single_replica_has_no_pdb(helm: Helm) -> None:
     digest = "sha256:" + "ab" * 32
     manifests = helm.template(

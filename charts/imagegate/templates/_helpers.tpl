@@ -213,3 +213,20 @@ caBundle: {{ . | quote }}
 {{- define "imagegate.podSecurityContext" -}}
 {{- toYaml .Values.podSecurityContext }}
 {{- end }}
+
+{{/*
+Webhook serving processes (`--workers`): .Values.workers, else the CPU request rounded up
+(docs/design.md §13), at least 1.
+*/}}
+{{- define "imagegate.workers" -}}
+{{- if .Values.workers }}
+{{- int .Values.workers }}
+{{- else }}
+{{- $cpu := toString (dig "requests" "cpu" "1" (.Values.resources | default dict)) }}
+{{- if hasSuffix "m" $cpu }}
+{{- max 1 (div (add (int (trimSuffix "m" $cpu)) 999) 1000) }}
+{{- else }}
+{{- max 1 (int (ceil (float64 $cpu))) }}
+{{- end }}
+{{- end }}
+{{- end }}

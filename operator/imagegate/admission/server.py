@@ -256,8 +256,11 @@ class WebhookServer:
         reload_interval: float = 1.0,
         bounds: connections.ConnectionBounds | None = None,
         shutdown_timeout: float = DEFAULT_DEADLINE + 1.0,
+        reuse_port: bool = False,
     ) -> None:
         self.app = app
+        #: `SO_REUSEPORT`: several worker processes serve one port (cluster/workers.py).
+        self.reuse_port = reuse_port
         self.tls_files = tls_files
         self.host = host
         self.port = port
@@ -290,7 +293,7 @@ class WebhookServer:
         self._loaded = self.tls_files.signature()
         self._context = self.tls_files.context()
         # Bind the socket ourselves, so that port 0 (tests) tells us which port it got.
-        listener = socket.create_server((self.host, self.port), reuse_port=False)
+        listener = socket.create_server((self.host, self.port), reuse_port=self.reuse_port)
         self.port = int(listener.getsockname()[1])
         self._site = connections.BoundedSite(
             self._runner, listener, ssl_context=self._context, bounds=self.bounds, limit=self._limit

@@ -33,7 +33,16 @@ from imagegate.admission import decisions, health, server
 from imagegate.admission import policies as policyreview
 from imagegate.admission import records as audit
 from imagegate.admission import reviewers as webhook
-from imagegate.cluster import certs, credentials, heap, kube, policies, resources, status
+from imagegate.cluster import (
+    certs,
+    credentials,
+    heap,
+    kube,
+    policies,
+    resources,
+    status,
+    workers,
+)
 from imagegate.policy import model
 from imagegate.registry import client as oci
 from imagegate.registry import mirrors, pinning, staleness
@@ -123,6 +132,10 @@ class OperatorConfig:
     certificate_check_interval: float = field(
         default_factory=_env_seconds("IMAGEGATE_CERTIFICATE_CHECK_INTERVAL", certs.CHECK_INTERVAL)
     )
+    #: Webhook serving processes (`--workers`); 1: this process serves, as it always did.
+    workers: int = 1
+    #: Handed to worker processes, which configure their own logging.
+    log_format: str = "text"
 
 
 @dataclass
@@ -133,6 +146,8 @@ class _State:
     watch: policies.PolicyWatch
     metrics: metrics.Metrics = field(default_factory=metrics.Metrics)
     webhook_server: server.WebhookServer | None = None
+    #: With `--workers` above 1: the processes that serve the webhooks instead of this one.
+    worker_pool: workers.WorkerPool | None = None
     health_server: health.HealthServer | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -151,7 +166,10 @@ class _State:
 
     @property
     def ready(self) -> bool:
-        return self.webhook_server is not None and self.watches_listed and not self.draining
+        serving = self.webhook_server is not None
+        if self.worker_pool is not None:
+            serving = self.worker_pool.ready
+        return serving and self.watches_listed and not self.draining
 
 
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
@@ -224,6 +242,12 @@ async def shut_down(state: _State) -> None:
     are accepted, requests in flight finish (bounded by the deadline), and the process exits.
     """
     state.draining = True
+    if state.worker_pool is not None:
+        state.worker_pool.drain()
+        logger.info("draining: /readyz fails; serving %.1fs more", state.config.drain_delay)
+        await asyncio.sleep(state.config.drain_delay)
+        await state.worker_pool.stop(timeout=state.config.deadline + 2.0)
+        logger.info("webhook workers stopped; requests in flight were answered")
     if state.webhook_server is not None:
         state.webhook_server.drain()
         logger.info("draining: /readyz fails; serving %.1fs more", state.config.drain_delay)
@@ -351,6 +375,9 @@ async def _start(state: _State) -> None:
         )
         state.watch.policy_listeners.append(scanner.trigger)
         _background(state, "policy report scan", lambda: scanner.run(config.scan_interval))
+    if config.workers > 1:
+        await _start_workers(state, tls_files)
+        return
     app = server.build_app(
         validate=webhook.Validator(
             state.cache,
@@ -388,6 +415,33 @@ async def _start(state: _State) -> None:
     # as the process: out of the collector's reach, a full pass no longer walks it (80-130 ms a
     # pass on 2 cores, several per background scan; bench/scan.py measures the difference).
     gc.freeze()
+
+
+async def _start_workers(state: _State, tls_files: server.TLSFiles) -> None:
+    """`--workers N`: N processes serve the webhooks, fed this one's policies (workers.py)."""
+    config = state.config
+    settings = workers.WorkerSettings(
+        kubeconfig=config.kubeconfig,
+        tls=tls_files,
+        host=config.host,
+        port=config.port,
+        deadline=config.deadline,
+        mutate_budget=config.mutate_budget,
+        stale_digest_ttl=config.stale_digest_ttl,
+        log_admits=config.log_admits,
+        namespace=config.namespace,
+        insecure_registries=config.insecure_registries,
+        events=config.events,
+        material_ttl=config.material_ttl,
+        material_stale_for=config.material_stale_for,
+        log_format=config.log_format,
+    )
+    pool = workers.WorkerPool(settings, config.workers, state.cache, state.metrics)
+    # A start-up that fails later (or times out waiting for them) stops them again.
+    state.closers.append(lambda: pool.stop(timeout=config.deadline + 2.0))
+    await pool.start()
+    state.worker_pool = pool
+    gc.freeze()  # as in `_start`
 
 
 async def _certificates(state: _State) -> server.TLSFiles:

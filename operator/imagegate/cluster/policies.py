@@ -35,6 +35,9 @@ from imagegate.signatures import apiserver
 logger = logging.getLogger(__name__)
 
 PolicyKey = tuple[str | None, str]  # (namespace or None for cluster policies, name)
+#: Told of each change to a `PolicyCache`: ("policy", key, compiled or None) or ("namespace",
+#: name, labels or None). The webhook workers' feed (workers.py).
+CacheObserver = Callable[[tuple[str, Any, Any]], None]
 PLURALS = {
     model.CLUSTER_KIND: resources.CLUSTER_PLURAL,
     model.NAMESPACED_KIND: resources.NAMESPACED_PLURAL,
@@ -51,6 +54,17 @@ class PolicyCache:
         self._api = api
         self._policies: dict[PolicyKey, engine.CompiledPolicy] = {}
         self._labels: dict[str, dict[str, str]] = {}
+        self.observers: list[CacheObserver] = []
+
+    def items(self) -> list[tuple[PolicyKey, engine.CompiledPolicy]]:
+        return list(self._policies.items())
+
+    def namespaces(self) -> dict[str, dict[str, str]]:
+        return dict(self._labels)
+
+    def _tell(self, change: tuple[str, Any, Any]) -> None:
+        for observer in self.observers:
+            observer(change)
 
     def policies(self) -> Sequence[engine.CompiledPolicy]:
         return tuple(self._policies.values())
@@ -72,12 +86,14 @@ class PolicyCache:
             self._labels.pop(name, None)
         else:
             self._labels[name] = dict(labels)
+        self._tell(("namespace", name, labels))
 
     def set_policy(self, key: PolicyKey, compiled: engine.CompiledPolicy | None) -> None:
         if compiled is None:
             self._policies.pop(key, None)
         else:
             self._policies[key] = compiled
+        self._tell(("policy", key, compiled))
 
     def has_good_policy(self, key: PolicyKey) -> bool:
         """Whether a compiled (not broken) version of the policy is in force."""

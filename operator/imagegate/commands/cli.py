@@ -56,6 +56,15 @@ def _cmd_testbed(args: argparse.Namespace) -> int:
     raise UsageError(f"unknown testbed action {args.action!r}")
 
 
+def _worker_count(value: str) -> int:
+    from imagegate.cluster import workers
+
+    try:
+        return workers.parse_workers(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError("a count of at least 1, or auto") from error
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from imagegate.admission import server
     from imagegate.cluster import operator
@@ -95,6 +104,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             events=args.events,
             policy_reports=args.policy_reports,
             scan_interval=args.scan_interval,
+            workers=args.workers,
+            log_format=args.log_format,
         )
     )
     return 0
@@ -380,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="reach this registry over plain HTTP (repeatable; for test registries only)",
     )
     _add_mirrors_flag(run)
+    run.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        help="processes serving the webhooks on one port (SO_REUSEPORT); auto: the CPU limit "
+        "rounded up (default: 1, this process serves)",
+    )
     run.set_defaults(handler=_cmd_run)
 
     check = commands.add_parser(

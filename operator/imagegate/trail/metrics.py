@@ -67,12 +67,21 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.worker_restarts = Counter(
+            "imagegate_worker_restarts",
+            "Webhook worker processes started again after exiting (--workers).",
+            registry=self.registry,
+        )
+
     def record(self, entry: audit.AuditEntry) -> None:
         if not entry.dry_run:
             self.policy_decisions.labels(entry.policy.display_name, entry.action.value).inc()
 
     def admission(self, webhook: str, decision: str) -> None:
         self.admissions.labels(webhook, decision).inc()
+
+    def worker_restart(self) -> None:
+        self.worker_restarts.inc()
 
     def verified(self, seconds: float) -> None:
         self.verification_seconds.observe(seconds)
