@@ -336,6 +336,11 @@ def describe(attack: loadgen.Attack) -> str:
         f"{attack.side:18} {attack.mode:10} {rate:>7}: p50 {attack.p50:7.2f} ms, "
         f"p99 {attack.p99:8.2f} ms, {attack.throughput:7.0f} admitted/s, "
         f"{100 * attack.admitted_share:5.1f} % admitted, {attack.cpu_ms_per_request:.3f} CPU-ms/req"
+        + (
+            f" (after {attack.settled_seconds:.0f} s settling)"
+            if attack.settled_seconds > 1
+            else ""
+        )
     )
 
 
