@@ -13,11 +13,10 @@ A server's CPU time is utime + stime from /proc/PID/stat of the process and its 
 from __future__ import annotations
 
 import base64
-import http.client
+import collections
 import json
 import os
 import re
-import ssl
 import statistics
 import subprocess
 import time
@@ -58,6 +57,8 @@ class Attack:
     rss_mib: float
     #: Seconds the side took, before the attack, to answer one review quickly again.
     settled_seconds: float = 0.0
+    #: The most frequent failures (vegeta's error text, or the HTTP status), most first.
+    errors: tuple[str, ...] = ()
 
     @property
     def p50(self) -> float:
@@ -138,41 +139,6 @@ def rss_mib(pid: int) -> float:
     return kib / 1024
 
 
-def settle(side: Side, body: bytes, *, quiet_ms: float = 100.0, timeout: float = 60.0) -> float:
-    """Wait until one review is answered within `quiet_ms`: seconds waited.
-
-    A side left behind by the last attack (policy-controller past its API client's limit keeps
-    serving requests vegeta gave up on) would otherwise charge its backlog to the next one.
-    """
-    host, port = _address(side)
-    context = ssl.create_default_context(cafile=str(side.root_cert))
-    context.check_hostname = False  # verified against the CA; the name may be a Service's
-    path = "/" + side.url.split("/", 3)[3]
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        connection = http.client.HTTPSConnection(host, port, context=context, timeout=timeout)
-        sent = time.perf_counter()
-        try:
-            connection.request("POST", path, body, {"Content-Type": "application/json"})
-            connection.getresponse().read()
-        except OSError:
-            pass
-        finally:
-            connection.close()
-        if (time.perf_counter() - sent) * 1000 < quiet_ms:
-            break
-        time.sleep(0.5)
-    return time.perf_counter() - started
-
-
-def _address(side: Side) -> tuple[str, int]:
-    if side.connect_to:  # name:port:ip:port
-        _, _, host, port = side.connect_to.rsplit(":", 3)
-    else:
-        host, port = side.url.split("/")[2].rsplit(":", 1)
-    return host, int(port)
-
-
 # -- vegeta -------------------------------------------------------------------------------------
 
 
@@ -189,10 +155,60 @@ class Vegeta:
         return path
 
     def attack(
-        self, side: Side, mode: str, *, rate: int, seconds: float, workers: int = 0
+        self,
+        side: Side,
+        mode: str,
+        *,
+        rate: int,
+        seconds: float,
+        workers: int = 0,
+        settle: bool = True,
     ) -> Attack:
-        """Attack `side` at `rate`/s (0: as fast as `workers` connections go) for `seconds`."""
+        """Attack `side` at `rate`/s (0: as fast as `workers` connections go) for `seconds`,
+        once it answers quickly again (`settle`)."""
         output = self.workdir / f"results-{side.name}.bin"
+        waited = self.settle(side) if settle else 0.0
+        cpu_before = cpu_seconds(side.pid)
+        started = time.perf_counter()
+        self._vegeta_attack(side, output, rate=rate, seconds=seconds, workers=workers)
+        wall = time.perf_counter() - started
+        cpu = cpu_seconds(side.pid) - cpu_before
+        latencies, sent, admitted, span, errors = self._read(output)
+        output.unlink(missing_ok=True)
+        return Attack(
+            side=side.name,
+            mode=mode,
+            rate=rate,
+            latencies_ms=tuple(latencies),
+            sent=sent,
+            admitted=admitted,
+            seconds=span or wall,
+            cpu_seconds=cpu,
+            rss_mib=rss_mib(side.pid),
+            settled_seconds=waited,
+            errors=errors,
+        )
+
+    def settle(self, side: Side, *, quiet_ms: float = 100.0, timeout: float = 180.0) -> float:
+        """Wait until `side` answers a few reviews within `quiet_ms`: seconds waited.
+
+        A side left behind by the last attack (policy-controller past its API client's limit
+        keeps serving the requests vegeta gave up on) would otherwise charge its backlog to
+        the next attack.
+        """
+        output = self.workdir / f"probe-{side.name}.bin"
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout:
+            self._vegeta_attack(side, output, rate=4, seconds=1.0)
+            latencies, sent, admitted, _, _ = self._read(output)
+            if sent and admitted == sent and max(latencies) < quiet_ms:
+                break
+        output.unlink(missing_ok=True)
+        return time.perf_counter() - started
+
+    def _vegeta_attack(
+        self, side: Side, output: Path, *, rate: int, seconds: float, workers: int = 0
+    ) -> None:
         argv = [
             str(self.binary),
             "attack",
@@ -211,36 +227,18 @@ class Vegeta:
         else:
             # Enough to hold the schedule through a slow patch, bounded for a peer that stalls.
             argv += ["-max-workers=512"]
-        waited = settle(side, self.body_file.read_bytes())
-        cpu_before = cpu_seconds(side.pid)
-        started = time.perf_counter()
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-        wall = time.perf_counter() - started
-        cpu = cpu_seconds(side.pid) - cpu_before
-        latencies, sent, admitted, span = self._read(output)
-        output.unlink(missing_ok=True)
-        return Attack(
-            side=side.name,
-            mode=mode,
-            rate=rate,
-            latencies_ms=tuple(latencies),
-            sent=sent,
-            admitted=admitted,
-            seconds=span or wall,
-            cpu_seconds=cpu,
-            rss_mib=rss_mib(side.pid),
-            settled_seconds=waited,
-        )
 
-    def _read(self, output: Path) -> tuple[list[float], int, int, float]:
-        """Latencies (ms) of admitted requests, sent, admitted, and the span first send → last
-        answer in seconds."""
+    def _read(self, output: Path) -> tuple[list[float], int, int, float, tuple[str, ...]]:
+        """Latencies (ms) of admitted requests, sent, admitted, the span first send → last
+        answer in seconds, and the most frequent failures."""
         encoded = subprocess.run(
             [str(self.binary), "encode", "-to=json", str(output)],
             check=True,
             capture_output=True,
         ).stdout
         latencies, sent, admitted = [], 0, 0
+        failures: collections.Counter[str] = collections.Counter()
         first, last = float("inf"), 0.0
         for line in encoded.splitlines():
             result = json.loads(line)
@@ -249,10 +247,13 @@ class Vegeta:
             if result["code"] == 200 and _ALLOWED.search(body):
                 admitted += 1
                 latencies.append(result["latency"] / 1e6)
+            else:
+                failures[result.get("error") or f"HTTP {result['code']}: {body[:80]!r}"] += 1
             sent_at = _unix_seconds(result["timestamp"])
             first = min(first, sent_at)
             last = max(last, sent_at + result["latency"] / 1e9)
-        return latencies, sent, admitted, max(0.0, last - first) if sent else 0.0
+        span = max(0.0, last - first) if sent else 0.0
+        return latencies, sent, admitted, span, tuple(f for f, _ in failures.most_common(3))
 
 
 def _unix_seconds(timestamp: str) -> float:

@@ -95,8 +95,8 @@ def markdown(
         f"| | paced {PACED_RATE}/s p50 ms | p99 ms | CPU-ms/req | saturation req/s "
         f"({SATURATION_WORKERS} workers) | its p99 ms | CPU-ms/req | CPU-bound estimate req/s "
         f"({cores} cores) | top sweep rate with p99 < {SATURATION_P99_MS:.0f} ms "
-        "| RSS MiB at ready | RSS MiB after | ready s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| RSS MiB at ready | RSS MiB after | ready s | p99 ms, first 2 s at 100/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for side in sides:
         sat_cpu = _per_round(rounds, side, "saturation", lambda a: a.cpu_ms_per_request)
@@ -115,14 +115,19 @@ def markdown(
             f"| {_cells(best_rate_under(rounds, side, SATURATION_P99_MS), ',.0f')} "
             f"| {_cells([r.ready_rss.get(side) for r in rounds], '.0f')} "
             f"| {_cells(after, '.0f')} "
-            f"| {_cells(ready, '.2f') if ready else MISSING} |"
+            f"| {_cells(ready, '.2f') if ready else MISSING} "
+            f"| {_cells(_per_round(rounds, side, 'after-ready', lambda a: a.p99), '.1f')} |"
         )
     lines += [
         "",
         "CPU-ms/req: the server process's utime + stime (with its children) over the attack, "
         "divided by requests sent. CPU-bound estimate: cores ÷ CPU per request at saturation, "
         "what the process would reach if CPU were all that limited it (for policy-controller, "
-        "whose API client caps it at about 40 admissions/s, the unthrottled figure).",
+        "whose API client caps it at about 40 admissions/s, the unthrottled figure). "
+        "The last column is the first attack after imagegate and the floor start (ready, then "
+        "200 reviews at 100/s; policy-controller runs through all rounds). Measurements run in "
+        "this order on every side in turn: that first attack, the sweep, saturation, then the "
+        "paced run; before each attack the side must answer 4 reviews within 100 ms.",
         "",
         "## Ratios (within each round)",
         "",
