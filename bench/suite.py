@@ -22,6 +22,7 @@ import json
 import os
 import shlex
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -216,13 +217,14 @@ def start_peer(builder: build.Builder, plane: ControlPlane, workdir: Path) -> Pe
 # -- the measurements ---------------------------------------------------------------------------
 
 
-def after_ready(vegeta: loadgen.Vegeta, side: loadgen.Side) -> loadgen.Attack:
-    """The first attack after a side is ready: it also warms connections and caches up."""
+def after_ready(vegeta: loadgen.Vegeta, side: loadgen.Side, *, fresh: bool) -> loadgen.Attack:
+    """The first attack of a round: for a side started for it (`fresh`), right after ready,
+    else once it has worked off the last round; it also warms connections and caches up."""
     attack = vegeta.attack(
-        side, "after-ready", rate=100, seconds=WARM_UP_REQUESTS / 100, settle=False
+        side, "after-ready", rate=100, seconds=WARM_UP_REQUESTS / 100, settle=not fresh
     )
     if attack.admitted == 0:
-        raise SystemExit(
+        raise RuntimeError(
             f"{side.name} admitted none of {attack.sent} reviews ({attack.errors}): "
             "is it serving the policy?"
         )
@@ -246,7 +248,7 @@ def measure_round(
 
     gave_up: dict[str, bool] = {}
     for side in sides:
-        record.attacks.append(after_ready(vegeta, side))
+        record.attacks.append(after_ready(vegeta, side, fresh=side.name != "policy-controller"))
         say(describe(record.attacks[-1]))
     # The paced run last: policy-controller falls behind at 200/s and works off the backlog
     # for minutes after, which `Vegeta.settle` would otherwise wait out before the sweep.
@@ -379,16 +381,21 @@ def run(options: Options) -> list[Round]:
             try:
                 for number in range(1, options.rounds + 1):
                     say(f"-- round {number} of {options.rounds}")
-                    rounds.append(
-                        run_round(
-                            vegeta,
-                            plane,
-                            certs,
-                            workdir,
-                            peer_run.side if peer_run else None,
-                            options,
+                    try:
+                        rounds.append(
+                            run_round(
+                                vegeta,
+                                plane,
+                                certs,
+                                workdir,
+                                peer_run.side if peer_run else None,
+                                options,
+                            )
                         )
-                    )
+                    except (RuntimeError, subprocess.CalledProcessError) as error:
+                        # Keep the rounds already measured: the report says how many ran.
+                        say(f"round {number} stopped: {error}")
+                        break
             finally:
                 if peer_run is not None:
                     peer_run.process.stop()
