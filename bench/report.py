@@ -262,7 +262,7 @@ def plot(rounds: Sequence[Round], path: Path) -> None:
             )
     left.set_xscale("log")
     left.set_xlabel("latency, ms (log)")
-    left.set_ylabel("% of requests answered within")
+    left.set_ylabel("% of admitted requests answered within")
     left.set_title(f"Latency distribution, paced {PACED_RATE} req/s")
     left.axhline(99, color="black", linewidth=0.5)
     left.grid(True, which="both", alpha=0.3)
