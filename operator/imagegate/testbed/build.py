@@ -301,6 +301,17 @@ POLICY_CONTROLLER = Tool(
     version_env=(("KUBECONFIG", "/nonexistent"),),
 )
 
+#: The load generator for `bench/run`, built on demand only: not part of the test bed (nor of CI).
+VEGETA = Tool(
+    "vegeta",
+    versions.VEGETA,
+    recipes.go_install(
+        "github.com/tsenart/vegeta/v12",
+        ("main.Version", versions.VEGETA),
+    ),
+    ("-version",),
+)
+
 #: Build order: cheapest first, so a broken toolchain shows up in seconds, not after kube-apiserver.
 ALL_TOOLS: tuple[Tool, ...] = (REGISTRY, CRANE, ETCD, HELM, COSIGN, KUBE_APISERVER, KUBECTL)
 CONTROL_PLANE_TOOLS: tuple[Tool, ...] = (ETCD, KUBE_APISERVER, KUBECTL)

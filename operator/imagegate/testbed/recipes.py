@@ -175,10 +175,18 @@ def go_install(package: str, *stamp: tuple[str, str]) -> Callable[[Builder, Tool
             cwd=builder.work_dir("go-install"),
             env={"GOBIN": str(gobin), "GOFLAGS": "-buildvcs=false"},
         )
-        (gobin / Path(package).name).replace(output)
+        (gobin / _command_name(package)).replace(output)
         shutil.rmtree(gobin, ignore_errors=True)
 
     return build
+
+
+def _command_name(package: str) -> str:
+    """The file `go install` writes: the last path element, skipping a major version (`/v12`)."""
+    parts = package.split("/")
+    if len(parts) > 1 and re.fullmatch(r"v\d+", parts[-1]):
+        return parts[-2]
+    return parts[-1]
 
 
 def _registry_source() -> Path:

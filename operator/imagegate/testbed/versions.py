@@ -23,3 +23,6 @@ def staging_version(kubernetes: str = KUBERNETES) -> str:
 
 #: The peer webhook `bench/peer.py` measures against (not part of the test bed).
 POLICY_CONTROLLER = "v0.13.1"
+
+#: The load generator `bench/run` drives every webhook with (not part of the test bed).
+VEGETA = "v12.13.0"

@@ -137,3 +137,15 @@ def test_kubernetes_ldflags_stamp_the_version() -> None:
     flags = recipes._kubernetes_ldflags()
     assert f"-X k8s.io/component-base/version.gitVersion={build.versions.KUBERNETES}" in flags
     assert "-X k8s.io/component-base/version.gitMinor=37" in flags
+
+
+def test_go_install_finds_the_binary_of_a_major_version_module() -> None:
+    # `go install github.com/tsenart/vegeta/v12@...` writes `vegeta`, not `v12`.
+    assert recipes._command_name("github.com/tsenart/vegeta/v12") == "vegeta"
+    assert recipes._command_name("helm.sh/helm/v3/cmd/helm") == "helm"
+
+
+def test_the_benchmark_tools_are_not_part_of_the_test_bed() -> None:
+    # scripts/test and CI build ALL_TOOLS: the load generator and the peer must stay out.
+    assert build.VEGETA not in build.ALL_TOOLS
+    assert build.POLICY_CONTROLLER not in build.ALL_TOOLS
