@@ -157,7 +157,7 @@ class KubernetesMaterial:
         return good[1]
 
     def _read(self, kind: str, namespace: str, name: str) -> dict[str, str]:
-        plural = {"Secret": "secrets", "ConfigMap": "configmaps"}.get(kind, "serviceaccounts")
+        plural = kind.lower() + "s"  # secrets, configmaps, serviceaccounts: regular plurals
         found = self._server.get(apiserver.core_path(namespace, plural, name))
         if kind != "ServiceAccount":
             return {str(key): str(value) for key, value in (found.get("data") or {}).items()}
