@@ -26,7 +26,16 @@ from pathlib import Path
 
 REQUEST_TIMEOUT = "5s"
 #: No HTTP/2: aiohttp does not speak it, and keep-alive HTTP/1.1 is what the comparison needs.
-COMMON_FLAGS = ("-http2=false", "-keepalive=true", f"-timeout={REQUEST_TIMEOUT}")
+#: Connections per side, below imagegate's 256-connection bound (ConnectionBounds): an API server
+#: holds a bounded pool too, and past the bound imagegate closes the oldest idle connection,
+#: which would count as failures of a client no cluster has.
+MAX_CONNECTIONS = 200
+COMMON_FLAGS = (
+    "-http2=false",
+    "-keepalive=true",
+    f"-timeout={REQUEST_TIMEOUT}",
+    f"-max-connections={MAX_CONNECTIONS}",
+)
 _ALLOWED = re.compile(rb'"allowed"\s*:\s*true')
 
 
