@@ -17,6 +17,7 @@ is never admitted because nobody looked.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -380,8 +381,9 @@ class ImageDecision:
     trusted_by: tuple[tuple[str, str], ...]
     violations: tuple[Violation, ...]
 
-    @property
+    @functools.cached_property
     def outcome(self) -> Outcome:
+        # Asked by every reader of the decision (allowed, warnings, log, audit, metrics).
         modes = {v.policy.mode for v in self.violations}
         if Mode.ENFORCE in modes:
             return Outcome.DENIED
