@@ -292,3 +292,29 @@ async def test_a_target_served_from_memory_is_rewritten_with_the_staleness_warni
         "imagegate: registry docker.io unreachable; used the digest verified 90s ago for tag "
         f"{TARGET}",
     )
+
+
+class CountingKeychains:
+    """A KeychainSource that counts its reads (each one costs the API server Secret GETs)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def keychain(self, namespace: str, pull: Any, policies: Any) -> Any:
+        self.reads += 1
+        return None
+
+
+async def test_target_checks_and_pins_read_the_pull_credentials_once() -> None:
+    registry = Registry({TARGET: DIGEST, "docker.io/hardened/tool:1": OTHER})
+    keychains = CountingKeychains()
+    mutator = webhook.Mutator(Policies(hardened()), registry, keychains)
+    obj = deployment("python:3.12")
+    obj["spec"]["template"]["spec"]["containers"].append(
+        {"name": "side", "image": "docker.io/hardened/tool:1"}
+    )
+    response = await mutator(review(obj), 0)
+    # One target checked (python) and one image pinned (tool): both asked the registry.
+    assert image_of(obj, response) == f"{TARGET}@{DIGEST}"
+    assert sorted(registry.asked) == sorted([TARGET, "docker.io/hardened/tool:1"])
+    assert keychains.reads == 1

@@ -77,6 +77,43 @@ async def _keychain(
     return await source.keychain(namespace, pull, policies)
 
 
+class _AdmissionKeychain:
+    """The registry credentials of one admission, read at most once and only when a registry
+    is asked: target checks and pins share it (reading pull Secrets costs API calls)."""
+
+    def __init__(
+        self,
+        source: KeychainSource | None,
+        request: admission.AdmissionRequest,
+        policies: Sequence[engine.CompiledPolicy],
+    ) -> None:
+        self._source = source
+        self._request = request
+        self._policies = policies
+        self._future: asyncio.Future[Keychain | None] | None = None
+
+    def get(self) -> Awaitable[Keychain | None]:
+        if self._future is None:
+            request = self._request
+            self._future = asyncio.ensure_future(
+                _keychain(
+                    self._source,
+                    request.object,
+                    request.namespace,
+                    (request.kind.group, request.kind.kind),
+                    self._policies,
+                )
+            )
+        # Shielded: a lookup cut off by its budget must not cancel the read the others await.
+        return asyncio.shield(self._future)
+
+    async def close(self) -> None:
+        """Stop a read still going (the admission is answered without it)."""
+        if self._future is not None:
+            self._future.cancel()
+            await asyncio.gather(self._future, return_exceptions=True)
+
+
 async def judge(
     images: Sequence[workloads.ContainerImage],
     policies: Sequence[engine.CompiledPolicy],
@@ -259,11 +296,27 @@ class Mutator:
         images, policies = scope
         if not engine.patches_kind((request.kind.group, request.kind.kind), policies):
             return _left_to_pods(request)
+        keychain = _AdmissionKeychain(self._keychains, request, policies)
+        try:
+            return await self._mutate(request, images, policies, deadline, keychain)
+        finally:
+            await keychain.close()
+
+    async def _mutate(
+        self,
+        request: admission.AdmissionRequest,
+        images: Sequence[workloads.ContainerImage],
+        policies: Sequence[engine.CompiledPolicy],
+        deadline: float,
+        keychain: _AdmissionKeychain,
+    ) -> admission.AdmissionResponse:
+        if request.object is None:  # the caller checks; a patch needs an object
+            raise ValueError("mutation needs the request's object")
         planned = engine.plan_rewrites(images, policies, apply=True)
         warnings: list[str] = []
         window = self._window(deadline)
         planned, target_digests = await self._check_targets(
-            request, policies, planned, window, warnings
+            planned, policies, window, keychain, warnings
         )
         warnings += targets.dropped_warnings(planned)
         # Only rewritten (and, below, pinned) images change: normalising `nginx` to
@@ -288,7 +341,7 @@ class Mutator:
             ]
             if to_pin:
                 with staleness.collecting() as stale:
-                    digests = await self._pin(request, policies, to_pin, window, warnings)
+                    digests = await self._pin(to_pin, window, keychain, warnings)
                 warnings += staleness.warnings(stale)
                 for image, digest in digests:
                     # Keep the tag for readers: `repo:tag@digest` runs exactly `digest`.
@@ -345,47 +398,21 @@ class Mutator:
             until = min(deadline, until)
         return targets.Window(budget, until)
 
-    def _keychain_of(
-        self, request: admission.AdmissionRequest, policies: Sequence[engine.CompiledPolicy]
-    ) -> asyncio.Future[Keychain | None]:
-        return asyncio.ensure_future(
-            _keychain(
-                self._keychains,
-                request.object,
-                request.namespace,
-                (request.kind.group, request.kind.kind),
-                policies,
-            )
-        )
-
     async def _check_targets(
         self,
-        request: admission.AdmissionRequest,
-        policies: Sequence[engine.CompiledPolicy],
         planned: Sequence[engine.PlannedImage],
+        policies: Sequence[engine.CompiledPolicy],
         window: targets.Window,
+        keychain: _AdmissionKeychain,
         warnings: list[str],
     ) -> tuple[list[engine.PlannedImage], dict[str, str]]:
         """(the images to patch, each kept rewrite's target digest by pointer); each refused
         rewrite is a warning, and its image stays as written (design.md §5.2)."""
         if not any(image.rewritten_by for image in planned) or not self._targets.enabled:
             return list(planned), {}
-        keychain: asyncio.Future[Keychain | None] | None = None
-
-        def shared_keychain() -> Awaitable[Keychain | None]:
-            nonlocal keychain  # read once, and only when a registry is asked
-            if keychain is None:
-                keychain = self._keychain_of(request, policies)
-            return asyncio.shield(keychain)
-
-        try:
-            with staleness.collecting() as stale:  # a target served from memory says so too
-                checked = await self._targets.check(planned, policies, window, shared_keychain)
-            warnings += staleness.warnings(stale)
-        finally:
-            if keychain is not None:
-                keychain.cancel()
-                await asyncio.gather(keychain, return_exceptions=True)
+        with staleness.collecting() as stale:  # a target served from memory says so too
+            checked = await self._targets.check(planned, policies, window, keychain.get)
+        warnings += staleness.warnings(stale)
         digests: dict[str, str] = {}
         for before, after in zip(planned, checked, strict=True):
             if after.refusal is not None and before.final is not None:
@@ -402,10 +429,9 @@ class Mutator:
 
     async def _pin(
         self,
-        request: admission.AdmissionRequest,
-        policies: Sequence[engine.CompiledPolicy],
         images: Sequence[engine.PlannedImage],
         window: targets.Window,
+        keychain: _AdmissionKeychain,
         warnings: list[str],
     ) -> list[tuple[engine.PlannedImage, str]]:
         """The digests found within the budget, all images at once; each miss is a warning."""
@@ -413,20 +439,18 @@ class Mutator:
         if resolver is None:  # the caller checks; say so rather than pin with nothing
             raise RuntimeError("pinning needs a digest resolver")
         budget, until = window.budget, window.until
-        keychain = self._keychain_of(request, policies)
 
         async def pin(image: engine.PlannedImage) -> str:
             if image.final is None:  # the caller passes only images with a final reference
                 raise ValueError(f"{image.container.pointer} has no reference to pin")
-            return await resolver.resolve(image.final, until, await asyncio.shield(keychain))
+            return await resolver.resolve(image.final, until, await keychain.get())
 
         tasks = [asyncio.ensure_future(pin(image)) for image in images]
         timeout = None if budget is None else max(0.0, until - self._clock())
         _, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()
-        keychain.cancel()
-        await asyncio.gather(*pending, keychain, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
         # The client's deadline and the wait end together: an image failed by the one is as
         # late as an image cut off by the other (the margin: the client gives up a hair early).
         late = bool(pending) or (budget is not None and self._clock() >= until - LATE_MARGIN)
