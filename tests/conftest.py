@@ -16,7 +16,7 @@ import pytest
 from imagegate.testbed import build
 from imagegate.testbed.controlplane import ControlPlane, ControlPlaneBinaries
 from imagegate.testbed.registry import LocalRegistry
-from support import Cluster
+from support import Cluster, Helm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
@@ -99,3 +99,9 @@ def cosign(builder: build.Builder) -> Path:
 @pytest.fixture(scope="session")
 def crane(builder: build.Builder) -> Path:
     return builder.ensure(build.CRANE)
+
+
+@pytest.fixture(scope="session")
+def helm(builder: build.Builder, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """The real helm, built by the test bed, with its state in a temporary folder."""
+    return Helm(builder.ensure(build.HELM), tmp_path_factory.mktemp("helm-home"))

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from imagegate.admission import builder
 from imagegate.testbed.controlplane import ControlPlane
@@ -174,3 +178,42 @@ def pad_signature_manifest(registry_url: str, repository: str, digest: str) -> i
     with urllib.request.urlopen(put, timeout=10) as reply:
         assert reply.status == 201
     return len(body)
+
+
+#: The Helm chart in this repository.
+CHART = Path(__file__).resolve().parents[1] / "charts" / "imagegate"
+Manifest = dict[str, Any]
+
+
+class Helm:
+    """The real helm CLI with its state directories in a temporary folder, never in $HOME."""
+
+    def __init__(self, binary: Path, home: Path) -> None:
+        self.binary = binary
+        self.env = {
+            **os.environ,
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+            # helm template and lint never need a cluster; make sure none is reached.
+            "KUBECONFIG": str(home / "no-kubeconfig"),
+        }
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.binary), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=self.env,
+            timeout=120,
+        )
+
+    def render(self, *args: str, namespace: str = "imagegate") -> subprocess.CompletedProcess[str]:
+        """`helm template` of the chart, as it finished (a refusal is for the caller to read)."""
+        return self.run("template", "ig", str(CHART), "--namespace", namespace, *args)
+
+    def template(self, *args: str, namespace: str = "imagegate") -> list[Manifest]:
+        done = self.render(*args, namespace=namespace)
+        assert done.returncode == 0, done.stderr
+        return [doc for doc in yaml.safe_load_all(done.stdout) if doc]

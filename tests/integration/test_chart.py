@@ -11,8 +11,6 @@ byte-for-byte copies of policies/*.yaml.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import pytest
 import yaml
 
 from imagegate.admission import configurations as webhookconfig
-from imagegate.testbed import build
+from support import Helm
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "imagegate"
@@ -45,41 +43,6 @@ PRESETS = {
 }
 
 Manifest = dict[str, Any]
-
-
-class Helm:
-    """The real helm CLI with its state directories in a temporary folder, never in $HOME."""
-
-    def __init__(self, binary: Path, home: Path) -> None:
-        self.binary = binary
-        self.env = {
-            **os.environ,
-            "HELM_CACHE_HOME": str(home / "cache"),
-            "HELM_CONFIG_HOME": str(home / "config"),
-            "HELM_DATA_HOME": str(home / "data"),
-            # helm template and lint never need a cluster; make sure none is reached.
-            "KUBECONFIG": str(home / "no-kubeconfig"),
-        }
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(self.binary), *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=self.env,
-            timeout=120,
-        )
-
-    def template(self, *args: str, namespace: str = "imagegate") -> list[Manifest]:
-        done = self.run("template", "ig", str(CHART), "--namespace", namespace, *args)
-        assert done.returncode == 0, done.stderr
-        return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-
-
-@pytest.fixture(scope="module")
-def helm(builder: build.Builder, tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    return Helm(builder.ensure(build.HELM), tmp_path_factory.mktemp("helm-home"))
 
 
 def find(manifests: list[Manifest], kind: str, name: str | None = None) -> list[Manifest]:

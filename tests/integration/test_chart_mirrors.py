@@ -3,44 +3,17 @@ passed as `--registry-mirrors`, and readable by the operator's own parser."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from imagegate.registry import mirrors
-from imagegate.testbed import build
+from support import Helm
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "imagegate"
 HUB = '[host."https://mirror.internal/v2/hub"]\n  capabilities = ["pull", "resolve"]\n'
 LOCAL = 'server = "http://10.0.0.9:5000"\n'
-
-
-@pytest.fixture(scope="module")
-def helm(builder: build.Builder, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    binary, home = builder.ensure(build.HELM), tmp_path_factory.mktemp("helm-home")
-    env = {
-        **os.environ,
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-        "KUBECONFIG": str(home / "no-kubeconfig"),  # helm template never needs a cluster
-    }
-
-    def template(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(binary), "template", "ig", str(CHART), "--namespace", "imagegate", *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=env,
-            timeout=120,
-        )
-
-    return template
 
 
 def rendered(done: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]:
@@ -48,20 +21,22 @@ def rendered(done: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]
     return {d["kind"]: d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] != "Role"}
 
 
-def test_no_mirrors_render_nothing(helm: Any) -> None:
-    objects = rendered(helm())
+def test_no_mirrors_render_nothing(helm: Helm) -> None:
+    objects = rendered(helm.render())
     assert "ConfigMap" not in objects
     pod = objects["Deployment"]["spec"]["template"]
     assert not any(a.startswith("--registry-mirrors") for a in pod["spec"]["containers"][0]["args"])
     assert "checksum/registry-mirrors" not in (pod["metadata"].get("annotations") or {})
 
 
-def test_hosts_become_a_config_path_directory_the_operator_reads(helm: Any, tmp_path: Path) -> None:
+def test_hosts_become_a_config_path_directory_the_operator_reads(
+    helm: Helm, tmp_path: Path
+) -> None:
     values = tmp_path / "values.yaml"
     values.write_text(
         yaml.safe_dump({"registryMirrors": {"hosts": {"docker.io": HUB, "10.0.0.9:5000": LOCAL}}})
     )
-    objects = rendered(helm("-f", str(values)))
+    objects = rendered(helm.render("-f", str(values)))
     pod = objects["Deployment"]["spec"]["template"]
     container = pod["spec"]["containers"][0]
     assert "--registry-mirrors=/etc/imagegate/certs.d" in container["args"]
@@ -86,7 +61,7 @@ def test_hosts_become_a_config_path_directory_the_operator_reads(helm: Any, tmp_
     assert [e.api_root for e in read.endpoints_for("10.0.0.9:5000")] == ["http://10.0.0.9:5000/v2"]
 
 
-def test_the_schema_refuses_a_host_that_is_not_one(helm: Any) -> None:
-    done = helm("--set-string", "registryMirrors.hosts.docker\\.io/library=x")
+def test_the_schema_refuses_a_host_that_is_not_one(helm: Helm) -> None:
+    done = helm.render("--set-string", "registryMirrors.hosts.docker\\.io/library=x")
     assert done.returncode != 0
     assert "'docker.io/library' does not match pattern" in done.stderr
