@@ -8,12 +8,15 @@ binds the same port with `SO_REUSEPORT`, so the kernel spreads connections over 
 The parent compiles each policy once and sends the compiled policy (it pickles: patterns are
 Python `re` objects) and every namespace's labels down each worker's pipe; a worker never
 compiles or watches. A worker has its own Kubernetes client for what it reads on demand (keys,
-trust roots, pull secrets, a namespace not seen yet), cached as in a single process. Verdicts are
-not shared: a digest is verified at most once per worker (N is bounded by the CPUs), see §13.
+trust roots, pull secrets, a namespace not seen yet), cached as in a single process. A verdict
+one worker verifies goes up its pipe and down the others' (`cache.SharedVerdict`), so a digest is
+verified once, not once per worker (two workers asked at the same moment may both verify).
 
 A worker that exits is started again (logged, `imagegate_worker_restarts_total`); a worker whose
 parent is gone stops (its pipe closes). Counts of admissions and policy decisions are sent up
-once a second, so the parent's `/metrics` counts every worker.
+once a second, with a heartbeat: a worker silent for `silence_timeout` is killed (and so started
+again), as is one that does not read what it is sent. The parent never blocks on a pipe: each
+worker's messages are written by a thread of its own from a bounded outbox.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ import math
 import multiprocessing
 import os
 import signal
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +52,7 @@ from imagegate.policy import engine
 from imagegate.registry import client as oci
 from imagegate.registry import pinning
 from imagegate.signatures import verifier
-from imagegate.signatures.cache import VerdictCache
+from imagegate.signatures.cache import SharedVerdict, UnsharableVerdict, VerdictCache
 from imagegate.signatures.material import KubernetesMaterial
 from imagegate.trail import events, logs, metrics
 
@@ -59,8 +64,14 @@ WORKER_HEADER = "X-Imagegate-Worker"
 RESTART_BACKOFF = 1.0
 #: Seconds a worker may take to start serving (importing and binding take 1-3 s on 2 cores).
 START_TIMEOUT = 60.0
-#: Seconds between a worker's count reports to the parent.
+#: Seconds between a worker's count reports (and heartbeats) to the parent.
 COUNT_INTERVAL = 1.0
+#: Seconds a serving worker may be silent (no heartbeat) before the parent kills it. Far above
+#: the interval: a worker's loop stalls for a GC pass or a busy machine, not for 15 s.
+SILENCE_TIMEOUT = 15.0
+#: Bytes the parent holds for a worker that does not read its pipe before it kills it. Large: a
+#: starting worker reads nothing until it serves, and every namespace's labels may come meanwhile.
+OUTBOX_LIMIT = 64 * 1024 * 1024
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
@@ -117,12 +128,68 @@ class Snapshot:
 # --- the parent side -------------------------------------------------------------------------
 
 
+class _Outbox:
+    """What the parent sends one worker, written to its pipe by a thread of its own: a full pipe
+    (a worker that hangs or falls behind) blocks that thread, never the parent's loop. Bounded
+    in bytes: `put` refuses past `limit`, and the parent kills the worker instead."""
+
+    def __init__(self, pipe: Connection, limit: int, name: str) -> None:
+        self._pipe = pipe
+        self._limit = limit
+        self._queued: deque[memoryview] = deque()
+        self._bytes = 0
+        self._closed = False
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._write, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, message: object) -> bool:
+        """Queue `message`; False if the worker already has `limit` bytes it has not read."""
+        # Pickled here, as `Connection.send` would: the thread sends bytes, never a live object.
+        data = ForkingPickler.dumps(message)
+        with self._ready:
+            if self._bytes + len(data) > self._limit:
+                return False
+            self._queued.append(data)
+            self._bytes += len(data)
+            self._ready.notify()
+        return True
+
+    def close(self) -> None:
+        """Stop after what is queued (or at once, when the pipe breaks)."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _write(self) -> None:
+        while True:
+            with self._ready:
+                self._ready.wait_for(lambda: bool(self._queued) or self._closed)
+                if not self._queued:
+                    return
+                data = self._queued[0]
+            try:
+                self._pipe.send_bytes(data)
+            except (OSError, ValueError):  # the worker is gone (or the pipe closed): `_exited`
+                return
+            with self._ready:
+                self._queued.popleft()
+                self._bytes -= len(data)
+
+
 @dataclass
 class _Worker:
     index: int
     process: BaseProcess
     pipe: Connection
     serving: asyncio.Event
+    outbox: _Outbox
+    #: When the parent last heard from it (monotonic), and why it was killed, if it was.
+    heard: float = 0.0
+    killed: str | None = None
 
 
 class WorkerPool:
@@ -144,6 +211,12 @@ class WorkerPool:
         self._context = multiprocessing.get_context("spawn")  # never fork kopf's threads
         #: Workers started again after exiting (tests; also `imagegate_worker_restarts_total`).
         self.restarts = 0
+        #: How long a serving worker may be silent, and how much it may leave unread.
+        self.silence_timeout = float(
+            os.environ.get("IMAGEGATE_WORKER_SILENCE_TIMEOUT", SILENCE_TIMEOUT)
+        )
+        self.outbox_limit = OUTBOX_LIMIT
+        self._watchdog: asyncio.TimerHandle | None = None
         cache.observers.append(self._publish)
 
     @property
@@ -159,6 +232,7 @@ class WorkerPool:
         """Start every worker and wait until each serves (start-up fails if one cannot)."""
         for index in range(self.count):
             self._spawn(index)
+        self._watch()
         async with asyncio.timeout(START_TIMEOUT):
             # By index: a worker that died starting is replaced by a new one to wait for.
             while not all(worker.serving.is_set() for worker in self._workers.values()):
@@ -178,7 +252,8 @@ class WorkerPool:
         )
         process.start()
         child_end.close()
-        worker = _Worker(index, process, parent_end, asyncio.Event())
+        outbox = _Outbox(parent_end, self.outbox_limit, f"imagegate-worker-{index}-outbox")
+        worker = _Worker(index, process, parent_end, asyncio.Event(), outbox, time.monotonic())
         self._workers[index] = worker
         loop = asyncio.get_running_loop()
         loop.add_reader(parent_end.fileno(), self._receive, worker)
@@ -188,11 +263,30 @@ class WorkerPool:
         for worker in self._workers.values():
             self._send(worker, message)
 
-    def _send(self, worker: _Worker, message: tuple[str, Any, Any] | tuple[str]) -> None:
-        try:
-            worker.pipe.send(message)
-        except OSError as error:  # it is exiting: `_exited` restarts it with a full snapshot
-            logger.warning("cannot reach webhook worker %d: %s", worker.index, error)
+    def _send(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        # Never blocks: a dead worker's thread stops at the broken pipe (`_exited` restarts it
+        # with a full snapshot), a worker that cannot keep up is killed (and so restarted).
+        if worker.killed is None and not worker.outbox.put(message):
+            self._kill(worker, "backlog", f"has {self.outbox_limit} bytes it has not read")
+
+    def _kill(self, worker: _Worker, reason: str, why: str) -> None:
+        logger.error(
+            "webhook worker %d (pid %s) %s; killing it", worker.index, worker.process.pid, why
+        )
+        worker.killed = reason
+        self.metrics.worker_killed(reason)
+        worker.process.kill()  # `_exited` follows at its sentinel
+
+    def _watch(self) -> None:
+        """Kill each worker silent for longer than it may be (serving: `silence_timeout`)."""
+        now = time.monotonic()
+        for worker in self._workers.values():
+            bound = self.silence_timeout if worker.serving.is_set() else START_TIMEOUT
+            if worker.killed is None and now - worker.heard > bound:
+                self._kill(worker, "silent", f"has not been heard from for {bound:.0f}s")
+        if not self._stopping:
+            loop = asyncio.get_running_loop()
+            self._watchdog = loop.call_later(COUNT_INTERVAL, self._watch)
 
     def _receive(self, worker: _Worker) -> None:
         try:
@@ -200,12 +294,22 @@ class WorkerPool:
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(worker.pipe.fileno())
             return
+        worker.heard = time.monotonic()
         kind = message[0]
         if kind == "serving":
             worker.serving.set()
             logger.info("webhook worker %d (pid %s) serving", worker.index, worker.process.pid)
         elif kind == "counts":
             self._add_counts(message[1], message[2])
+        elif kind == "verdict" and isinstance(message[1], SharedVerdict):
+            self._share(worker, message[1])
+
+    def _share(self, verifier: _Worker, shared: SharedVerdict) -> None:
+        """A verdict `verifier` stored, to every other worker (each checks it as it inserts)."""
+        for worker in self._workers.values():
+            if worker is not verifier:
+                self._send(worker, ("verdict", shared))
+        self.metrics.verdict_shared()
 
     def _add_counts(
         self, admissions: Mapping[tuple[str, str], int], decided: Mapping[tuple[str, str], int]
@@ -219,6 +323,8 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         loop.remove_reader(worker.process.sentinel)
         worker.process.join(timeout=1.0)  # reaped, so its exit code is known
+        worker.outbox.close()
+        worker.outbox.join(timeout=1.0)  # its peer is gone: a send in progress fails at once
         if not worker.pipe.closed:
             loop.remove_reader(worker.pipe.fileno())
             worker.pipe.close()
@@ -248,6 +354,8 @@ class WorkerPool:
         """Each worker stops accepting, answers what is in flight, and exits; stragglers are
         killed after `timeout` seconds."""
         self._stopping = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._publish in self.cache.observers:
             self.cache.observers.remove(self._publish)
         self._publish(("stop",))
@@ -258,6 +366,7 @@ class WorkerPool:
             if worker.process.exitcode is None:
                 logger.error("webhook worker %d did not stop in %.0fs", worker.index, timeout)
                 worker.process.kill()
+            worker.outbox.close()
         self._workers.clear()
 
 
@@ -308,8 +417,12 @@ async def _serve(
     counts = _Counts()
     background: list[asyncio.Task[None]] = []
     flushers: list[Callable[[], Awaitable[None]]] = []
+    verdicts = VerdictCache(stale_ttl=settings.stale_digest_ttl)
+    verdicts.on_stored = _share_verdicts(pipe)
     async with aiohttp.ClientSession() as session:
-        app = _build_app(settings, api, cache, session, counts, background, flushers, index)
+        app = _build_app(
+            settings, api, cache, session, counts, background, flushers, index, verdicts
+        )
         app.on_response_prepare.append(_name_worker(f"{index}/{os.getpid()}"))
         webhook_server = server.WebhookServer(
             app,
@@ -322,7 +435,7 @@ async def _serve(
         await webhook_server.start()
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
-        loop.add_reader(pipe.fileno(), _on_message, pipe, cache, webhook_server, stopped)
+        loop.add_reader(pipe.fileno(), _on_message, pipe, cache, webhook_server, stopped, verdicts)
         background.append(asyncio.create_task(_report_counts(pipe, counts)))
         pipe.send(("serving", os.getpid()))
         gc.freeze()  # start-up's objects out of the collector's passes, as in operator.py
@@ -345,6 +458,7 @@ def _on_message(
     cache: policies.PolicyCache,
     webhook_server: server.WebhookServer,
     stopped: asyncio.Event,
+    verdicts: VerdictCache | None = None,
 ) -> None:
     try:
         message = pipe.recv()
@@ -358,16 +472,39 @@ def _on_message(
         cache.set_policy(message[1], message[2])
     elif kind == "namespace":
         cache.set_namespace(message[1], message[2])
+    elif kind == "verdict" and verdicts is not None:
+        _take_verdict(verdicts, message[1])
     elif kind == "drain":
         webhook_server.drain()
     elif kind == "stop":
         stopped.set()
 
 
+def _share_verdicts(pipe: Connection) -> Callable[[SharedVerdict], None]:
+    """`VerdictCache.on_stored`: each verdict this worker verified, up to the parent."""
+
+    def share(shared: SharedVerdict) -> None:
+        with contextlib.suppress(OSError):  # the parent is gone: `_on_message` stops this worker
+            pipe.send(("verdict", shared))
+
+    return share
+
+
+def _take_verdict(verdicts: VerdictCache, shared: object) -> None:
+    """A verdict another worker verified, into this one's cache if it could have stored it."""
+    try:
+        verdicts.insert(shared)
+    except UnsharableVerdict as error:
+        logger.warning("a shared signature verdict was refused: %s", error)
+
+
 async def _report_counts(pipe: Connection, counts: _Counts) -> None:
+    """Counts once a second, and a heartbeat: from this loop, so a hung loop falls silent."""
     while True:
         await asyncio.sleep(COUNT_INTERVAL)
         _send_counts(pipe, counts)
+        with contextlib.suppress(OSError):
+            pipe.send(("tick",))
 
 
 def _send_counts(pipe: Connection, counts: _Counts) -> None:
@@ -393,14 +530,17 @@ def _build_app(
     background: list[asyncio.Task[None]],
     flushers: list[Callable[[], Awaitable[None]]],
     index: int,
+    verdicts: VerdictCache | None = None,
 ) -> web.Application:
-    """The webhooks as operator.py builds them, with this worker's own clients and caches."""
+    """The webhooks as operator.py builds them, with this worker's own clients and caches
+    (`verdicts`: the verdict cache, shared with the other workers through the parent)."""
     registry_client = oci.RegistryClient(session, insecure=settings.insecure_registries)
     material = KubernetesMaterial(
         api, ttl=settings.material_ttl, stale_for=settings.material_stale_for
     )
     keychains = credentials.ClusterKeychains(material, settings.namespace)
-    verdicts = VerdictCache(stale_ttl=settings.stale_digest_ttl)
+    if verdicts is None:  # (an empty cache is falsy: not `or`)
+        verdicts = VerdictCache(stale_ttl=settings.stale_digest_ttl)
     resolver = pinning.CachingResolver(registry_client, stale_ttl=settings.stale_digest_ttl)
     decision_log = decisions.DecisionLog(settings.log_admits)
     # Denial counts add to what the status holds (conflicts retried), as replicas' do.

@@ -72,6 +72,18 @@ class Metrics:
             "Webhook worker processes started again after exiting (--workers).",
             registry=self.registry,
         )
+        self.worker_kills = Counter(
+            "imagegate_worker_kills",
+            "Webhook workers the operator process killed (--workers), by reason: silent (no "
+            "heartbeat) or backlog (not reading what it is sent).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.shared_verdicts = Counter(
+            "imagegate_worker_shared_verdicts",
+            "Signature verdicts one webhook worker verified and the operator sent to the others.",
+            registry=self.registry,
+        )
 
     def record(self, entry: audit.AuditEntry) -> None:
         if not entry.dry_run:
@@ -82,6 +94,12 @@ class Metrics:
 
     def worker_restart(self) -> None:
         self.worker_restarts.inc()
+
+    def worker_killed(self, reason: str) -> None:
+        self.worker_kills.labels(reason).inc()
+
+    def verdict_shared(self) -> None:
+        self.shared_verdicts.inc()
 
     def verified(self, seconds: float) -> None:
         self.verification_seconds.observe(seconds)
