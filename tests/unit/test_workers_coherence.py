@@ -66,7 +66,8 @@ def shared_by_one_cache(verdict: SignatureVerdict, **cache: Any) -> list[SharedV
     verifier = VerdictCache(**cache)
     verifier.on_stored = told.append
     asyncio.run(verifier.get_or_verify(key(), Verify(verdict)))
-    return pickle.loads(pickle.dumps(told))
+    through_a_pipe: list[SharedVerdict] = pickle.loads(pickle.dumps(told))
+    return through_a_pipe
 
 
 # --- the verdict cache: what it shares and what it takes ----------------------------------------
@@ -132,7 +133,7 @@ def test_only_verdicts_a_cache_stores_are_shared_and_inserts_are_not_shared_agai
         SharedVerdict(key(), OK, 5.0, -1.0),
         SharedVerdict(key(), OK, 0.0, 0.0),
         SharedVerdict((SUBJECT,), OK, 5.0, 0.0),  # type: ignore[arg-type]
-        SharedVerdict((SUBJECT, ["unhashable"]), OK, 5.0, 0.0),
+        SharedVerdict((SUBJECT, ["unhashable"]), OK, 5.0, 0.0),  # type: ignore[arg-type]
     ],
     ids=lambda message: str(message)[:60],
 )
