@@ -1,6 +1,7 @@
 """`imagegate run --workers 2` (imagegate issue #14, item 2; docs/design.md §17), as a real process
 against the real kube-apiserver: two worker processes answer on one HTTPS port, both follow a
-policy change, a killed worker is started again while the other answers, and SIGTERM drains."""
+policy change, a killed worker is started again while the other answers, and SIGTERM drains;
+a signature verdict one worker verified answers in the other without a second verification."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from kubernetes import client
 
 from imagegate.cluster import tls, workers
 from imagegate.testbed import local, processes
-from support import Cluster, pod_review
+from imagegate.testbed.registry import LocalRegistry
+from support import Cluster, pod_review, push_key_signed_image
 
 from .conftest import PolicyFactory
 
@@ -31,12 +33,15 @@ OUTSIDER = "elsewhere.example/app:1"
 
 
 def answer(
-    running: local.LocalOperator, namespace: str, context: ssl.SSLContext | None = None
+    running: local.LocalOperator,
+    namespace: str,
+    context: ssl.SSLContext | None = None,
+    image: str = OUTSIDER,
 ) -> tuple[str, dict[str, Any]]:
     """One review over a new connection: (the worker that answered, "index/pid"; the response)."""
     request = urllib.request.Request(
         running.url + "/validate",
-        data=json.dumps(pod_review(namespace, OUTSIDER)).encode(),
+        data=json.dumps(pod_review(namespace, image)).encode(),
         headers={"Content-Type": "application/json"},
     )
     context = context or running.ssl_context()
@@ -52,6 +57,7 @@ def answers_until(
     timeout: float = 30.0,
     context: ssl.SSLContext | None = None,
     resets: list[OSError] | None = None,
+    image: str = OUTSIDER,
 ) -> dict[str, list[bool]]:
     """Reviews sent one by one until `enough(allowed answers by worker)`, for at most `timeout`
     seconds. Every one must be answered, except that with `resets` a connection refused or reset
@@ -60,7 +66,7 @@ def answers_until(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            worker, response = answer(running, namespace, context)
+            worker, response = answer(running, namespace, context, image)
         except OSError as error:  # URLError included
             if resets is None:
                 raise
@@ -205,3 +211,64 @@ def test_two_workers_share_the_port_follow_policies_restart_and_drain(
             time.sleep(0.1)
         assert running.process.exit_code() == 0
         assert not any(processes.alive(worker) for worker in serving)
+
+
+def requests_about(registry: LocalRegistry, digest: str) -> int:
+    """Requests the registry logged naming `digest` (its `.sig` tag, referrers, manifest)."""
+    assert registry.process is not None
+    hex_digest = digest.split(":", 1)[1]
+    return sum(hex_digest in line for line in registry.process.log_path.read_text().splitlines())
+
+
+def eventually(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_verdict_one_worker_verified_admits_in_the_other_without_verifying_again(
+    cluster: Cluster,
+    crds: None,
+    namespace: str,
+    image_policy: PolicyFactory,
+    registry: LocalRegistry,
+    crane: Path,
+    cosign: Path,
+    tmp_path: Path,
+) -> None:
+    image, digest = push_key_signed_image(
+        crane, cosign, registry.address, f"workers/{namespace}", tmp_path
+    )
+    with local.operator_process(
+        cluster.kubeconfig,
+        tmp_path / "operator",
+        insecure_registries=[registry.address],
+        extra_args=["--workers", "2"],
+    ) as running:
+        key = {"publicKey": (tmp_path / "cosign.pub").read_text()}
+        signatures = {"keys": [key], "requireTransparencyLog": False}
+        source = {"name": "team", "images": [f"{registry.address}/workers/**"]}
+        image_policy(namespace, "signed-only", {"sources": [{**source, "signatures": signatures}]})
+        time.sleep(0.2)  # Ready is written just after the policy goes down the pipes
+        _, response = answer(running, namespace, image=image)
+        assert response["allowed"] is True, response
+        verified_once = requests_about(registry, digest)
+        assert verified_once > 0  # the first worker fetched the signatures
+        # The verdict goes up the first worker's pipe and down the other's.
+        shared = eventually(
+            lambda: metric(running, "imagegate_worker_shared_verdicts_total") >= 1, 10
+        )
+        both = answers_until(
+            running,
+            namespace,
+            lambda seen: len(indices(seen)) == 2,
+            image=image,
+        )
+        assert all(all(allowed) for allowed in both.values()), both
+        assert indices(both) == {"0", "1"}
+        # One verification for both workers: the other asked the registry nothing about it.
+        assert requests_about(registry, digest) == verified_once
+        assert shared
