@@ -273,3 +273,32 @@ def test_a_verdict_one_worker_verified_admits_in_the_other_without_verifying_aga
         # One verification for both workers: the other asked the registry nothing about it.
         assert requests_about(registry, digest) == verified_once
         assert shared
+
+
+def test_a_worker_that_stops_answering_is_killed_and_started_again(
+    cluster: Cluster, crds: None, namespace: str, tmp_path: Path
+) -> None:
+    with local.operator_process(
+        cluster.kubeconfig,
+        tmp_path / "operator",
+        extra_args=["--workers", "2"],
+        env={"IMAGEGATE_WORKER_SILENCE_TIMEOUT": "3"},
+    ) as running:
+        before = answers_until(running, namespace, lambda seen: len(indices(seen)) == 2)
+        pids = {name.split("/")[0]: int(name.split("/")[1]) for name in before}
+        os.kill(pids["0"], signal.SIGSTOP)  # alive, but its loop answers nothing, not even ticks
+        wait_for(
+            lambda: metric(running, 'imagegate_worker_kills_total{reason="silent"}') == 1,
+            60,
+            "the silent worker killed",
+        )
+        wait_for(lambda: not processes.alive(pids["0"]), 10, "the silent worker gone")
+        restarted = answers_until(
+            running,
+            namespace,
+            lambda seen: any(name.startswith("0/") for name in seen),
+            timeout=60,
+            resets=[],  # the stopped worker's queued connections are reset when it is killed
+        )
+        assert f"0/{pids['0']}" not in restarted, restarted
+        assert metric(running, "imagegate_worker_restarts_total") == 1.0

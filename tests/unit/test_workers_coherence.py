@@ -298,3 +298,13 @@ async def test_the_parent_never_blocks_on_a_worker_that_does_not_read(
     assert counted(pool_metrics, "imagegate_worker_kills_total", reason="backlog") == 1
     await wait_for(lambda: workers_.restarts == 1 and workers_.ready, "the worker restarted")
     assert stuck not in workers_.pids
+
+
+def test_a_verdict_that_cannot_be_sent_is_not_shared_and_the_admission_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    parent_end, worker_end = multiprocessing.Pipe()
+    share = workers._share_verdicts(worker_end)
+    share(SharedVerdict((SUBJECT, lambda: None), OK, 5.0, 0.0))  # a key that does not pickle
+    assert not parent_end.poll(0)
+    assert "could not be shared" in caplog.text

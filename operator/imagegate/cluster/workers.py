@@ -484,8 +484,12 @@ def _share_verdicts(pipe: Connection) -> Callable[[SharedVerdict], None]:
     """`VerdictCache.on_stored`: each verdict this worker verified, up to the parent."""
 
     def share(shared: SharedVerdict) -> None:
-        with contextlib.suppress(OSError):  # the parent is gone: `_on_message` stops this worker
+        try:
             pipe.send(("verdict", shared))
+        except OSError:  # the parent is gone: `_on_message` stops this worker
+            pass
+        except Exception as error:  # a key that does not pickle: the others verify it themselves
+            logger.warning("a signature verdict could not be shared: %s", error)
 
     return share
 
