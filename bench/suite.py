@@ -415,23 +415,25 @@ def signed_bed(builder: build.Builder, workdir: Path) -> Iterator[SignedBed]:
 
 
 def require_key_policy(api: client.ApiClient, bed: SignedBed) -> None:
-    """imagegate's policy for the registry's images: signed by the bench key. An ImagePolicy
-    of namespace SIGNED_NAMESPACE, so the static measurements in `shop` keep their one policy
-    (imagegate applies every policy of a namespace to each image; policy-controller only the
-    ones whose glob matches, so its policy can be cluster-wide)."""
+    """imagegate's ClusterImagePolicy for the registry's images: signed by the bench key.
+
+    imagegate applies every policy selecting a namespace to each image (policy-controller only
+    the ones whose glob matches, so its policy needs no selector): this one selects namespace
+    SIGNED_NAMESPACE only, so the static reviews in `shop` keep their one policy."""
+    selector = {"imagegate.dev/bench": "signed"}
     client.CoreV1Api(api).create_namespace(
-        client.V1Namespace(metadata=client.V1ObjectMeta(name=SIGNED_NAMESPACE))
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=SIGNED_NAMESPACE, labels=selector))
     )
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
+    client.CustomObjectsApi(api).create_cluster_custom_object(
         "imagegate.dev",
         "v1alpha1",
-        SIGNED_NAMESPACE,
-        "imagepolicies",
+        "clusterimagepolicies",
         {
             "apiVersion": "imagegate.dev/v1alpha1",
-            "kind": "ImagePolicy",
-            "metadata": {"name": "signed", "namespace": SIGNED_NAMESPACE},
+            "kind": "ClusterImagePolicy",
+            "metadata": {"name": "signed"},
             "spec": {
+                "namespaceSelector": {"matchLabels": selector},
                 "sources": [
                     {
                         "name": "bench",
@@ -441,7 +443,7 @@ def require_key_policy(api: client.ApiClient, bed: SignedBed) -> None:
                             "requireTransparencyLog": False,
                         },
                     }
-                ]
+                ],
             },
         },
     )
@@ -484,35 +486,35 @@ def require_denied(vegeta: loadgen.Vegeta, side: loadgen.Side) -> None:
 
 
 def measure_signed(bench: Bench, sides: Sequence[loadgen.Side], number: int, record: Round) -> None:
-    """Each side with the round's signed Pod (its images never seen): cold, warm-up, paced,
-    saturation; then a Pod with one unsigned image, which each must deny."""
+    """Each side with signed Pods whose images it has never seen: the round's first (`first`),
+    a second one (`cold`: a verdict computed afresh, the process warm), then warm-up, paced and
+    saturation with that second Pod; then a Pod with one unsigned image, which each must deny."""
     vegeta, options, bed = bench.vegeta, bench.options, bench.signed
     assert bed is not None
-    body = vegeta.write_body(
-        f"signed-{number}", review_body(0, signed_pod(bed, f"r{number}"), SIGNED_NAMESPACE)
-    )
-    unsigned = vegeta.write_body(
-        f"unsigned-{number}",
-        review_body(0, signed_pod(bed, f"u{number}", unsigned="web"), SIGNED_NAMESPACE),
-    )
+
+    def review(name: str, tag: str, unsigned: str = "") -> Path:
+        pod = signed_pod(bed, tag, unsigned=unsigned)
+        return vegeta.write_body(f"{name}-{number}", review_body(0, pod, SIGNED_NAMESPACE))
+
+    first, body = review("first", f"f{number}"), review("signed", f"r{number}")
+    unsigned = review("unsigned", f"u{number}", unsigned="web")
     signed = [dataclasses.replace(s, name=f"{s.name} signed", body=body) for s in sides]
 
     def each(mode: str, rate: int, seconds: float, workers: int = 0) -> None:
         for side in signed:
             attack = vegeta.attack(side, mode, rate=rate, seconds=seconds, workers=workers)
-            record.attacks.append(attack)
+            record.attacks.append(require_admitted(attack))
             say(describe(attack))
 
     for static, side in zip(sides, signed, strict=True):
         vegeta.settle(static)  # policy-controller may still work off the paced run's backlog
-        record.attacks.append(
-            require_admitted(vegeta.attack(side, "cold", rate=1, seconds=1, settle=False))
-        )
-        say(describe(record.attacks[-1]))
-    for side in signed:
-        attack = vegeta.attack(side, "warm-up", rate=SIGNED_RATE, seconds=SIGNED_WARM_UP_SECONDS)
-        record.attacks.append(require_admitted(attack))
-        say(describe(attack))
+        for mode, sent in (("first", first), ("cold", body)):
+            one = dataclasses.replace(side, body=sent)
+            record.attacks.append(
+                require_admitted(vegeta.attack(one, mode, rate=1, seconds=1, settle=False))
+            )
+            say(describe(record.attacks[-1]))
+    each("warm-up", SIGNED_RATE, SIGNED_WARM_UP_SECONDS)
     each("paced", SIGNED_RATE, options.signed_seconds)
     each("saturation", 0, options.saturation_seconds, workers=SATURATION_WORKERS)
     for side in signed:

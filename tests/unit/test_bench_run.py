@@ -91,6 +91,8 @@ def test_the_report_gives_signed_and_scan_ratios_within_a_round(bench: Any) -> N
     suite, report, loadgen = bench
     record = suite.Round()
     record.attacks += [
+        attack(loadgen, "imagegate signed", "first", 90.0),
+        attack(loadgen, "policy-controller signed", "first", 30.0),
         attack(loadgen, "imagegate signed", "cold", 90.0),
         attack(loadgen, "policy-controller signed", "cold", 45.0),
         attack(loadgen, "imagegate signed", "paced", 3.0),
@@ -106,7 +108,8 @@ def test_the_report_gives_signed_and_scan_ratios_within_a_round(bench: Any) -> N
     ratios = {
         line.split(" | ")[0]: line.split(" | ")[1] for line in signed.splitlines() if " | " in line
     }
-    assert ratios["| cold (first review)"] == "2.00 |"
+    assert ratios["| first signed review of the round"] == "3.00 |"
+    assert ratios["| cold (new images, warm process)"] == "2.00 |"
     assert ratios["| paced 25/s p50"] == "0.12 |"
     assert ratios["| CPU per request, saturation"] == "0.25 |"
     assert ratios["| CPU-bound estimate"] == "4.00 |"
