@@ -698,10 +698,22 @@ def run_round(bench: Bench, number: int) -> Round:
             )
         if bench.signed is not None:
             signed_sides = [sides[0], *([bench.peer_side] if bench.peer_side else [])]
-            measure_signed(bench, signed_sides, number, record)
+            with phase("signed"):
+                measure_signed(bench, signed_sides, number, record)
         if options.scan:
-            measure_scan(bench, sides[0], number, record)
+            with phase("scan"):
+                measure_scan(bench, sides[0], number, record)
     return record
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """A phase that fails (a side admits nothing, a scan never ends) costs its own figures
+    only: the round's other measurements are kept."""
+    try:
+        yield
+    except (RuntimeError, subprocess.CalledProcessError) as error:
+        say(f"{name} phase stopped: {error}")
 
 
 def describe(attack: loadgen.Attack) -> str:
