@@ -58,6 +58,7 @@ from common import review_body
 from kubernetes import client
 
 from imagegate.cluster import kube, tls
+from imagegate.errors import StartError
 from imagegate.testbed import build, images, local, processes
 from imagegate.testbed.controlplane import ControlPlane, ControlPlaneBinaries
 from imagegate.testbed.registry import LocalRegistry
@@ -712,7 +713,7 @@ def phase(name: str) -> Iterator[None]:
     only: the round's other measurements are kept."""
     try:
         yield
-    except (RuntimeError, subprocess.CalledProcessError) as error:
+    except (RuntimeError, StartError, subprocess.CalledProcessError) as error:
         say(f"{name} phase stopped: {error}")
 
 
