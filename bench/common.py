@@ -13,10 +13,10 @@ from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
 
 
-def review_body(uid: int, pod: dict[str, Any]) -> bytes:
-    """The AdmissionReview the API server would send for creating `pod` in namespace shop."""
+def review_body(uid: int, pod: dict[str, Any], namespace: str = "shop") -> bytes:
+    """The AdmissionReview the API server would send for creating `pod` in `namespace`."""
     return json.dumps(
-        builder.review_for(pod, namespace="shop", uid=f"u-{uid}", username="bench")
+        builder.review_for(pod, namespace=namespace, uid=f"u-{uid}", username="bench")
     ).encode()
 
 

@@ -49,6 +49,8 @@ class Side:
     pid: int
     #: vegeta `-connect-to` mapping, for a certificate issued to a name rather than 127.0.0.1.
     connect_to: str = ""
+    #: The AdmissionReview this side is sent; None: the one `Vegeta` was made with.
+    body: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -158,9 +160,16 @@ class Vegeta:
         self.body_file = workdir / "review.json"
         self.body_file.write_bytes(body)
 
+    def write_body(self, name: str, body: bytes) -> Path:
+        """Another review to send (a `Side.body`), kept in the work directory."""
+        path = self.workdir / f"review-{name}.json"
+        path.write_bytes(body)
+        return path
+
     def _targets(self, side: Side) -> Path:
-        path = self.workdir / f"targets-{side.name}.txt"
-        path.write_text(f"POST {side.url}\nContent-Type: application/json\n@{self.body_file}\n")
+        path = self.workdir / f"targets-{_file_name(side.name)}.txt"
+        body = side.body or self.body_file
+        path.write_text(f"POST {side.url}\nContent-Type: application/json\n@{body}\n")
         return path
 
     def attack(
@@ -175,7 +184,7 @@ class Vegeta:
     ) -> Attack:
         """Attack `side` at `rate`/s (0: as fast as `workers` connections go) for `seconds`,
         once it answers quickly again (`settle`)."""
-        output = self.workdir / f"results-{side.name}.bin"
+        output = self.workdir / f"results-{_file_name(side.name)}.bin"
         waited = self.settle(side) if settle else 0.0
         cpu_before = cpu_seconds(side.pid)
         started = time.perf_counter()
@@ -205,7 +214,7 @@ class Vegeta:
         keeps serving the requests vegeta gave up on) would otherwise charge its backlog to
         the next attack.
         """
-        output = self.workdir / f"probe-{side.name}.bin"
+        output = self.workdir / f"probe-{_file_name(side.name)}.bin"
         started = time.perf_counter()
         while time.perf_counter() - started < timeout:
             self._vegeta_attack(side, output, rate=4, seconds=1.0)
@@ -263,6 +272,11 @@ class Vegeta:
             last = max(last, sent_at + result["latency"] / 1e9)
         span = max(0.0, last - first) if sent else 0.0
         return latencies, sent, admitted, span, tuple(f for f, _ in failures.most_common(3))
+
+
+def _file_name(side: str) -> str:
+    """A side's name as part of a file name ("imagegate signed" → "imagegate-signed")."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", side)
 
 
 def _unix_seconds(timestamp: str) -> float:

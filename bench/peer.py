@@ -231,6 +231,24 @@ def start_policy_controller(
     return process, url, contexts[0]
 
 
+def apply_key_policy(
+    builder: build.Builder, plane: ControlPlane, workdir: Path, glob: str, public_key: str
+) -> None:
+    """A second ClusterImagePolicy: images matching `glob` need a cosign signature by
+    `public_key` (a `key:` authority with no `ctlog`, so no transparency log is asked for)."""
+    policy = {
+        "apiVersion": "policy.sigstore.dev/v1beta1",
+        "kind": "ClusterImagePolicy",
+        "metadata": {"name": "signed"},
+        "spec": {
+            "images": [{"glob": glob}],
+            "authorities": [{"name": "bench-key", "key": {"data": public_key}}],
+        },
+    }
+    (workdir / "cip-signed.json").write_text(json.dumps(policy))
+    kubectl_apply(builder.ensure(build.KUBECTL), plane.kubeconfig, workdir / "cip-signed.json")
+
+
 async def _one(url: str, context: ssl.SSLContext) -> dict[str, Any]:
     """One review's response, or KeyError saying what came back instead."""
     async with (

@@ -81,6 +81,8 @@ def markdown(
             else ""
         )
         + ("" if options.peer else " --no-peer")
+        + ("" if options.signed else " --no-signed")
+        + ("" if options.scan else " --no-scan")
         + "`. Each cell is one value per round (`round 1 / round 2`).",
         "",
         "Workload: one AdmissionReview (a 3-container Pod pinned by digest) posted by vegeta over "
@@ -159,13 +161,137 @@ def markdown(
     lines.append("| RSS at ready | " + " | ".join(rss_cells) + " |")
     lines += _sweep_table(rounds, sides)
     lines += _pod_create_table(rounds)
+    lines += _signed_tables(rounds, cores)
+    lines += _scan_table(rounds, options)
     lines += [
         "",
-        "Not measured here: signed images (bench/verify.py), p99 during a background scan "
-        "(bench/scan.py).",
+        "Not measured here: keyless signatures and attestations (bench/verify.py measures "
+        "verification alone against cosign).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _signed_tables(rounds: Sequence[Round], cores: int) -> list[str]:
+    from suite import SATURATION_WORKERS, SIGNED_RATE, SIGNED_WARM_UP_SECONDS
+
+    sides = [
+        s
+        for s in ("imagegate", "policy-controller")
+        if any(r.find(f"{s} signed", "paced") for r in rounds)
+    ]
+    if not sides:
+        return []
+    lines = [
+        "",
+        "## Signed images (cosign key)",
+        "",
+        "A 3-container Pod (init + 2) whose images were pushed to the test bed's OCI registry "
+        "(127.0.0.1, plain HTTP) with crane and signed with `cosign sign --key` (legacy `.sig`, no "
+        "transparency log), fresh images each round, reviewed in namespace `signed`. imagegate: a "
+        "ClusterImagePolicy selecting that namespace and requiring that public key (with the "
+        "`**` ClusterImagePolicy beside it); policy-controller: a "
+        "ClusterImagePolicy with a `key:` authority holding the same key (with `static: pass` "
+        "beside it). First: the round's first signed review, one request on a new connection "
+        "(imagegate started this round, so it is its first verification since start; "
+        "policy-controller runs through all rounds). Cold: right after, one review of another "
+        "Pod whose images neither has seen (a verdict computed afresh by a warm process). "
+        f"That Pod again for {SIGNED_WARM_UP_SECONDS:.0f} s at {SIGNED_RATE}/s to "
+        f"warm up, paced {SIGNED_RATE}/s (under policy-controller's ~40/s API client limit), "
+        f"saturation ({SATURATION_WORKERS} workers). After them a Pod with one unsigned image "
+        "from the same registry must be denied by both, or the round stops. imagegate keeps a "
+        "verdict per digest; policy-controller v0.13.1 verifies on every admission (its "
+        "webhook's ResultCache is NoCache: nothing puts another in the context).",
+        "",
+        f"| | first ms | cold ms | paced {SIGNED_RATE}/s p50 ms | p99 ms | CPU-ms/req "
+        f"| saturation req/s | its p99 ms | CPU-ms/req "
+        f"| CPU-bound estimate req/s ({cores} cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for side in sides:
+        name = f"{side} signed"
+        sat_cpu = _per_round(rounds, name, "saturation", lambda a: a.cpu_ms_per_request)
+        lines.append(
+            f"| {side} "
+            f"| {_cells(_per_round(rounds, name, 'first', lambda a: a.p50), '.1f')} "
+            f"| {_cells(_per_round(rounds, name, 'cold', lambda a: a.p50), '.1f')} "
+            f"| {_cells(_per_round(rounds, name, 'paced', lambda a: a.p50), '.2f')} "
+            f"| {_cells(_per_round(rounds, name, 'paced', lambda a: a.p99), '.2f')} "
+            f"| {_cells(_per_round(rounds, name, 'paced', lambda a: a.cpu_ms_per_request), '.3f')} "
+            f"| {_cells(_per_round(rounds, name, 'saturation', lambda a: a.throughput), ',.0f')} "
+            f"| {_cells(_per_round(rounds, name, 'saturation', lambda a: a.p99), '.1f')} "
+            f"| {_cells(sat_cpu, '.3f')} "
+            f"| {_cells([cores * 1000 / c if c else None for c in sat_cpu], ',.0f')} |"
+        )
+    if len(sides) < 2:
+        return lines
+    metrics: list[tuple[str, str, Callable[[loadgen.Attack], float]]] = [
+        ("first signed review of the round", "first", lambda a: a.p50),
+        ("cold (new images, warm process)", "cold", lambda a: a.p50),
+        (f"paced {SIGNED_RATE}/s p50", "paced", lambda a: a.p50),
+        (f"paced {SIGNED_RATE}/s p99", "paced", lambda a: a.p99),
+        ("CPU per request, paced", "paced", lambda a: a.cpu_ms_per_request),
+        ("saturation throughput", "saturation", lambda a: a.throughput),
+        (
+            "CPU-bound estimate",
+            "saturation",
+            lambda a: 1 / a.cpu_ms_per_request if a.cpu_ms_per_request else math.nan,
+        ),
+        ("CPU per request, saturation", "saturation", lambda a: a.cpu_ms_per_request),
+    ]
+    lines += [
+        "",
+        "| signed, within each round | imagegate/policy-controller |",
+        "|---|---|",
+    ]
+    for label, mode, value in metrics:
+        ours = _per_round(rounds, "imagegate signed", mode, value)
+        theirs = _per_round(rounds, "policy-controller signed", mode, value)
+        ratios = [_ratio(a, b) for a, b in zip(ours, theirs, strict=True)]
+        lines.append(f"| {label} | {_cells(ratios, '.2f')} |")
+    return lines
+
+
+def _scan_table(rounds: Sequence[Round], options: Options) -> list[str]:
+    from suite import SCAN_INTERVAL, SCAN_RATE
+
+    if not any(r.scan for r in rounds):
+        return []
+    lines = [
+        "",
+        "## Admission during a background scan",
+        "",
+        f"{options.scan_workloads:,} workloads stored in the API server (never run), "
+        f"{options.scan_namespaces} namespaces, half Pods, half Deployments, peer.py's Pod spec. "
+        f"Idle: the round's imagegate at {SCAN_RATE}/s for {options.scan_seconds:.0f} s. "
+        f"Scanning: a second `imagegate run` with `--policy-reports --scan-interval "
+        f"{SCAN_INTERVAL:g}` (same flags otherwise), warmed up (200 reviews at 100/s), then, "
+        f"once its first scan has logged `background scan: N objects`, {SCAN_RATE}/s for "
+        f"{options.scan_seconds:.0f} s. In a scan: the share of that window between a scan's "
+        f"start (taken as {SCAN_INTERVAL:g} s after the last one ended, so a lower bound) and its "
+        "end line. Scan seconds: end to end of each scan after the first, less the interval.",
+        "",
+        "| round | idle p50 ms | idle p99 ms | scanning p50 ms | scanning p99 ms "
+        "| p99 scanning/idle | admitted while scanning | objects a scan | scan s "
+        "| window in a scan |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for number, record in enumerate(rounds, 1):
+        idle, during, scan = (
+            record.find("imagegate", "scan-idle"),
+            record.find("imagegate scanning", "scan"),
+            record.scan,
+        )
+        if idle is None or during is None or scan is None:
+            continue
+        durations = ", ".join(f"{d:.1f}" for d in scan.durations) or MISSING
+        lines.append(
+            f"| {number} | {idle.p50:.2f} | {idle.p99:.2f} | {during.p50:.2f} | {during.p99:.2f} "
+            f"| {_cells([_ratio(during.p99, idle.p99)], '.2f')} "
+            f"| {100 * during.admitted_share:.1f} % | {scan.scans[-1][1]:,} | {durations} "
+            f"| {100 * scan.coverage:.0f} % |"
+        )
+    return lines
 
 
 def _sweep_table(rounds: Sequence[Round], sides: Sequence[str]) -> list[str]:

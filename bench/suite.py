@@ -11,36 +11,57 @@ vegeta (loadgen.py) drives them from its own process. Each measurement runs on e
 the next measurement starts (imagegate, floor, peer, imagegate, ...), and the whole set runs
 `--rounds` times, so this machine's drift hits all sides; ratios are taken within a round.
 imagegate and the floor are started afresh each round (ready time, RSS at ready).
+
+Then, unless turned off, two phases with images and workloads of the test bed:
+- signed (`--no-signed`): a 3-container Pod whose images are pushed to the test bed's OCI
+  registry (127.0.0.1, plain HTTP) with crane and signed with a cosign key (legacy `.sig`, no
+  log), fresh images each round; imagegate holds a ClusterImagePolicy requiring that key,
+  policy-controller one with a `key:` authority holding it. The first review of those images
+  (cold), a warm-up, then paced and saturation runs; an image in the registry that is not
+  signed must be denied by both.
+- scan (`--no-scan`): admission p99 at 100/s on the round's imagegate (idle), then on a second
+  `imagegate run` with `--policy-reports` scanning SCAN_WORKLOADS stored Deployments and Pods back
+  to back; the window opens after its first scan ends, and the share of the window covered by
+  scans is read from its "background scan: N objects" log lines.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import concurrent.futures
 import contextlib
+import dataclasses
+import itertools
 import json
 import os
+import re
 import shlex
 import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import loadgen
 import peer
+import yaml
 from common import review_body
 from kubernetes import client
 
 from imagegate.cluster import kube, tls
-from imagegate.testbed import build, local, processes
+from imagegate.errors import StartError
+from imagegate.testbed import build, images, local, processes
 from imagegate.testbed.controlplane import ControlPlane, ControlPlaneBinaries
+from imagegate.testbed.registry import LocalRegistry
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -54,6 +75,21 @@ SATURATION_WORKERS = 16
 WARM_UP_REQUESTS = 200
 POD_CREATES = 300
 NAMESPACE = "shop"
+#: Signed phase: paced under policy-controller's ~40/s API client limit, so both keep up.
+SIGNED_RATE = 25
+SIGNED_WARM_UP_SECONDS = 2.0
+SIGNED_REPOSITORY = "bench"
+SIGNED_NAMESPACE = "signed"
+#: The signed Pod's containers: (name, repository under SIGNED_REPOSITORY), init container first.
+SIGNED_CONTAINERS = (("setup", "busybox"), ("web", "nginx"), ("sidecar", "redis"))
+#: Scan phase: the rate and workloads of bench/scan.py, scans back to back.
+SCAN_RATE = 100
+SCAN_WORKLOADS = 5000
+SCAN_NAMESPACES = 50
+SCAN_INTERVAL = 1.0
+SCAN_TIMEOUT = 300.0
+SCAN_LINE = re.compile(r"background scan: (\d+) objects")
+POLICY_REPORT_CRD = HERE.parent / "charts/imagegate/extra-crds/wgpolicyk8s.io_policyreports.yaml"
 
 
 @dataclass
@@ -65,6 +101,30 @@ class Options:
     peer: bool
     pod_creates: int
     imagegate_args: list[str]
+    signed: bool = True
+    signed_seconds: float = 10.0
+    scan: bool = True
+    scan_workloads: int = SCAN_WORKLOADS
+    scan_namespaces: int = SCAN_NAMESPACES
+    scan_seconds: float = 20.0
+
+
+@dataclass
+class ScanWindow:
+    """The scanning window of a round: what the scanning process logged around it."""
+
+    #: Seconds (monotonic) at which each "background scan: N objects" line was seen, and N.
+    scans: list[tuple[float, int]]
+    window: tuple[float, float]
+    #: Share of the window inside a scan, taking each scan to start SCAN_INTERVAL after the
+    #: last one ended (a lower bound if the next starts sooner).
+    coverage: float
+
+    @property
+    def durations(self) -> list[float]:
+        """Seconds each scan after the first took (end to end, less the interval)."""
+        ends = [at for at, _ in self.scans]
+        return [after - before - SCAN_INTERVAL for before, after in itertools.pairwise(ends)]
 
 
 @dataclass
@@ -73,6 +133,7 @@ class Round:
     ready_seconds: float = 0.0
     ready_rss: dict[str, float] = field(default_factory=dict)
     pod_create: dict[str, tuple[float, float]] = field(default_factory=dict)
+    scan: ScanWindow | None = None
 
     def find(self, side: str, mode: str, rate: int = 0) -> loadgen.Attack | None:
         for attack in self.attacks:
@@ -117,7 +178,11 @@ def start_until_ready(process: processes.ManagedProcess, ready: Callable[[], boo
 
 @contextlib.contextmanager
 def imagegate_process(
-    plane: ControlPlane, certs: Certificates, workdir: Path, extra: Sequence[str]
+    plane: ControlPlane,
+    certs: Certificates,
+    workdir: Path,
+    extra: Sequence[str],
+    log_name: str = "imagegate.log",
 ) -> Iterator[tuple[processes.ManagedProcess, int, float]]:
     """`imagegate run` serving HTTPS on 127.0.0.1: (process, port, seconds start → /readyz 200)."""
     port, health = processes.free_port(), processes.free_port()
@@ -142,7 +207,7 @@ def imagegate_process(
             str(health),
             *extra,
         ],
-        workdir / "imagegate.log",
+        workdir / log_name,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
@@ -170,9 +235,12 @@ def floor_process(
         process.stop()
 
 
-def prepare_cluster(api: client.ApiClient) -> None:
-    """imagegate's CRDs, one ClusterImagePolicy trusting every image, namespace `shop`."""
-    local.install_crds(api)
+def prepare_cluster(api: client.ApiClient, *, policy_reports: bool) -> None:
+    """imagegate's CRDs (and PolicyReport's), one ClusterImagePolicy trusting every image,
+    namespace `shop`."""
+    local.install_crds(
+        api, extra=[yaml.safe_load(POLICY_REPORT_CRD.read_text())] if policy_reports else []
+    )
     client.CustomObjectsApi(api).create_cluster_custom_object(
         "imagegate.dev",
         "v1alpha1",
@@ -297,34 +365,327 @@ def measure_pod_creates(
     )
 
 
-def run_round(
-    vegeta: loadgen.Vegeta,
-    plane: ControlPlane,
-    certs: Certificates,
-    workdir: Path,
-    peer_side: loadgen.Side | None,
-    options: Options,
-) -> Round:
-    record = Round()
+# -- signed images ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignedBed:
+    """The test bed's OCI registry, its tools, and the cosign key pair signing the images."""
+
+    registry: str
+    crane: Path
+    cosign: Path
+    key: Path
+    public_key: str
+    workdir: Path
+
+    @property
+    def glob(self) -> str:
+        return f"{self.registry}/{SIGNED_REPOSITORY}/**"
+
+    def push(self, repository: str, tag: str, *, sign: bool) -> str:
+        """Push a fresh image to `SIGNED_REPOSITORY/repository:tag`; its reference by digest."""
+        name = f"{SIGNED_REPOSITORY}/{repository}"
+        digest = images.push_random_image(self.crane, self.registry, name, tag, self.workdir)
+        pinned = f"{self.registry}/{name}@{digest}"
+        if sign:
+            # The legacy `.sig` tag: policy-controller v0.13.1 (cosign v2) reads it with a key.
+            images.cosign_sign(self.cosign, self.key, pinned, bundle=False)
+        return pinned
+
+
+@contextlib.contextmanager
+def signed_bed(builder: build.Builder, workdir: Path) -> Iterator[SignedBed]:
+    directory = workdir / "signed"
+    directory.mkdir()
+    registry = LocalRegistry(builder.ensure(build.REGISTRY), directory)
+    registry.start()
+    try:
+        cosign = builder.ensure(build.COSIGN)
+        prefix = images.cosign_key_pair(cosign, directory, "bench")
+        yield SignedBed(
+            registry.address,
+            builder.ensure(build.CRANE),
+            cosign,
+            prefix.with_suffix(".key"),
+            prefix.with_suffix(".pub").read_text(),
+            directory,
+        )
+    finally:
+        registry.stop()
+
+
+def require_key_policy(api: client.ApiClient, bed: SignedBed) -> None:
+    """imagegate's ClusterImagePolicy for the registry's images: signed by the bench key.
+
+    imagegate applies every policy selecting a namespace to each image (policy-controller only
+    the ones whose glob matches, so its policy needs no selector): this one selects namespace
+    SIGNED_NAMESPACE only, so the static reviews in `shop` keep their one policy."""
+    selector = {"imagegate.dev/bench": "signed"}
+    client.CoreV1Api(api).create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=SIGNED_NAMESPACE, labels=selector))
+    )
+    client.CustomObjectsApi(api).create_cluster_custom_object(
+        "imagegate.dev",
+        "v1alpha1",
+        "clusterimagepolicies",
+        {
+            "apiVersion": "imagegate.dev/v1alpha1",
+            "kind": "ClusterImagePolicy",
+            "metadata": {"name": "signed"},
+            "spec": {
+                "namespaceSelector": {"matchLabels": selector},
+                "sources": [
+                    {
+                        "name": "bench",
+                        "images": [bed.glob],
+                        "signatures": {
+                            "keys": [{"publicKey": bed.public_key}],
+                            "requireTransparencyLog": False,
+                        },
+                    }
+                ],
+            },
+        },
+    )
+
+
+def signed_pod(bed: SignedBed, tag: str, *, unsigned: str = "") -> dict[str, object]:
+    """peer.py's Pod shape with images pushed and signed now; `unsigned`: that container's
+    image is pushed but not signed."""
+    image = {name: bed.push(repo, tag, sign=name != unsigned) for name, repo in SIGNED_CONTAINERS}
+    first, *rest = SIGNED_CONTAINERS
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "signed", "namespace": SIGNED_NAMESPACE},
+        "spec": {
+            "initContainers": [{"name": first[0], "image": image[first[0]]}],
+            "containers": [{"name": name, "image": image[name]} for name, _ in rest],
+        },
+    }
+
+
+def require_admitted(attack: loadgen.Attack) -> loadgen.Attack:
+    if attack.admitted == 0:
+        raise RuntimeError(
+            f"{attack.side} admitted none of {attack.sent} reviews ({attack.errors}): "
+            "is it serving the policy?"
+        )
+    return attack
+
+
+def require_denied(vegeta: loadgen.Vegeta, side: loadgen.Side) -> None:
+    """`side` (sent a Pod with an unsigned image) answers, and denies: the key is checked."""
+    attack = vegeta.attack(side, "unsigned", rate=1, seconds=1, settle=False)
+    if attack.admitted or not all(e.startswith("HTTP 200") for e in attack.errors):
+        raise RuntimeError(
+            f"{side.name} did not deny an unsigned image: {attack.admitted} of {attack.sent} "
+            f"admitted ({attack.errors})"
+        )
+    say(f"{side.name:18} denies the Pod with an unsigned image")
+
+
+def measure_signed(bench: Bench, sides: Sequence[loadgen.Side], number: int, record: Round) -> None:
+    """Each side with signed Pods whose images it has never seen: the round's first (`first`),
+    a second one (`cold`: a verdict computed afresh, the process warm), then warm-up, paced and
+    saturation with that second Pod; then a Pod with one unsigned image, which each must deny."""
+    vegeta, options, bed = bench.vegeta, bench.options, bench.signed
+    assert bed is not None
+
+    def review(name: str, tag: str, unsigned: str = "") -> Path:
+        pod = signed_pod(bed, tag, unsigned=unsigned)
+        return vegeta.write_body(f"{name}-{number}", review_body(0, pod, SIGNED_NAMESPACE))
+
+    first, body = review("first", f"f{number}"), review("signed", f"r{number}")
+    unsigned = review("unsigned", f"u{number}", unsigned="web")
+    signed = [dataclasses.replace(s, name=f"{s.name} signed", body=body) for s in sides]
+
+    def each(mode: str, rate: int, seconds: float, workers: int = 0) -> None:
+        for side in signed:
+            attack = vegeta.attack(side, mode, rate=rate, seconds=seconds, workers=workers)
+            record.attacks.append(require_admitted(attack))
+            say(describe(attack))
+
+    for static, side in zip(sides, signed, strict=True):
+        vegeta.settle(static)  # policy-controller may still work off the paced run's backlog
+        for mode, sent in (("first", first), ("cold", body)):
+            one = dataclasses.replace(side, body=sent)
+            record.attacks.append(
+                require_admitted(vegeta.attack(one, mode, rate=1, seconds=1, settle=False))
+            )
+            say(describe(record.attacks[-1]))
+    each("warm-up", SIGNED_RATE, SIGNED_WARM_UP_SECONDS)
+    each("paced", SIGNED_RATE, options.signed_seconds)
+    each("saturation", 0, options.saturation_seconds, workers=SATURATION_WORKERS)
+    for side in signed:
+        require_denied(vegeta, dataclasses.replace(side, body=unsigned))
+
+
+# -- admission during a background scan ---------------------------------------------------------
+
+
+def create_scan_workloads(api: client.ApiClient, count: int, namespaces: int) -> None:
+    """`count` workloads with peer.py's Pod spec in `namespaces` namespaces, half Pods, half
+    Deployments: stored, never run (the test bed has no kubelet nor controller manager)."""
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    names = [f"scan-{n:02d}" for n in range(namespaces)]
+    for name in names:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    spec = peer.POD["spec"]
+
+    # Plain dicts as bodies (the client serializes them as they are), not client models.
+    def create(n: int) -> None:
+        namespace = names[n % namespaces]
+        if n % 2:
+            pod: Any = {"metadata": {"name": f"pod-{n}"}, "spec": spec}
+            core.create_namespaced_pod(namespace, pod)
+            return
+        labels = {"app": f"app-{n}"}
+        template = {"metadata": {"labels": labels}, "spec": spec}
+        deployment: Any = {
+            "metadata": {"name": f"deploy-{n}"},
+            "spec": {"selector": {"matchLabels": labels}, "template": template},
+        }
+        apps.create_namespaced_deployment(namespace, deployment)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, range(count)))
+
+
+class ScanLog:
+    """Watches a log for "background scan: N objects" lines, noting when each appeared."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.scans: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self) -> ScanLog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _follow(self) -> None:
+        offset, partial = 0, ""
+        while not self._stop.wait(0.05):
+            with contextlib.suppress(FileNotFoundError), self.path.open() as log:
+                log.seek(offset)
+                text = partial + log.read()
+                offset = log.tell()
+            *lines, partial = text.split("\n")
+            for line in lines:
+                if match := SCAN_LINE.search(line):
+                    self.scans.append((time.monotonic(), int(match[1])))
+
+    def wait_for(self, count: int, what: str) -> None:
+        deadline = time.monotonic() + SCAN_TIMEOUT
+        while len(self.scans) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no {what} within {SCAN_TIMEOUT:.0f} s ({self.path})")
+            time.sleep(0.1)
+
+
+def scan_coverage(ends: Sequence[float], start: float, end: float) -> float:
+    """Share of [start, end] inside a scan, scan k running from ends[k-1] + SCAN_INTERVAL to
+    ends[k]."""
+    covered = sum(
+        max(0.0, min(after, end) - max(before + SCAN_INTERVAL, start))
+        for before, after in itertools.pairwise(ends)
+    )
+    return covered / (end - start) if end > start else 0.0
+
+
+def measure_scan(bench: Bench, idle: loadgen.Side, number: int, record: Round) -> None:
+    """p99 at SCAN_RATE on the round's imagegate, then on an `imagegate run` scanning."""
+    vegeta, options, certs, workdir = bench.vegeta, bench.options, bench.certs, bench.workdir
+    record.attacks.append(
+        vegeta.attack(idle, "scan-idle", rate=SCAN_RATE, seconds=options.scan_seconds)
+    )
+    say(describe(record.attacks[-1]))
+    log_name = f"imagegate-scan-{number}.log"
+    scanning_args = [
+        *bench.imagegate_args,
+        "--policy-reports",
+        "--scan-interval",
+        str(SCAN_INTERVAL),
+    ]
     with (
-        imagegate_process(plane, certs, workdir, options.imagegate_args) as (ours, port, ready),
-        floor_process(certs, workdir) as (floor, floor_port),
+        imagegate_process(bench.plane, certs, workdir, scanning_args, log_name) as (
+            process,
+            port,
+            _,
+        ),
+        ScanLog(workdir / log_name) as log,
+    ):
+        assert process.pid is not None
+        side = loadgen.Side(
+            "imagegate scanning", f"https://127.0.0.1:{port}/validate", certs.ca, process.pid
+        )
+        after_ready(vegeta, side, fresh=True)  # warm-up, while the first scan runs
+        log.wait_for(1, "first scan")
+        start = time.monotonic()
+        attack = vegeta.attack(
+            side, "scan", rate=SCAN_RATE, seconds=options.scan_seconds, settle=False
+        )
+        end = time.monotonic()
+        log.wait_for(sum(1 for at, _ in log.scans if at < end) + 1, "scan after the window")
+        record.attacks.append(attack)
+        record.scan = ScanWindow(
+            list(log.scans), (start, end), scan_coverage([at for at, _ in log.scans], start, end)
+        )
+    say(
+        describe(attack)
+        + f"; scans of {record.scan.scans[-1][1]} objects, "
+        + ", ".join(f"{d:.1f}" for d in record.scan.durations)
+        + f" s; {100 * record.scan.coverage:.0f} % of the window in a scan"
+    )
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every round shares."""
+
+    vegeta: loadgen.Vegeta
+    plane: ControlPlane
+    certs: Certificates
+    workdir: Path
+    options: Options
+    peer_side: loadgen.Side | None
+    signed: SignedBed | None
+
+    @property
+    def imagegate_args(self) -> list[str]:
+        registry = ["--insecure-registry", self.signed.registry] if self.signed else []
+        return [*self.options.imagegate_args, *registry]
+
+
+def run_round(bench: Bench, number: int) -> Round:
+    record = Round()
+    options, certs, plane = bench.options, bench.certs, bench.plane
+    with (
+        imagegate_process(plane, certs, bench.workdir, bench.imagegate_args) as (ours, port, ready),
+        floor_process(certs, bench.workdir) as (floor, floor_port),
     ):
         assert ours.pid is not None
         assert floor.pid is not None
         record.ready_seconds = ready
         record.ready_rss = {"imagegate": loadgen.rss_mib(ours.pid)}
         record.ready_rss["floor"] = loadgen.rss_mib(floor.pid)
-        if peer_side is not None:
-            record.ready_rss["policy-controller"] = loadgen.rss_mib(peer_side.pid)
+        if bench.peer_side is not None:
+            record.ready_rss["policy-controller"] = loadgen.rss_mib(bench.peer_side.pid)
         say(f"imagegate ready in {ready:.2f} s; RSS at ready {record.ready_rss}")
         sides = [
             loadgen.Side("imagegate", f"https://127.0.0.1:{port}/validate", certs.ca, ours.pid),
             loadgen.Side("floor", f"https://127.0.0.1:{floor_port}/validate", certs.ca, floor.pid),
         ]
-        if peer_side is not None:
-            sides.append(peer_side)
-        measure_round(vegeta, sides, options, record)
+        if bench.peer_side is not None:
+            sides.append(bench.peer_side)
+        measure_round(bench.vegeta, sides, options, record)
         if options.pod_creates:
             measure_pod_creates(
                 kube.api_client(plane.kubeconfig),
@@ -336,7 +697,24 @@ def run_round(
                 options.pod_creates,
                 record,
             )
+        if bench.signed is not None:
+            signed_sides = [sides[0], *([bench.peer_side] if bench.peer_side else [])]
+            with phase("signed"):
+                measure_signed(bench, signed_sides, number, record)
+        if options.scan:
+            with phase("scan"):
+                measure_scan(bench, sides[0], number, record)
     return record
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """A phase that fails (a side admits nothing, a scan never ends) costs its own figures
+    only: the round's other measurements are kept."""
+    try:
+        yield
+    except (RuntimeError, StartError, subprocess.CalledProcessError) as error:
+        say(f"{name} phase stopped: {error}")
 
 
 def describe(attack: loadgen.Attack) -> str:
@@ -368,39 +746,47 @@ def run(options: Options) -> list[Round]:
         started = time.monotonic()
         builder.ensure(build.POLICY_CONTROLLER)
         say(f"policy-controller ready to run ({time.monotonic() - started:.0f} s to build/find)")
-    rounds: list[Round] = []
-    with tempfile.TemporaryDirectory(prefix="imagegate-bench-") as directory:
-        workdir = Path(directory)
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="imagegate-bench-")))
         certs = certificates(workdir)
         vegeta = loadgen.Vegeta(vegeta_binary, workdir, review_body(0, peer.POD))
         plane = ControlPlane(ControlPlaneBinaries.resolve(builder), workdir / "plane")
         plane.start()
+        stack.callback(plane.stop)
+        api = kube.api_client(plane.kubeconfig)
+        prepare_cluster(api, policy_reports=options.scan)
+        peer_run = start_peer(builder, plane, workdir) if options.peer else None
+        if peer_run is not None:
+            stack.callback(peer_run.process.stop)
+        bed = stack.enter_context(signed_bed(builder, workdir)) if options.signed else None
+        if bed is not None:
+            require_key_policy(api, bed)
+            if options.peer:
+                peer.apply_key_policy(builder, plane, workdir, bed.glob, bed.public_key)
+        if options.scan:
+            started = time.monotonic()
+            create_scan_workloads(api, options.scan_workloads, options.scan_namespaces)
+            say(
+                f"created {options.scan_workloads} workloads in {options.scan_namespaces} "
+                f"namespaces in {time.monotonic() - started:.0f} s"
+            )
+        bench = Bench(
+            vegeta, plane, certs, workdir, options, peer_run.side if peer_run else None, bed
+        )
+        return run_rounds(bench)
+    raise AssertionError("unreachable")  # ExitStack does not swallow exceptions
+
+
+def run_rounds(bench: Bench) -> list[Round]:
+    rounds: list[Round] = []
+    for number in range(1, bench.options.rounds + 1):
+        say(f"-- round {number} of {bench.options.rounds}")
         try:
-            prepare_cluster(kube.api_client(plane.kubeconfig))
-            peer_run = start_peer(builder, plane, workdir) if options.peer else None
-            try:
-                for number in range(1, options.rounds + 1):
-                    say(f"-- round {number} of {options.rounds}")
-                    try:
-                        rounds.append(
-                            run_round(
-                                vegeta,
-                                plane,
-                                certs,
-                                workdir,
-                                peer_run.side if peer_run else None,
-                                options,
-                            )
-                        )
-                    except (RuntimeError, subprocess.CalledProcessError) as error:
-                        # Keep the rounds already measured: the report says how many ran.
-                        say(f"round {number} stopped: {error}")
-                        break
-            finally:
-                if peer_run is not None:
-                    peer_run.process.stop()
-        finally:
-            plane.stop()
+            rounds.append(run_round(bench, number))
+        except (RuntimeError, subprocess.CalledProcessError) as error:
+            # Keep the rounds already measured: the report says how many ran.
+            say(f"round {number} stopped: {error}")
+            break
     return rounds
 
 
@@ -421,11 +807,23 @@ def parse_options(argv: Sequence[str]) -> Options:
         default="",
         help="extra arguments for `imagegate run`, one shell-quoted string (e.g. '--workers 2')",
     )
+    parser.add_argument(
+        "--no-signed", dest="signed", action="store_false", help="skip the signed-image phase"
+    )
+    parser.add_argument("--signed-seconds", type=float, default=10.0, help="signed paced run")
+    parser.add_argument(
+        "--no-scan", dest="scan", action="store_false", help="skip the background-scan phase"
+    )
+    parser.add_argument("--scan-workloads", type=int, default=SCAN_WORKLOADS)
+    parser.add_argument("--scan-namespaces", type=int, default=SCAN_NAMESPACES)
+    parser.add_argument("--scan-seconds", type=float, default=20.0, help="each scan window")
     parser.add_argument("--quick", action="store_true", help="1 round, short windows (a smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.paced_seconds, args.sweep_seconds = 1, 5.0, 2.0
         args.saturation_seconds, args.pod_creates = 3.0, min(args.pod_creates, 50)
+        args.signed_seconds, args.scan_seconds = 4.0, 5.0
+        args.scan_workloads = min(args.scan_workloads, 500)
     return Options(
         rounds=args.rounds,
         paced_seconds=args.paced_seconds,
@@ -434,6 +832,12 @@ def parse_options(argv: Sequence[str]) -> Options:
         peer=args.peer,
         pod_creates=args.pod_creates,
         imagegate_args=shlex.split(args.imagegate_args),
+        signed=args.signed,
+        signed_seconds=args.signed_seconds,
+        scan=args.scan,
+        scan_workloads=args.scan_workloads,
+        scan_namespaces=args.scan_namespaces,
+        scan_seconds=args.scan_seconds,
     )
 
 
