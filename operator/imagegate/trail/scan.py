@@ -122,6 +122,7 @@ class PolicyReportScanner:
             self._wake.clear()
 
     async def scan_once(self) -> ScanSummary:
+        started = time.monotonic()
         summary = ScanSummary()
         by_namespace: dict[str, reports.NamespaceResults] = {}
         #: Namespaces whose objects could not all be judged: their reports are kept, not deleted.
@@ -138,9 +139,10 @@ class PolicyReportScanner:
             for outcome, count in results.counts.items():
                 summary.counts[outcome] = summary.counts.get(outcome, 0) + count
         logger.info(
-            "background scan: %d objects, %s",
+            "background scan: %d objects, %s in %.1fs",
             summary.objects,
             ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items())) or "no results",
+            time.monotonic() - started,
         )
         return summary
 
