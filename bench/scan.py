@@ -153,11 +153,12 @@ def trigger_policy(mode: str) -> dict[str, Any]:
     }
 
 
-def edit_trigger(api: client.ApiClient, edits: int) -> None:
+def edit_trigger(api: client.ApiClient) -> None:
     """A policy change (its mode toggles): the operator tells the scan to run again."""
     policies = resources.PolicyResources(api)
     current = policies.get(TRIGGER_NAMESPACE, "trigger")
-    current["spec"] = trigger_policy("warn" if edits % 2 else "enforce")["spec"]
+    mode = "warn" if current["spec"]["mode"] == "enforce" else "enforce"
+    current["spec"] = trigger_policy(mode)["spec"]
     client.CustomObjectsApi(api).replace_namespaced_custom_object(
         "imagegate.dev", "v1alpha1", TRIGGER_NAMESPACE, "imagepolicies", "trigger", current
     )
@@ -213,11 +214,9 @@ async def wait_for_scans(log: OperatorLog, count: int, timeout: float) -> None:
 async def keep_scanning(api: client.ApiClient, log: OperatorLog, stop: asyncio.Event) -> bool:
     """A policy edit now, and again after every scan that finishes, until `stop`; whether the
     last edit's scan is still to finish."""
-    edits = 0
     seen = len(log.scans())
     while not stop.is_set():
-        edits += 1
-        await asyncio.to_thread(edit_trigger, api, edits)
+        await asyncio.to_thread(edit_trigger, api)
         while len(log.scans()) <= seen:
             if stop.is_set():
                 return True
