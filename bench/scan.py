@@ -10,7 +10,7 @@ alternate idle, scanning. During a scanning window a policy edit (in a namespace
 follows every finished scan, so the scan process scans again after its debounce. Scans are read
 from the operator's log, RSS from /proc (operator and scan process).
 
-    .venv/bin/python bench/scan.py [--workers N]
+    .venv/bin/python bench/scan.py [--workers N] [--sched-idle]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import json
+import os
 import ssl
 import statistics
 import sys
@@ -282,6 +283,11 @@ async def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="1", help="imagegate run --workers")
+    parser.add_argument(
+        "--sched-idle",
+        action="store_true",
+        help="an experiment: the scan process under SCHED_IDLE instead of its nice value",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         plane = ControlPlane(ControlPlaneBinaries.resolve(build.Builder()), Path(workdir) / "cp")
@@ -303,11 +309,15 @@ def main() -> None:
                 cafile = Path(workdir) / "ca.crt"
                 cafile.write_bytes(operator.ca_pem)
                 print(f"ready; {memory(operator.process.pid or 0)}")
+                if args.sched_idle:
+                    for child in children(operator.process.pid or 0):
+                        os.sched_setscheduler(child, os.SCHED_IDLE, os.sched_param(0))
                 asyncio.run(measure(api, operator, cafile, ratios))
         finally:
             plane.stop()
+    sched = " (scan SCHED_IDLE)" if args.sched_idle else ""
     print(
-        f"`imagegate run --workers {args.workers}`: {WORKLOADS} workloads ({NAMESPACES} "
+        f"`imagegate run --workers {args.workers}`{sched}: {WORKLOADS} workloads ({NAMESPACES} "
         f"namespaces, half Pods, half Deployments), 20 policies, {RATE} req/s for {WINDOW:.0f} s "
         f"a window; p99 ratios {', '.join(f'{r:.2f}' for r in ratios)}; {machine()}"
     )
