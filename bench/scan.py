@@ -1,30 +1,32 @@
-"""/validate latency while the background scan runs, against idle, in the same process and run.
+"""/validate latency of a real `imagegate run` while its background scan runs, against idle.
 
-The operator serves admission and runs `PolicyReportScanner` on one event loop, so a scan that
-holds the loop (or the GIL) delays every admission behind it. This starts the test bed's real
-etcd + kube-apiserver on 127.0.0.1, creates WORKLOADS Deployments and Pods (stored, never run:
-there is no kubelet), and serves `/validate` over HTTPS with the real reviewers. A client in a
-separate process (so its own timing is not delayed by the server's loop) sends RATE requests/s,
-paced on a fixed schedule, for WINDOW seconds; windows alternate idle, scanning, idle, scanning.
-During a scanning window the scanner scans again as soon as a scan ends. A last round runs
-after `gc.freeze()`, as an operator would after starting up.
+`imagegate run` with one serving process (`--workers 1`, the default) scans in a process of its
+own (cluster/scanning.py, docs/design.md §14). This starts the test bed's real etcd +
+kube-apiserver on 127.0.0.1, creates WORKLOADS Deployments and Pods (stored, never run: there is
+no kubelet) and the twenty ClusterImagePolicies, and runs `imagegate run --policy-reports` as a
+process (the webhook is called directly, not registered). A client in a separate process sends
+RATE requests/s to its `/validate`, paced on a fixed schedule, for WINDOW seconds; windows
+alternate idle, scanning. During a scanning window a policy edit (in a namespace of its own)
+follows every finished scan, so the scan process scans again after its debounce. Scans are read
+from the operator's log, RSS from /proc (operator and scan process).
 
-    .venv/bin/python bench/scan.py
+    .venv/bin/python bench/scan.py [--workers N] [--sched-idle]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import concurrent.futures
-import contextlib
-import gc
 import json
+import os
 import ssl
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
@@ -32,21 +34,22 @@ from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import POD, StaticPolicies, machine, review_body
+from common import NAMESPACE_LABELS, POD, machine, review_body, twenty_policy_documents
 
-from imagegate.admission import reviewers as webhook
-from imagegate.admission.server import TLSFiles, WebhookServer, build_app
-from imagegate.cluster import kube, tls
+from imagegate.cluster import kube, resources
 from imagegate.testbed import build, local
 from imagegate.testbed.controlplane import ControlPlane, ControlPlaneBinaries
-from imagegate.trail import scan
 
 WORKLOADS = 5000
 NAMESPACES = 50
 RATE = 100
 WINDOW = 20.0
-ROUNDS = 2
+ROUNDS = 3
 REQUEST_TIMEOUT = 10.0
+#: Seconds the first scan (at start-up) may take before the rounds begin.
+FIRST_SCAN_TIMEOUT = 300.0
+#: The namespace of the policy whose edits make the scan run again (it holds no workloads).
+TRIGGER_NAMESPACE = "bench-trigger"
 POLICY_REPORT_CRD = (
     Path(__file__).resolve().parents[1]
     / "charts"
@@ -129,13 +132,98 @@ def create_workloads(api: client.ApiClient) -> None:
         list(pool.map(create, range(WORKLOADS)))
 
 
-async def scan_repeatedly(scanner: scan.PolicyReportScanner, durations: list[float]) -> None:
-    while True:
-        started = time.perf_counter()
-        summary = await scanner.scan_once()
-        durations.append(time.perf_counter() - started)
-        assert summary.complete, summary
-        assert summary.objects == WORKLOADS, summary
+def apply_policies(api: client.ApiClient) -> None:
+    """The twenty cluster policies, namespace shop as the reviews name it, and the trigger."""
+    core = client.CoreV1Api(api)
+    for name, labels in (("shop", NAMESPACE_LABELS), (TRIGGER_NAMESPACE, {})):
+        core.create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+        )
+    policies = resources.PolicyResources(api)
+    for document in twenty_policy_documents():
+        policies.create(None, document)
+    policies.create(TRIGGER_NAMESPACE, trigger_policy("enforce"))
+
+
+def trigger_policy(mode: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "imagegate.dev/v1alpha1",
+        "kind": "ImagePolicy",
+        "metadata": {"name": "trigger", "namespace": TRIGGER_NAMESPACE},
+        "spec": {"mode": mode, "sources": [{"name": "any", "images": ["**"]}]},
+    }
+
+
+def edit_trigger(api: client.ApiClient) -> None:
+    """A policy change (its mode toggles): the operator tells the scan to run again."""
+    policies = resources.PolicyResources(api)
+    current = policies.get(TRIGGER_NAMESPACE, "trigger")
+    mode = "warn" if current["spec"]["mode"] == "enforce" else "enforce"
+    current["spec"] = trigger_policy(mode)["spec"]
+    client.CustomObjectsApi(api).replace_namespaced_custom_object(
+        "imagegate.dev", "v1alpha1", TRIGGER_NAMESPACE, "imagepolicies", "trigger", current
+    )
+
+
+class OperatorLog:
+    """The finished scans in the operator's JSON log (scan.py: "background scan: ... in Ns")."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def scans(self) -> list[tuple[int, float]]:
+        found = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            if '"background scan: ' not in line:
+                continue
+            message = json.loads(line)["message"]
+            objects = int(message.split()[2])
+            found.append((objects, float(message.rpartition(" in ")[2].rstrip("s"))))
+        return found
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """The operator's spawned processes (scan process, workers), not its resource tracker."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+    return found
+
+
+def memory(pid: int) -> str:
+    spawned = ", ".join(f"{rss_mib(child):.0f}" for child in children(pid)) or "none"
+    return f"RSS operator {rss_mib(pid):.0f} MiB, spawned processes {spawned} MiB"
+
+
+async def wait_for_scans(log: OperatorLog, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(log.scans()) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no scan {count} within {timeout:.0f}s")
+        await asyncio.sleep(0.5)
+
+
+async def keep_scanning(api: client.ApiClient, log: OperatorLog, stop: asyncio.Event) -> bool:
+    """A policy edit now, and again after every scan that finishes, until `stop`; whether the
+    last edit's scan is still to finish."""
+    seen = len(log.scans())
+    while not stop.is_set():
+        await asyncio.to_thread(edit_trigger, api)
+        while len(log.scans()) <= seen:
+            if stop.is_set():
+                return True
+            await asyncio.sleep(0.5)
+        seen = len(log.scans())
+    return False
 
 
 async def window(url: str, cafile: Path) -> list[float]:
@@ -161,48 +249,46 @@ def figures(latencies: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1000, ordered[int(len(ordered) * 0.99) - 1] * 1000
 
 
-async def measure(api: client.ApiClient, directory: Path) -> None:
-    ca = tls.CertificateAuthority.create("bench-ca")
-    pair = ca.issue("imagegate", ip_addresses=["127.0.0.1"])
-    files = TLSFiles(directory / "tls.crt", directory / "tls.key")
-    files.cert.write_bytes(pair.cert_pem)
-    files.key.write_bytes(pair.key_pem)
-    cafile = directory / "ca.crt"
-    cafile.write_bytes(ca.cert_pem)
-    source = StaticPolicies()
-    app = build_app(validate=webhook.Validator(source), mutate=webhook.Mutator(source))
-    server = WebhookServer(app, files, host="127.0.0.1", port=0)
-    await server.start()
-    url = f"https://127.0.0.1:{server.port}/validate"
-    scanner = scan.PolicyReportScanner(api, StaticPolicies())
-    try:
-        for round_ in range(1, ROUNDS + 2):
-            frozen = round_ > ROUNDS
-            if frozen:
-                # What the operator would get from gc.freeze() once started: the collector's
-                # full passes (which stop the loop) skip the ~160,000 objects of the imports.
-                gc.freeze()
-            idle = figures(await window(url, cafile))
-            durations: list[float] = []
-            scanning = asyncio.create_task(scan_repeatedly(scanner, durations))
-            try:
-                during = figures(await window(url, cafile))
-            finally:
-                scanning.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await scanning
-            scans = ", ".join(f"{d:.1f}" for d in durations) or "none finished"
-            print(
-                f"round {round_}{' (gc.freeze())' if frozen else ''}: "
-                f"idle p50 {idle[0]:.2f} ms, p99 {idle[1]:.2f} ms; "
-                f"scanning p50 {during[0]:.2f} ms, p99 {during[1]:.2f} ms; "
-                f"p99 ratio {during[1] / idle[1]:.2f}; scans took {scans} s"
-            )
-    finally:
-        await server.stop()
+async def measure(
+    api: client.ApiClient, operator: local.LocalOperator, cafile: Path, ratios: list[float]
+) -> None:
+    url = f"{operator.url}/validate"
+    log = OperatorLog(operator.process.log_path)
+    pid = operator.process.pid or 0
+    await wait_for_scans(log, 1, FIRST_SCAN_TIMEOUT)
+    print(f"first scan: {log.scans()[0][0]} objects in {log.scans()[0][1]:.1f} s; {memory(pid)}")
+    for round_ in range(1, ROUNDS + 1):
+        before = len(log.scans())
+        idle = figures(await window(url, cafile))
+        idle_scans = len(log.scans()) - before
+        stop = asyncio.Event()
+        scanning = asyncio.create_task(keep_scanning(api, log, stop))
+        started = len(log.scans())
+        try:
+            during = figures(await window(url, cafile))
+        finally:
+            stop.set()
+            pending = await scanning
+        scans = ", ".join(f"{s:.1f}" for _, s in log.scans()[started:]) or "none finished"
+        ratios.append(during[1] / idle[1])
+        print(
+            f"round {round_}: idle p50 {idle[0]:.2f} ms, p99 {idle[1]:.2f} ms "
+            f"({idle_scans} scans); scanning p50 {during[0]:.2f} ms, p99 {during[1]:.2f} ms; "
+            f"p99 ratio {ratios[-1]:.2f}; scans took {scans} s; {memory(pid)}"
+        )
+        # The window's last scan ends before the next idle window starts.
+        await wait_for_scans(log, len(log.scans()) + pending, FIRST_SCAN_TIMEOUT)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", default="1", help="imagegate run --workers")
+    parser.add_argument(
+        "--sched-idle",
+        action="store_true",
+        help="an experiment: the scan process under SCHED_IDLE instead of its nice value",
+    )
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         plane = ControlPlane(ControlPlaneBinaries.resolve(build.Builder()), Path(workdir) / "cp")
         plane.start()
@@ -211,13 +297,29 @@ def main() -> None:
             local.install_crds(api, extra=[yaml.safe_load(POLICY_REPORT_CRD.read_text())])
             started = time.perf_counter()
             create_workloads(api)
+            apply_policies(api)
             print(f"created {WORKLOADS} workloads in {time.perf_counter() - started:.0f} s")
-            asyncio.run(measure(api, Path(workdir)))
+            extra = ["--policy-reports", "--scan-interval=3600", "--log-format=json"]
+            ratios: list[float] = []
+            with local.operator_process(
+                plane.kubeconfig,
+                Path(workdir) / "operator",
+                extra_args=[*extra, f"--workers={args.workers}"],
+            ) as operator:
+                cafile = Path(workdir) / "ca.crt"
+                cafile.write_bytes(operator.ca_pem)
+                print(f"ready; {memory(operator.process.pid or 0)}")
+                if args.sched_idle:
+                    for child in children(operator.process.pid or 0):
+                        os.sched_setscheduler(child, os.SCHED_IDLE, os.sched_param(0))
+                asyncio.run(measure(api, operator, cafile, ratios))
         finally:
             plane.stop()
+    sched = " (scan SCHED_IDLE)" if args.sched_idle else ""
     print(
-        f"{WORKLOADS} workloads ({NAMESPACES} namespaces, half Pods, half Deployments), 20 "
-        f"policies, {RATE} req/s for {WINDOW:.0f} s a window; {machine()}"
+        f"`imagegate run --workers {args.workers}`{sched}: {WORKLOADS} workloads ({NAMESPACES} "
+        f"namespaces, half Pods, half Deployments), 20 policies, {RATE} req/s for {WINDOW:.0f} s "
+        f"a window; p99 ratios {', '.join(f'{r:.2f}' for r in ratios)}; {machine()}"
     )
 
 

@@ -5,23 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import io
 import itertools
 import json
+import os
+import signal
 import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from imagegate.cluster import resources
+from imagegate.cluster import policies, resources, scanning
 from imagegate.commands import audit as trail
 from imagegate.commands import migrate
 from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
+from imagegate.registry import mirrors
 from imagegate.testbed import local
 from imagegate.trail import reports, scan
 from support import Cluster
@@ -338,3 +343,95 @@ async def test_the_scan_gives_the_event_loop_back_between_objects(
     assert len(policies.turns_seen) >= 300
     longest = max(len(list(run)) for _, run in itertools.groupby(policies.turns_seen))
     assert longest <= 10, f"{longest} objects read without another coroutine having a turn"
+
+
+def _scan_processes(operator_pid: int) -> list[int]:
+    """The operator's children that multiprocessing spawned (not its resource tracker)."""
+    children: list[str] = []
+    for task in Path(f"/proc/{operator_pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            children += (task / "children").read_text().split()
+    spawned = []
+    for child in children:
+        with contextlib.suppress(OSError):  # exited meanwhile
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                spawned.append(int(child))
+    return spawned
+
+
+def test_the_scan_runs_in_a_process_of_its_own_started_again_when_it_dies(
+    api: client.ApiClient,
+    operator: local.LocalOperator,
+    namespace: str,
+    image_policy: PolicyFactory,
+) -> None:
+    """design.md §14: `imagegate run` (one serving process) scans in a child process, never on
+    the loop that serves admission; a child that dies is replaced, and the new one reports."""
+    assert operator.process.pid is not None
+    [first] = wait_for(lambda: _scan_processes(operator.process.pid or 0), "the scan process")
+    os.kill(first, signal.SIGKILL)
+    [second] = wait_for(
+        lambda: [pid for pid in _scan_processes(operator.process.pid or 0) if pid != first],
+        "a scan process started again",
+    )
+    client.CoreV1Api(api).create_namespaced_pod(namespace, pod_body("cache", "redis:7"))
+    image_policy(namespace, "hardened", {"sources": [CHAINGUARD]})
+    found = wait_for(lambda: report(api, namespace), "PolicyReport from the new scan process")
+    assert [r["result"] for r in found["results"]] == ["fail"]
+    assert _scan_processes(operator.process.pid) == [second]
+
+
+async def test_the_scan_process_scans_off_this_process_and_follows_the_cache(
+    api: client.ApiClient, cluster: Cluster, crds: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ScanProcess` as operator.py runs it, fed a `PolicyCache`: the reports are written by
+    another process (a scan here would fail the test), and a policy changed in the cache
+    reaches that process and is scanned again."""
+
+    async def not_here(self: scan.PolicyReportScanner) -> scan.ScanSummary:
+        raise AssertionError("the scan ran in the serving process")
+
+    monkeypatch.setattr(scan.PolicyReportScanner, "scan_once", not_here)
+    namespace = _namespace_with_pods(api, 3, "ghcr.io/acme/api:1")
+    cache = policies.PolicyCache(api)
+    key = (namespace, "p")
+    cache.set_policy(key, _policy(namespace, {"sources": [CHAINGUARD]}))
+    scans: list[scanning.Scanned] = []
+    settings = scanning.ScanSettings(
+        kubeconfig=cluster.kubeconfig,
+        namespace="imagegate-system",
+        interval=3600.0,
+        insecure_registries=frozenset(),
+        registry_mirrors=mirrors.NO_MIRRORS,
+        stale_digest_ttl=60.0,
+        material_ttl=60.0,
+        material_stale_for=60.0,
+    )
+    scan_process = scanning.ScanProcess(settings, cache, on_scanned=scans.append)
+    running = asyncio.create_task(scan_process.run())
+
+    async def reported(result: str) -> list[str]:
+        for _ in range(300):
+            found = await asyncio.to_thread(report, api, namespace)
+            rows = [r["result"] for r in (found or {}).get("results", [])]
+            if rows and set(rows) == {result}:
+                return rows
+            await asyncio.sleep(0.2)
+        pytest.fail(f"no {result} rows in {namespace}'s report")
+
+    try:
+        assert await reported("fail") == ["fail"] * 3
+        cache.set_policy(key, _policy(namespace, {"mode": "warn", "sources": [CHAINGUARD]}))
+        scan_process.trigger()
+        assert await reported("warn") == ["warn"] * 3
+        child = scan_process.process
+        assert child is not None
+        assert scans, "the scan process reported no scan"
+        assert {s.pid for s in scans} == {child.pid}
+        assert child.pid != os.getpid()
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        client.CoreV1Api(api).delete_namespace(namespace)
+    assert child.exitcode is not None  # stopped with the task

@@ -40,6 +40,7 @@ from imagegate.cluster import (
     kube,
     policies,
     resources,
+    scanning,
     status,
     workers,
 )
@@ -365,7 +366,8 @@ async def _start(state: _State) -> None:
         observe_seconds=state.metrics.verified,
         resolver=resolver,
     )
-    if config.policy_reports:
+    if config.policy_reports and config.workers > 1:
+        # This process serves no webhook: the scan's CPU delays no admission here.
         scanner = scan.PolicyReportScanner(
             state.api,
             state.cache,
@@ -375,6 +377,10 @@ async def _start(state: _State) -> None:
         )
         state.watch.policy_listeners.append(scanner.trigger)
         _background(state, "policy report scan", lambda: scanner.run(config.scan_interval))
+    elif config.policy_reports:
+        scan_process = scanning.ScanProcess(_scan_settings(config), state.cache)
+        state.watch.policy_listeners.append(scan_process.trigger)
+        _background(state, "policy report scan", scan_process.run)
     if config.workers > 1:
         await _start_workers(state, tls_files)
         return
@@ -415,6 +421,22 @@ async def _start(state: _State) -> None:
     # as the process: out of the collector's reach, a full pass no longer walks it (80-130 ms a
     # pass on 2 cores, several per background scan; bench/scan.py measures the difference).
     gc.freeze()
+
+
+def _scan_settings(config: OperatorConfig) -> scanning.ScanSettings:
+    """`--workers 1`: the scan runs in a process of its own beside this one (design.md §14)."""
+    return scanning.ScanSettings(
+        kubeconfig=config.kubeconfig,
+        namespace=config.namespace,
+        interval=config.scan_interval,
+        insecure_registries=config.insecure_registries,
+        registry_mirrors=config.registry_mirrors,
+        stale_digest_ttl=config.stale_digest_ttl,
+        material_ttl=config.material_ttl,
+        material_stale_for=config.material_stale_for,
+        heap_trim_interval=config.heap_trim_interval,
+        log_format=config.log_format,
+    )
 
 
 async def _start_workers(state: _State, tls_files: server.TLSFiles) -> None:

@@ -9,7 +9,9 @@ same verdict for an object as stored) and writes one `wgpolicyk8s.io/v1alpha2` P
 Each image shows up once, on the object an admin edits: objects controlled by another scanned
 kind (a Deployment's ReplicaSets and Pods, a CronJob's Jobs) are skipped. Namespaces the webhook
 never sees (kube-system, imagegate's own, the opt-out label) are not scanned. Nothing here is on
-the admission path: a missing CRD or an RBAC refusal is logged, and scanning goes on.
+the admission path: a missing CRD or an RBAC refusal is logged, and scanning goes on. When the
+operator process serves the webhooks itself, the scan runs in a process of its own
+(cluster/scanning.py, design.md §14), so its CPU never delays an admission.
 """
 
 from __future__ import annotations
@@ -100,10 +102,17 @@ class PolicyReportScanner:
         """A policy changed: scan again soon."""
         self._wake.set()
 
-    async def run(self, interval: float) -> None:
+    async def run(
+        self, interval: float, on_scanned: Callable[[ScanSummary, float], None] | None = None
+    ) -> None:
+        """Scan every `interval` seconds and soon after `trigger()`; `on_scanned` is told of each
+        finished scan and the seconds it took (cluster/scanning.py reports them)."""
         while True:
             try:
-                await self.scan_once()
+                started = time.monotonic()
+                summary = await self.scan_once()
+                if on_scanned is not None:
+                    on_scanned(summary, time.monotonic() - started)
             except Exception:  # never let the scan die: the next cycle may succeed
                 logger.exception("background scan failed")
             with contextlib.suppress(TimeoutError):
@@ -113,6 +122,7 @@ class PolicyReportScanner:
             self._wake.clear()
 
     async def scan_once(self) -> ScanSummary:
+        started = time.monotonic()
         summary = ScanSummary()
         by_namespace: dict[str, reports.NamespaceResults] = {}
         #: Namespaces whose objects could not all be judged: their reports are kept, not deleted.
@@ -129,9 +139,10 @@ class PolicyReportScanner:
             for outcome, count in results.counts.items():
                 summary.counts[outcome] = summary.counts.get(outcome, 0) + count
         logger.info(
-            "background scan: %d objects, %s",
+            "background scan: %d objects, %s in %.1fs",
             summary.objects,
             ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items())) or "no results",
+            time.monotonic() - started,
         )
         return summary
 
