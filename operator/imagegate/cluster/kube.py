@@ -6,18 +6,24 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config, utils
+from kubernetes import client
 
 from imagegate.errors import UsageError
 
 
 def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
     """A client from a kubeconfig file, else from the in-cluster service account."""
+    # Submodules, not `kubernetes.config`'s names: its kubeconfig loader costs start-up time
+    # (lazypackages.py); in a cluster only the in-cluster one is read.
     if kubeconfig is None:
+        from kubernetes.config import incluster_config
+
         configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        incluster_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         return client.ApiClient(configuration)
-    return config.new_client_from_config(str(kubeconfig))  # type: ignore[no-untyped-call,no-any-return]
+    from kubernetes.config import kube_config
+
+    return kube_config.new_client_from_config(str(kubeconfig))  # type: ignore[no-untyped-call,no-any-return]
 
 
 def admin_client(kubeconfig: Path | None = None) -> client.ApiClient:
@@ -37,6 +43,8 @@ def create(api: client.ApiClient, body: dict[str, Any], namespace: str) -> dict[
 
     Raises `kubernetes.utils.FailToCreateError` (its `api_exceptions` say why).
     """
+    from kubernetes import utils
+
     (created,) = utils.create_from_dict(api, body, namespace=namespace)  # type: ignore[no-untyped-call]
     stored: dict[str, Any] = api.sanitize_for_serialization(created)  # type: ignore[no-untyped-call]
     return stored
