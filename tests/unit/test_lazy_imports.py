@@ -171,3 +171,20 @@ def test_kubernetes_other_names_still_load_when_used() -> None:
         + "assert kubernetes.watch.Watch\n"
     )
     assert "kubernetes.watch" in loaded_after(code, ("kubernetes.watch",))
+
+
+def test_the_run_paths_imports_are_frozen_out_of_the_collectors_reach() -> None:
+    """`imagegate run` imports with the collector off, then freezes what the imports made
+    (cli.py): it is on again after, and the import-time objects are in the permanent generation.
+    A usage error (no TLS files) stops `run` right after its imports."""
+    code = (
+        "import gc\n"
+        "from imagegate.commands import cli\n"
+        "assert cli.main(['run']) == 2\n"
+        "assert gc.isenabled()\n"
+        "assert gc.get_freeze_count() > 20_000, gc.get_freeze_count()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
