@@ -9,8 +9,9 @@ ready. The serving certificate is made before the clock starts.
 The process is `imagegate run` itself (`cli.main`), started through this file's `child` mode,
 which wraps a few functions (no behaviour changes) to note when each phase is reached:
 
-    imports        the run path's modules are imported (interpreter start-up included)
-    kopf.run       kopf is entered (logging configured, handlers registered)
+    imports        the run path's modules are imported (interpreter start-up included), as
+                   `run` configures logging
+    kopf.run       kopf is entered (the API client made, handlers registered)
     login          kopf's login handler is called
     startup        imagegate's start-up handler begins (kopf has made its settings)
     policies       policies listed and compiled (PolicyWatch.load)
@@ -43,14 +44,28 @@ def child(argv: list[str]) -> int:
     def note(phase: str) -> None:
         phases.write(json.dumps([phase, time.time(), time.process_time()]) + "\n")
 
-    from imagegate.admission import server
-    from imagegate.cluster import operator, policies
     from imagegate.commands import cli
-    from imagegate.trail import logs  # noqa: F401 (what `imagegate run` imports)
+    from imagegate.trail import logs
 
-    note("imports")
+    configure = logs.configure
+
+    def imported(*args: Any, **kwargs: Any) -> None:
+        # `run` configures logging right after its imports: note them, then wrap the rest.
+        note("imports")
+        wrap_phases(note)
+        configure(*args, **kwargs)
+
+    logs.configure = imported
+    return cli.main(["run", *argv])
+
+
+def wrap_phases(note: Callable[[str], None]) -> None:
+    """Wrap what `run` calls later so that it notes each phase (imported by now)."""
     import kopf
     from kopf._cogs.clients import fetching
+
+    from imagegate.admission import server
+    from imagegate.cluster import operator, policies
 
     def after(owner: Any, name: str, phase: str) -> None:
         original = getattr(owner, name)
@@ -85,7 +100,6 @@ def child(argv: list[str]) -> int:
         note(f"list {resource.plural}")
 
     fetching.fetch_objs = noted_listing  # type: ignore[assignment]
-    return cli.main(["run", *argv])
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["child"]:
@@ -139,7 +153,7 @@ def rss_mib(pid: int) -> float:
     raise KeyError("VmRSS")
 
 
-def one_start(kubeconfig: Path, workdir: Path) -> dict[str, float]:
+def one_start(kubeconfig: Path, workdir: Path, source: Path | None) -> dict[str, float]:
     """One `imagegate run`: each phase's seconds since exec, plus cpu and rss at ready."""
     from imagegate.cluster import tls
     from imagegate.testbed import processes
@@ -159,6 +173,8 @@ def one_start(kubeconfig: Path, workdir: Path) -> dict[str, float]:
         "--policy-reports",
     ]
     env = {**os.environ, PHASES_FILE: str(phases_file), "PYTHONUNBUFFERED": "1"}
+    if source is not None:  # ahead of the installed (editable) package on sys.path
+        env["PYTHONPATH"] = str(source)
     with open(workdir / "operator.log", "wb") as log:
         started = time.time()
         process = subprocess.Popen(
@@ -201,6 +217,12 @@ def print_timeline(runs: list[dict[str, float]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a directory holding another imagegate package (e.g. `git archive main operator`"
+        " unpacked: its operator/): its starts alternate with the installed one's",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     import memory
@@ -215,10 +237,18 @@ def main() -> None:
         plane.start()
         try:
             memory.apply_policies(plane)
-            runs = [one_start(plane.kubeconfig, workdir / f"run-{n}") for n in range(args.runs)]
+            runs: dict[str, list[dict[str, float]]] = {"installed": [], "baseline": []}
+            for n in range(args.runs):
+                runs["installed"].append(one_start(plane.kubeconfig, workdir / f"run-{n}", None))
+                if args.baseline is not None:
+                    baseline = one_start(plane.kubeconfig, workdir / f"base-{n}", args.baseline)
+                    runs["baseline"].append(baseline)
         finally:
             plane.stop()
-    print_timeline(runs)
+    for name, timeline in runs.items():
+        if timeline:
+            print(f"-- {name}" + (f" ({args.baseline})" if name == "baseline" else ""))
+            print_timeline(timeline)
     print(f"{args.runs} starts; 21 policies (one with a cosign key), --policy-reports; {machine()}")
 
 
