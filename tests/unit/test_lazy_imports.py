@@ -188,3 +188,27 @@ def test_the_run_paths_imports_are_frozen_out_of_the_collectors_reach() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+#: `kube.api_client(path)` for `run --kubeconfig` with a client certificate (the test bed's).
+KUBECONFIG_CLIENT = """
+import base64, tempfile, yaml
+from pathlib import Path
+from imagegate.cluster import kube
+data = base64.standard_b64encode(b"pem").decode()
+path = Path(tempfile.mkdtemp()) / "kubeconfig"
+path.write_text(yaml.safe_dump({
+    "current-context": "c",
+    "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+    "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:9",
+                                           "certificate-authority-data": data}}],
+    "users": [{"name": "u", "user": {"client-certificate-data": data,
+                                     "client-key-data": data}}],
+}))
+assert kube.api_client(path).configuration.host == "https://127.0.0.1:9"
+"""
+
+
+def test_a_simple_kubeconfig_is_read_without_the_client_librarys_loader() -> None:
+    """kube.py: `run --kubeconfig` with a certificate or token skips requests and oauthlib."""
+    assert loaded_after(RUN_IMPORTS + KUBECONFIG_CLIENT, KUBERNETES_EAGER) == []
