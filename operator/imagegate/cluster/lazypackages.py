@@ -5,7 +5,7 @@ imports every subpackage: `config` (its kubeconfig loader pulls in requests, req
 oauthlib and PyYAML), `stream` (websocket-client), `dynamic`, `watch`, `utils`, `leaderelection`
 and `informer`. `imagegate run` needs `kubernetes.client` and, in a cluster,
 `kubernetes.config.incluster_config` (and `kubernetes.utils`' retry helpers, which the client
-imports): the rest was about a fifth of its start-up CPU.
+imports): the rest was a sixth of its start-up CPU (bench/startup.py).
 
 `defer_package_init` registers a package whose `__init__` has not run: its submodules import as
 usual (`from kubernetes import client`), and the first use of any other name of the package
