@@ -117,3 +117,98 @@ def test_talking_to_the_api_server_never_loads_the_clients_typed_core_api() -> N
     for typed in ("core_v1_api", "apps_v1_api", "batch_v1_api"):
         assert f"kubernetes.client.api.{typed}" not in loaded
     assert not [name for name in loaded if name.startswith("kubernetes.client.models.v1_pod")]
+
+
+#: What `import kubernetes` imported through its `__init__` and `imagegate run` never uses: the
+#: kubeconfig loader's HTTP and OAuth stack, websocket-client, and the unused subpackages.
+KUBERNETES_EAGER = (
+    "requests",
+    "requests_oauthlib",
+    "oauthlib",
+    "websocket",
+    "kubernetes.config.kube_config",
+    "kubernetes.stream",
+    "kubernetes.dynamic",
+    "kubernetes.watch",
+    "kubernetes.utils.create_from_yaml",
+    "kubernetes.leaderelection",
+    "kubernetes.informer",
+)
+
+#: `kube.api_client()` in a Pod: the in-cluster loader, given a token and CA in a temporary
+#: directory instead of the service account's mount.
+IN_CLUSTER_CLIENT = """
+import os, tempfile
+from pathlib import Path
+from kubernetes.config import incluster_config
+from imagegate.cluster import kube
+mount = Path(tempfile.mkdtemp())
+(mount / "token").write_text("a-token")
+(mount / "ca.crt").write_text("not read until a request is made")
+incluster_config.SERVICE_TOKEN_FILENAME = str(mount / "token")
+incluster_config.SERVICE_CERT_FILENAME = str(mount / "ca.crt")
+os.environ.update(KUBERNETES_SERVICE_HOST="127.0.0.1", KUBERNETES_SERVICE_PORT="9")
+api = kube.api_client(None)
+assert api.configuration.host == "https://127.0.0.1:9", api.configuration.host
+"""
+
+
+def test_the_run_path_never_runs_kubernetes_eager_package_init() -> None:
+    """lazypackages.py: kopf's and imagegate's `import kubernetes` load `kubernetes.client`
+    only, and in a cluster the in-cluster loader without the kubeconfig one."""
+    loaded = loaded_after(RUN_IMPORTS + IN_CLUSTER_CLIENT, KUBERNETES_EAGER)
+    assert loaded == []
+
+
+def test_kubernetes_other_names_still_load_when_used() -> None:
+    """The other side: what the deferred `__init__` imported is there once it is asked for."""
+    code = (
+        RUN_IMPORTS
+        + "import kubernetes\n"
+        + "from kubernetes import config\n"
+        + "assert kubernetes.__version__\n"
+        + "assert callable(config.load_kube_config)\n"
+        + "assert kubernetes.watch.Watch\n"
+    )
+    assert "kubernetes.watch" in loaded_after(code, ("kubernetes.watch",))
+
+
+def test_the_run_paths_imports_are_frozen_out_of_the_collectors_reach() -> None:
+    """`imagegate run` imports with the collector off, then freezes what the imports made
+    (cli.py): it is on again after, and the import-time objects are in the permanent generation.
+    A usage error (no TLS files) stops `run` right after its imports."""
+    code = (
+        "import gc\n"
+        "from imagegate.commands import cli\n"
+        "assert cli.main(['run']) == 2\n"
+        "assert gc.isenabled()\n"
+        "assert gc.get_freeze_count() > 20_000, gc.get_freeze_count()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+
+
+#: `kube.api_client(path)` for `run --kubeconfig` with a client certificate (the test bed's).
+KUBECONFIG_CLIENT = """
+import base64, tempfile, yaml
+from pathlib import Path
+from imagegate.cluster import kube
+data = base64.standard_b64encode(b"pem").decode()
+path = Path(tempfile.mkdtemp()) / "kubeconfig"
+path.write_text(yaml.safe_dump({
+    "current-context": "c",
+    "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+    "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:9",
+                                           "certificate-authority-data": data}}],
+    "users": [{"name": "u", "user": {"client-certificate-data": data,
+                                     "client-key-data": data}}],
+}))
+assert kube.api_client(path).configuration.host == "https://127.0.0.1:9"
+"""
+
+
+def test_a_simple_kubeconfig_is_read_without_the_client_librarys_loader() -> None:
+    """kube.py: `run --kubeconfig` with a certificate or token skips requests and oauthlib."""
+    assert loaded_after(RUN_IMPORTS + KUBECONFIG_CLIENT, KUBERNETES_EAGER) == []

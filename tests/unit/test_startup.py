@@ -1,0 +1,137 @@
+"""Start-up work that must not wait in series (design.md §11, start-up), with fake API calls."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from imagegate.cluster import kube, policies
+from imagegate.policy import model
+from imagegate.signatures import apiserver
+
+POLICIES = 3
+
+
+class MeetingStatusWrites:
+    """Each status write waits until POLICIES writes are under way at once (or times out)."""
+
+    def __init__(self) -> None:
+        self.together = threading.Barrier(POLICIES, timeout=10)
+        self.written: list[str] = []
+
+    def patch_status(self, namespace: str | None, name: str, patch: dict[str, Any]) -> None:
+        self.together.wait()  # BrokenBarrierError if the writes come one at a time
+        self.written.append(name)
+
+
+def cluster_policy(name: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "uid": name, "generation": 1},
+        "spec": {"sources": [{"name": "cg", "images": ["cgr.dev/**"]}]},
+    }
+
+
+def test_loading_writes_the_policies_status_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first start: no policy has a status yet, so each is written while loading."""
+    cluster_plural = policies.PLURALS[model.CLUSTER_KIND]
+
+    def listed(self: Any, group: str, version: str, plural: str) -> dict[str, Any]:
+        names = [f"p{n}" for n in range(POLICIES)] if plural == cluster_plural else []
+        return {"items": [cluster_policy(name) for name in names]}
+
+    monkeypatch.setattr(apiserver.ApiServer, "get", lambda self, path: {"items": []})
+    monkeypatch.setattr(client.CustomObjectsApi, "list_cluster_custom_object", listed)
+    writes = MeetingStatusWrites()
+    watch = policies.PolicyWatch(client.ApiClient(), writes)  # type: ignore[arg-type]
+
+    asyncio.run(watch.load())
+
+    assert sorted(writes.written) == ["p0", "p1", "p2"]
+    assert len(watch.cache.policies()) == POLICIES
+
+
+def kubeconfig_document(user: dict[str, Any], cluster_extra: dict[str, Any]) -> dict[str, Any]:
+    ca = base64.standard_b64encode(b"-----BEGIN CERTIFICATE-----\nca\n").decode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "admin@local",
+        "contexts": [
+            {"name": "other", "context": {"cluster": "nowhere", "user": "nobody"}},
+            {"name": "admin@local", "context": {"cluster": "local", "user": "admin"}},
+        ],
+        "clusters": [
+            {
+                "name": "local",
+                "cluster": {
+                    "server": "https://127.0.0.1:6443/",
+                    "certificate-authority-data": ca,
+                    **cluster_extra,
+                },
+            }
+        ],
+        "users": [{"name": "admin", "user": user}],
+    }
+
+
+def read_files(configuration: client.Configuration) -> dict[str, Any]:
+    """The settings the client uses, with the files it reads replaced by their content."""
+
+    def content(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return {
+        "host": configuration.host,
+        "verify_ssl": configuration.verify_ssl,
+        "ca": content(configuration.ssl_ca_cert),
+        "cert": content(configuration.cert_file),
+        "key": content(configuration.key_file),
+        "api_key": dict(configuration.api_key),
+    }
+
+
+@pytest.mark.parametrize(
+    ("user", "cluster_extra"),
+    [
+        (
+            {
+                "client-certificate-data": base64.standard_b64encode(b"cert").decode(),
+                "client-key-data": base64.standard_b64encode(b"key").decode(),
+            },
+            {},
+        ),
+        ({"client-certificate": "admin.crt", "client-key": "admin.key"}, {}),
+        ({"token": "a-token"}, {"insecure-skip-tls-verify": True}),
+    ],
+    ids=["certificate data", "certificate files", "token"],
+)
+def test_a_simple_kubeconfig_is_read_as_the_client_librarys_loader_reads_it(
+    tmp_path: Path, user: dict[str, Any], cluster_extra: dict[str, Any]
+) -> None:
+    """kube.py reads it itself (without the loader's imports): the same client settings."""
+    from kubernetes.config import kube_config
+
+    (tmp_path / "admin.crt").write_bytes(b"cert from a file")
+    (tmp_path / "admin.key").write_bytes(b"key from a file")
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig_document(user, cluster_extra)))
+    expected = client.Configuration()
+    kube_config.load_kube_config(str(path), client_configuration=expected)
+
+    assert read_files(kube.api_client(path).configuration) == read_files(expected)
+
+
+def test_any_other_kubeconfig_is_left_to_the_client_librarys_loader(tmp_path: Path) -> None:
+    exec_plugin = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "login"}}
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig_document(exec_plugin, {})))
+    assert kube._simple_kubeconfig(path) is None
+    path.write_text(yaml.safe_dump(kubeconfig_document({"token": "t"}, {"proxy-url": "http://p"})))
+    assert kube._simple_kubeconfig(path) is None
