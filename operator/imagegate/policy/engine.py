@@ -17,7 +17,6 @@ is never admitted because nobody looked.
 from __future__ import annotations
 
 import enum
-import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -380,22 +379,26 @@ class ImageDecision:
     #: Policy and source that trusted the image, for each applicable policy that did.
     trusted_by: tuple[tuple[str, str], ...]
     violations: tuple[Violation, ...]
+    #: Computed once, here: every reader of the decision (allowed, warnings, log, audit,
+    #: metrics) asks, and a cached_property takes a lock on each read (Python 3.11).
+    outcome: Outcome = field(init=False, compare=False)
+    allowed: bool = field(init=False, compare=False)
 
-    @functools.cached_property
-    def outcome(self) -> Outcome:
-        # Asked by every reader of the decision (allowed, warnings, log, audit, metrics).
-        modes = {v.policy.mode for v in self.violations}
-        if Mode.ENFORCE in modes:
-            return Outcome.DENIED
-        if Mode.WARN in modes:
-            return Outcome.WARNED
-        if Mode.AUDIT in modes:
-            return Outcome.AUDITED
-        return Outcome.ALLOWED
+    def __post_init__(self) -> None:
+        outcome = _outcome(self.violations)
+        object.__setattr__(self, "outcome", outcome)
+        object.__setattr__(self, "allowed", outcome is not Outcome.DENIED)
 
-    @property
-    def allowed(self) -> bool:
-        return self.outcome is not Outcome.DENIED
+
+def _outcome(violations: Sequence[Violation]) -> Outcome:
+    modes = {v.policy.mode for v in violations}
+    if Mode.ENFORCE in modes:
+        return Outcome.DENIED
+    if Mode.WARN in modes:
+        return Outcome.WARNED
+    if Mode.AUDIT in modes:
+        return Outcome.AUDITED
+    return Outcome.ALLOWED
 
 
 @dataclass(frozen=True)
