@@ -419,6 +419,12 @@ class Decision:
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
 
+    #: Computed once (every reader asks: the answer, the log, the audit trail).
+    allowed: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed", all(image.allowed for image in self.images))
+
     def derived(self, name: str, make: Callable[[], _T]) -> _T:
         """`make()`, computed once for this decision under `name`; `make` must read only the
         decision, and its result must not be changed by callers."""
@@ -426,10 +432,6 @@ class Decision:
             self._derived[name] = make()
         found: _T = self._derived[name]
         return found
-
-    @property
-    def allowed(self) -> bool:
-        return all(image.allowed for image in self.images)
 
     def denial_message(self) -> str:
         lines = [
