@@ -134,6 +134,24 @@ def test_nesting_past_the_bound_is_a_malformed_review_with_its_uid(levels: int) 
     assert admission.review_uid(body) == "u-1"
 
 
+@pytest.mark.parametrize("levels", [97, 98])
+def test_nesting_is_bounded_at_exactly_100_levels(levels: int) -> None:
+    # The review, its request and the object are 3 levels; the arrays make the rest. Few
+    # brackets in all, so the byte count that lets most reviews skip the walk must not let
+    # this one skip it.
+    body = _deep_body(levels)
+    if levels + 3 <= 100:
+        assert admission.parse_review(body).request.uid == "u-1"
+    else:
+        with pytest.raises(admission.MalformedReviewError, match="nested deeper than 100"):
+            admission.parse_review(body)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    obj = {"apiVersion": "v1", "kind": "Pod", "note": "[{" * 500, "deep": _nested(20)}
+    assert admission.parse_review(_review(object=obj)).request.object == obj
+
+
 def test_nesting_within_the_bound_parses() -> None:
     obj = {"apiVersion": "v1", "kind": "Pod", "deep": _nested(40)}
     assert admission.parse_review(_review(object=obj)).request.object == obj

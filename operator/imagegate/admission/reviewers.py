@@ -131,11 +131,20 @@ async def judge(
     asks for signatures. A controller that `/mutate` leaves as written (mutation scope Pods) is
     judged as its Pods will run: with the rewrites applied (docs/design.md §5.1).
     """
+    memoised = engine.memoised_decision(images, policies, group_kind)
+    if memoised is not None:
+        return memoised
     as_pods = engine.judged_as_pods(group_kind, policies)
     planned = engine.plan_rewrites(images, policies, apply=as_pods)
     checks = engine.signature_checks(planned, policies)
+    if not checks:
+        # No verdict to gather: the decision is a pure function of images, policies and kind
+        # (design.md §4.10), and the next admission of the same images gets it from memory.
+        decision = engine.evaluate(planned, policies, {})
+        engine.memoise_decision(images, policies, group_kind, decision)
+        return decision
     verdicts: Mapping[engine.SignatureCheck, engine.SignatureVerdict] = {}
-    if checks and verifier is not None:
+    if verifier is not None:
         keychain = await _keychain(keychains, obj, namespace, group_kind, policies)
         verdicts = await verifier.verify(checks, deadline, keychain)
     return engine.evaluate(planned, policies, verdicts)
@@ -223,14 +232,14 @@ class Validator:
         )
         warnings = (
             *_pod_rewrites(request, policies, decision, described),
-            *decision.warnings(),
+            *decision.derived("warnings", decision.warnings),
             *staleness.warnings(stale),
         )
-        detail = _audit_detail(decision)
+        detail, detail_text = decision.derived("audit-detail", lambda: _audit_detail(decision))
         self._decisions.log("validate", request, described, decision.allowed, detail, warnings)
         annotations = {
             AUDIT_DECISION: "allowed" if decision.allowed else "denied",
-            AUDIT_DETAIL: json.dumps(detail, separators=(",", ":")),
+            AUDIT_DETAIL: detail_text,
         }
         if decision.allowed:
             return admission.AdmissionResponse(
@@ -521,8 +530,9 @@ def _describe_object(request: admission.AdmissionRequest) -> str:
     return f"{request.kind.kind}/{name}"
 
 
-def _audit_detail(decision: engine.Decision) -> list[dict[str, Any]]:
-    return [
+def _audit_detail(decision: engine.Decision) -> tuple[list[dict[str, Any]], str]:
+    """Each image's outcome: (for the decision log, as the audit annotation's JSON)."""
+    detail = [
         {
             "kind": image.planned.container.kind,
             "container": image.planned.container.container_name,
@@ -532,3 +542,4 @@ def _audit_detail(decision: engine.Decision) -> list[dict[str, Any]]:
         }
         for image in decision.images
     ]
+    return detail, json.dumps(detail, separators=(",", ":"))

@@ -159,33 +159,32 @@ def _handler(
             unsupported = web.json_response({"error": refused}, status=415)
             unsupported.force_close()
             return unsupported
+        # One timeout for reading, parsing and deciding: they share the deadline, and each
+        # asyncio timeout costs a timer on the loop (design.md §4.10).
+        phase = "reading"
         try:
-            # Reading to the end now waits for the end: a body that stops coming must not hold
-            # the handler for ever.
             async with asyncio.timeout(max(0.0, started + deadline - time.monotonic())):
+                # Reading to the end waits for the end: a body that stops coming must not hold
+                # the handler for ever.
                 body = await _read_body(request)
+                phase = "parsing"
+                try:
+                    review = admission.parse_review(body)
+                except admission.MalformedReviewError as error:
+                    return _malformed(name, body, error)
+                uid = review.request.uid
+                phase = "deciding"
+                response = await reviewer(review, started + deadline)
         except web.HTTPRequestEntityTooLarge:
             logger.warning("AdmissionReview on /%s larger than %d bytes", name, MAX_BODY)
             return web.json_response({"error": TOO_LARGE}, status=413)
         except TimeoutError:
-            logger.warning("/%s: the AdmissionReview did not arrive within %.1fs", name, deadline)
-            late = f"imagegate: the AdmissionReview did not arrive within {deadline:.0f}s"
-            return web.json_response({"error": late}, status=408)
-        try:
-            review = admission.parse_review(body)
-        except admission.MalformedReviewError as error:
-            uid = admission.review_uid(body)
-            logger.warning("malformed AdmissionReview on /%s: %s", name, error.user_message)
-            if uid is None:
-                return web.json_response({"error": error.user_message}, status=400)
-            denial = admission.deny(uid, f"imagegate: {error.user_message}", code=400)
-            return web.json_response(denial.to_review())
-        uid = review.request.uid
-        try:
-            # What reading the body left of the deadline: the answer still comes within it.
-            async with asyncio.timeout(started + deadline - time.monotonic()):
-                response = await reviewer(review, started + deadline)
-        except TimeoutError:
+            if phase != "deciding":  # parsing has no await: only the read can be cut off
+                logger.warning(
+                    "/%s: the AdmissionReview did not arrive within %.1fs", name, deadline
+                )
+                late = f"imagegate: the AdmissionReview did not arrive within {deadline:.0f}s"
+                return web.json_response({"error": late}, status=408)
             logger.error("/%s %s: no decision within %.1fs", name, uid, deadline)
             response = admission.deny(
                 uid, f"imagegate: verification timed out after {deadline:.0f}s", code=504
@@ -196,6 +195,8 @@ def _handler(
             logger.warning("/%s %s: malformed object: %s", name, uid, error.user_message)
             response = admission.deny(uid, f"imagegate: {error.user_message}", code=400)
         except Exception:
+            if phase != "deciding":  # a connection lost while reading is aiohttp's to handle
+                raise
             logger.exception("/%s %s: reviewer failed", name, uid)
             response = admission.deny(
                 uid, "imagegate: internal error; see the operator log", code=500
@@ -213,6 +214,17 @@ def _handler(
         return web.json_response(response.to_review(review.api_version))
 
     return handle
+
+
+def _malformed(name: str, body: bytes, error: admission.MalformedReviewError) -> web.Response:
+    """A body that is not an AdmissionReview: a 400 denial addressed to its uid if it has one,
+    else a plain 400 (the API server fails the request either way, never admits)."""
+    uid = admission.review_uid(body)
+    logger.warning("malformed AdmissionReview on /%s: %s", name, error.user_message)
+    if uid is None:
+        return web.json_response({"error": error.user_message}, status=400)
+    denial = admission.deny(uid, f"imagegate: {error.user_message}", code=400)
+    return web.json_response(denial.to_review())
 
 
 async def _healthy(_: web.Request) -> web.Response:

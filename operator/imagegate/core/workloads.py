@@ -153,7 +153,8 @@ def find_images(
         if not isinstance(containers, list):
             raise MalformedWorkloadError(f"{where} is not a list")
         for index, container in enumerate(containers):
-            if not isinstance(container, Mapping):
+            # `type(...) is dict` first: JSON gives dicts, and the ABC check costs far more.
+            if type(container) is not dict and not isinstance(container, Mapping):
                 raise MalformedWorkloadError(f"{where}/{index} is not an object")
             image = container.get("image")
             if not isinstance(image, str):
@@ -252,8 +253,9 @@ def _at(obj: Mapping[str, Any], pointer: str) -> Mapping[str, Any]:
     walked = ""
     for part in pointer.strip("/").split("/"):
         walked += "/" + part
-        if not isinstance(node, Mapping) or not isinstance(node.get(part), Mapping):
+        child = node.get(part) if type(node) is dict or isinstance(node, Mapping) else None
+        if type(child) is not dict and not isinstance(child, Mapping):  # as in find_images
             raise MalformedWorkloadError(f"{walked} is missing or not an object")
-        node = node[part]
+        node = child
     result: Mapping[str, Any] = node
     return result

@@ -17,10 +17,10 @@ is never admitted because nobody looked.
 from __future__ import annotations
 
 import enum
-import functools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from imagegate.core import reference
 from imagegate.core.workloads import ContainerImage
@@ -48,6 +48,7 @@ KEEP_TAG = "keep"
 #: Images each compiled policy remembers its matching source and rewrite for (design.md §4:
 #: every admission asks both of every image under every applicable policy, several times).
 MEMO_SIZE = 4096
+_T = TypeVar("_T")
 #: The one kind that runs images itself; every other kind with a pod spec makes Pods from it.
 POD_KIND = ("", "Pod")
 
@@ -142,6 +143,11 @@ class CompiledPolicy:
     )
     #: image → what this policy's first matching rewrite makes of it (None: no rule matches).
     _rewrite_memo: dict[reference.ImageReference, Rewritten | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+    #: Decisions that needed no signature verdict, kept by the first of the applicable
+    #: policies (see `memoised_decision`): gone with this object when the policy changes.
+    _decision_memo: dict[_DecisionKey, _MemoisedDecision] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
 
@@ -380,22 +386,26 @@ class ImageDecision:
     #: Policy and source that trusted the image, for each applicable policy that did.
     trusted_by: tuple[tuple[str, str], ...]
     violations: tuple[Violation, ...]
+    #: Computed once, here: every reader of the decision (allowed, warnings, log, audit,
+    #: metrics) asks, and a cached_property takes a lock on each read (Python 3.11).
+    outcome: Outcome = field(init=False, compare=False)
+    allowed: bool = field(init=False, compare=False)
 
-    @functools.cached_property
-    def outcome(self) -> Outcome:
-        # Asked by every reader of the decision (allowed, warnings, log, audit, metrics).
-        modes = {v.policy.mode for v in self.violations}
-        if Mode.ENFORCE in modes:
-            return Outcome.DENIED
-        if Mode.WARN in modes:
-            return Outcome.WARNED
-        if Mode.AUDIT in modes:
-            return Outcome.AUDITED
-        return Outcome.ALLOWED
+    def __post_init__(self) -> None:
+        outcome = _outcome(self.violations)
+        object.__setattr__(self, "outcome", outcome)
+        object.__setattr__(self, "allowed", outcome is not Outcome.DENIED)
 
-    @property
-    def allowed(self) -> bool:
-        return self.outcome is not Outcome.DENIED
+
+def _outcome(violations: Sequence[Violation]) -> Outcome:
+    modes = {v.policy.mode for v in violations}
+    if Mode.ENFORCE in modes:
+        return Outcome.DENIED
+    if Mode.WARN in modes:
+        return Outcome.WARNED
+    if Mode.AUDIT in modes:
+        return Outcome.AUDITED
+    return Outcome.ALLOWED
 
 
 @dataclass(frozen=True)
@@ -403,10 +413,25 @@ class Decision:
     images: tuple[ImageDecision, ...]
     #: Whether any policy applied at all (a namespace no policy selects is simply admitted).
     policies_applied: tuple[str, ...]
+    #: What readers make of the decision (the audit detail, ...), made once per decision: a
+    #: memoised decision answers many admissions, which then share these too.
+    _derived: dict[str, Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
-    @property
-    def allowed(self) -> bool:
-        return all(image.allowed for image in self.images)
+    #: Computed once (every reader asks: the answer, the log, the audit trail).
+    allowed: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed", all(image.allowed for image in self.images))
+
+    def derived(self, name: str, make: Callable[[], _T]) -> _T:
+        """`make()`, computed once for this decision under `name`; `make` must read only the
+        decision, and its result must not be changed by callers."""
+        if name not in self._derived:
+            self._derived[name] = make()
+        found: _T = self._derived[name]
+        return found
 
     def denial_message(self) -> str:
         lines = [
@@ -483,6 +508,59 @@ def _judge(
             None,
         )
     return None, source.name
+
+
+# -- memoised decisions (docs/design.md §4.10) -------------------------------------------------
+
+#: (group and kind, images, ids of the applicable policies after the first).
+_DecisionKey = tuple[tuple[str, str], tuple[ContainerImage, ...], tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class _MemoisedDecision:
+    #: The policies whose ids are in the key: held, so no other object can take their ids
+    #: while the entry lives.
+    others: tuple[CompiledPolicy, ...]
+    decision: Decision
+
+
+def memoised_decision(
+    images: Sequence[ContainerImage],
+    policies: Sequence[CompiledPolicy],
+    group_kind: tuple[str, str],
+) -> Decision | None:
+    """The decision `memoise_decision` kept for exactly these images, policies and kind."""
+    if not policies:
+        return None
+    entry = policies[0]._decision_memo.get(_decision_key(images, policies, group_kind))
+    return None if entry is None else entry.decision
+
+
+def memoise_decision(
+    images: Sequence[ContainerImage],
+    policies: Sequence[CompiledPolicy],
+    group_kind: tuple[str, str],
+    decision: Decision,
+) -> None:
+    """Keep `decision` for these inputs. Only a decision that needed no signature verdict (no
+    `signature_checks`) may be kept: it is then a pure function of them, where a verdict
+    expires, and a denial must never be served from memory (design.md §4.8)."""
+    if not policies:
+        return
+    memo = policies[0]._decision_memo
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()  # as the other memos: hostile variety costs a rebuild, never memory
+    memo[_decision_key(images, policies, group_kind)] = _MemoisedDecision(
+        tuple(policies[1:]), decision
+    )
+
+
+def _decision_key(
+    images: Sequence[ContainerImage],
+    policies: Sequence[CompiledPolicy],
+    group_kind: tuple[str, str],
+) -> _DecisionKey:
+    return (group_kind, tuple(images), tuple(id(p) for p in policies[1:]))
 
 
 def _first_matching_source(

@@ -29,6 +29,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self._registries: set[str] = set()
+        self._admission_counts: dict[tuple[str, str], Counter] = {}
         self.admissions = Counter(
             "imagegate_admissions",
             "Admission reviews answered, by webhook and decision.",
@@ -90,7 +91,14 @@ class Metrics:
             self.policy_decisions.labels(entry.policy.display_name, entry.action.value).inc()
 
     def admission(self, webhook: str, decision: str) -> None:
-        self.admissions.labels(webhook, decision).inc()
+        # Children by label, kept: `labels()` takes a lock and builds a key on every call, and
+        # both labels have a handful of values (webhook names, `server.outcome`).
+        child = self._admission_counts.get((webhook, decision))
+        if child is None:
+            child = self._admission_counts[(webhook, decision)] = self.admissions.labels(
+                webhook, decision
+            )
+        child.inc()
 
     def worker_restart(self) -> None:
         self.worker_restarts.inc()
