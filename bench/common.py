@@ -6,6 +6,7 @@ import json
 import os
 import platform
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from imagegate.admission import builder
@@ -96,3 +97,29 @@ POD: dict[str, Any] = {
     },
 }
 NAMESPACE_LABELS = {"kubernetes.io/metadata.name": "shop", "tier": "prod"}
+
+
+def descendants(pid: int) -> list[int]:
+    """The operator's process tree below it: zygote and scan process, or spawned ones."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *descendants(int(child))]
+    return found
+
+
+def pss_uss_mib(pid: int) -> tuple[float, float]:
+    """PSS (shared pages divided among their sharers: what a cgroup's sum comes to) and USS
+    (pages only this process maps), from smaps_rollup."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        fields[name] = int(rest.split()[0])
+    return fields["Pss"] / 1024, (fields["Private_Clean"] + fields["Private_Dirty"]) / 1024
+
+
+def process_name(pid: int) -> str:
+    name = Path(f"/proc/{pid}/comm").read_text().strip()
+    if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+        return "resource-tracker"
+    return name

@@ -38,7 +38,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import POD, machine, review_body, twenty_policy_documents
+from common import (
+    POD,
+    descendants,
+    machine,
+    process_name,
+    pss_uss_mib,
+    review_body,
+    twenty_policy_documents,
+)
 
 from imagegate.cluster import kube, policies
 from imagegate.policy import model
@@ -220,11 +228,26 @@ async def measure_load(pid: int, url: str, cafile: Path) -> tuple[list[float], d
             await asyncio.wait_for(child.wait(), SAMPLE_EVERY)
         except TimeoutError:
             samples.append(rss_mib(pid))
+            PSS_PEAK[0] = max(PSS_PEAK[0], pss_uss_mib(pid)[0])
     assert child.stdout is not None
     output = await child.stdout.read()
     if child.returncode != 0:
         raise SystemExit(f"load clients exited {child.returncode}")
     return samples, json.loads(output)
+
+
+#: The serving process's highest PSS during the load (the scan process shares its imports).
+PSS_PEAK = [0.0]
+
+
+def tree_memory(pid: int) -> str:
+    """PSS and USS of the serving process and the processes below it (zygote, scan)."""
+    parts = []
+    for each in [pid, *descendants(pid)]:
+        pss, uss = pss_uss_mib(each)
+        name = "operator" if each == pid else process_name(each)
+        parts.append(f"{name} PSS {pss:.0f} USS {uss:.0f}")
+    return "; ".join(parts) + " MiB"
 
 
 def run_whole(plane: ControlPlane, workdir: Path) -> None:
@@ -236,7 +259,7 @@ def run_whole(plane: ControlPlane, workdir: Path) -> None:
         pid = running.process.pid
         assert pid is not None
         at_ready = rss_mib(pid)
-        print(f"ready in {ready:.2f} s; RSS at ready {at_ready:.1f} MiB")
+        print(f"ready in {ready:.2f} s; RSS at ready {at_ready:.1f} MiB; {tree_memory(pid)}")
         cafile = workdir / "ca.crt"
         cafile.write_bytes(running.ca_pem)
         url = running.url + "/validate"
@@ -252,7 +275,8 @@ def run_whole(plane: ControlPlane, workdir: Path) -> None:
             f"RSS during {LOAD_SECONDS:.0f} s at {LOAD_CONNECTIONS} connections "
             f"({load['requests'] / LOAD_SECONDS:,.0f} req/s, {load['errors']} client errors): "
             f"max {max(samples):.1f} MiB, at the end {samples[-1]:.1f} MiB; peak (VmHWM) "
-            f"{status_kib(pid, 'VmHWM') / 1024:.1f} MiB"
+            f"{status_kib(pid, 'VmHWM') / 1024:.1f} MiB; PSS max {PSS_PEAK[0]:.1f} MiB; "
+            f"{tree_memory(pid)}"
         )
         time.sleep(SETTLE_SECONDS)
         print(f"RSS {SETTLE_SECONDS:.0f} s after the load: {rss_mib(pid):.1f} MiB")

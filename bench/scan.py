@@ -8,9 +8,11 @@ process (the webhook is called directly, not registered). A client in a separate
 RATE requests/s to its `/validate`, paced on a fixed schedule, for WINDOW seconds; windows
 alternate idle, scanning. During a scanning window a policy edit (in a namespace of its own)
 follows every finished scan, so the scan process scans again after its debounce. Scans are read
-from the operator's log, RSS from /proc (operator and scan process).
+from the operator's log; memory from /proc for the operator and every process below it (zygote,
+scan process): PSS and USS from smaps_rollup (PSS counts a page shared by n processes 1/n in
+each, so the sum is what the pod's cgroup is charged), and RSS.
 
-    .venv/bin/python bench/scan.py [--workers N] [--sched-idle]
+    .venv/bin/python bench/scan.py [--workers N] [--sched-idle] [--rounds N]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import ssl
@@ -34,7 +37,16 @@ from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import NAMESPACE_LABELS, POD, machine, review_body, twenty_policy_documents
+from common import (
+    NAMESPACE_LABELS,
+    POD,
+    descendants,
+    machine,
+    process_name,
+    pss_uss_mib,
+    review_body,
+    twenty_policy_documents,
+)
 
 from imagegate.cluster import kube, resources
 from imagegate.testbed import build, local
@@ -190,18 +202,42 @@ def rss_mib(pid: int) -> float:
 
 
 def children(pid: int) -> list[int]:
-    """The operator's spawned processes (scan process, workers), not its resource tracker."""
+    """The operator's scan process (forked by its zygote, or spawned) or spawned workers, not
+    the zygote or a resource tracker."""
     found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.append(int(child))
+    for each in descendants(pid):
+        with contextlib.suppress(OSError):  # exited meanwhile
+            forked = process_name(each) == "imagegate-scan"
+            if forked or b"spawn_main" in Path(f"/proc/{each}/cmdline").read_bytes():
+                found.append(each)
     return found
 
 
+#: The highest PSS each process (by name) was seen with.
+PSS_PEAKS: dict[str, float] = {}
+
+
 def memory(pid: int) -> str:
-    spawned = ", ".join(f"{rss_mib(child):.0f}" for child in children(pid)) or "none"
-    return f"RSS operator {rss_mib(pid):.0f} MiB, spawned processes {spawned} MiB"
+    parts = []
+    total = 0.0
+    for each in [pid, *descendants(pid)]:
+        try:
+            name = "operator" if each == pid else process_name(each)
+            pss, uss = pss_uss_mib(each)
+            rss = rss_mib(each)
+        except (OSError, KeyError):  # exited meanwhile
+            continue
+        total += pss
+        PSS_PEAKS[name] = max(PSS_PEAKS.get(name, 0.0), pss)
+        parts.append(f"{name} {each}: PSS {pss:.0f} USS {uss:.0f} RSS {rss:.0f}")
+    return f"{'; '.join(parts)} MiB; PSS sum {total:.0f} MiB"
+
+
+async def sample_peaks(pid: int) -> None:
+    """`PSS_PEAKS` kept up to date while the bench runs (once a second)."""
+    while True:
+        memory(pid)
+        await asyncio.sleep(1.0)
 
 
 async def wait_for_scans(log: OperatorLog, count: int, timeout: float) -> None:
@@ -250,14 +286,19 @@ def figures(latencies: list[float]) -> tuple[float, float]:
 
 
 async def measure(
-    api: client.ApiClient, operator: local.LocalOperator, cafile: Path, ratios: list[float]
+    api: client.ApiClient,
+    operator: local.LocalOperator,
+    cafile: Path,
+    ratios: list[float],
+    rounds: int = ROUNDS,
 ) -> None:
     url = f"{operator.url}/validate"
     log = OperatorLog(operator.process.log_path)
     pid = operator.process.pid or 0
+    sampling = asyncio.create_task(sample_peaks(pid))
     await wait_for_scans(log, 1, FIRST_SCAN_TIMEOUT)
     print(f"first scan: {log.scans()[0][0]} objects in {log.scans()[0][1]:.1f} s; {memory(pid)}")
-    for round_ in range(1, ROUNDS + 1):
+    for round_ in range(1, rounds + 1):
         before = len(log.scans())
         idle = figures(await window(url, cafile))
         idle_scans = len(log.scans()) - before
@@ -278,6 +319,7 @@ async def measure(
         )
         # The window's last scan ends before the next idle window starts.
         await wait_for_scans(log, len(log.scans()) + pending, FIRST_SCAN_TIMEOUT)
+    sampling.cancel()
 
 
 def main() -> None:
@@ -287,6 +329,12 @@ def main() -> None:
         "--sched-idle",
         action="store_true",
         help="an experiment: the scan process under SCHED_IDLE instead of its nice value",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=ROUNDS,
+        help="idle/scanning rounds (0: memory at ready and after the first scan only)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
@@ -312,7 +360,8 @@ def main() -> None:
                 if args.sched_idle:
                     for child in children(operator.process.pid or 0):
                         os.sched_setscheduler(child, os.SCHED_IDLE, os.sched_param(0))
-                asyncio.run(measure(api, operator, cafile, ratios))
+                asyncio.run(measure(api, operator, cafile, ratios, args.rounds))
+                print(f"PSS peaks: {PSS_PEAKS}; sum {sum(PSS_PEAKS.values()):.0f} MiB")
         finally:
             plane.stop()
     sched = " (scan SCHED_IDLE)" if args.sched_idle else ""
