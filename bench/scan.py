@@ -225,12 +225,16 @@ def memory(pid: int) -> str:
             name = "operator" if each == pid else process_name(each)
             pss, uss = pss_uss_mib(each)
             rss = rss_mib(each)
+            stat = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, KeyError):  # exited meanwhile
             continue
         total += pss
         PSS_PEAKS[name] = max(PSS_PEAKS.get(name, 0.0), pss)
-        parts.append(f"{name} {each}: PSS {pss:.0f} USS {uss:.0f} RSS {rss:.0f}")
-    return f"{'; '.join(parts)} MiB; PSS sum {total:.0f} MiB"
+        parts.append(
+            f"{name} {each}: PSS {pss:.0f} USS {uss:.0f} RSS {rss:.0f} MiB, CPU {cpu:.1f} s"
+        )
+    return f"{'; '.join(parts)}; PSS sum {total:.0f} MiB"
 
 
 async def sample_peaks(pid: int) -> None:
