@@ -270,10 +270,5 @@ def _on_message(
         pipe.close()
         stopped.set()
         return
-    kind = message[0]
-    if kind == "policy":
-        cache.set_policy(message[1], message[2])
-    elif kind == "namespace":
-        cache.set_namespace(message[1], message[2])
-    elif kind == "scan":
+    if not workers.apply_to_cache(cache, message) and message[0] == "scan":
         scanner.trigger()

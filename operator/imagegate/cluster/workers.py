@@ -453,6 +453,18 @@ async def _serve(
             _send_counts(pipe, counts)
 
 
+def apply_to_cache(cache: policies.PolicyCache, message: tuple[Any, ...]) -> bool:
+    """Apply a "policy" or "namespace" message from the parent to `cache`; whether it was one
+    (workers and the scan process take the same feed)."""
+    if message[0] == "policy":
+        cache.set_policy(message[1], message[2])
+    elif message[0] == "namespace":
+        cache.set_namespace(message[1], message[2])
+    else:
+        return False
+    return True
+
+
 def _on_message(
     pipe: Connection,
     cache: policies.PolicyCache,
@@ -467,12 +479,10 @@ def _on_message(
         pipe.close()
         stopped.set()
         return
+    if apply_to_cache(cache, message):
+        return
     kind = message[0]
-    if kind == "policy":
-        cache.set_policy(message[1], message[2])
-    elif kind == "namespace":
-        cache.set_namespace(message[1], message[2])
-    elif kind == "verdict" and verdicts is not None:
+    if kind == "verdict" and verdicts is not None:
         _take_verdict(verdicts, message[1])
     elif kind == "drain":
         webhook_server.drain()
