@@ -146,6 +146,40 @@ def test_kopfs_list_during_a_pending_status_write_writes_nothing_more(
     assert p1_generations == [1, 2]
 
 
+def test_loading_lists_namespaces_and_both_kinds_side_by_side(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three round trips on the start path, made at once (each waits for the other two)."""
+    together = threading.Barrier(3, timeout=10)
+    cluster_plural = policies.PLURALS[model.CLUSTER_KIND]
+
+    def namespaces(self: Any, path: str) -> dict[str, Any]:
+        together.wait()  # BrokenBarrierError if the lists come one at a time
+        return {"items": [{"metadata": {"name": "shop", "labels": {"tier": "prod"}}}]}
+
+    def listed(self: Any, group: str, version: str, plural: str) -> dict[str, Any]:
+        together.wait()
+        if plural == cluster_plural:
+            return {"items": [cluster_policy("p0")]}
+        policy = cluster_policy("p1")
+        return {"items": [{**policy, "metadata": {**policy["metadata"], "namespace": "shop"}}]}
+
+    monkeypatch.setattr(apiserver.ApiServer, "get", namespaces)
+    monkeypatch.setattr(client.CustomObjectsApi, "list_cluster_custom_object", listed)
+    writes = HeldStatusWrites()
+    writes.release.set()
+    watch = policies.PolicyWatch(client.ApiClient(), writes)  # type: ignore[arg-type]
+
+    async def load_and_flush() -> None:
+        await watch.load()
+        await watch.flush_status()
+
+    asyncio.run(load_and_flush())
+
+    assert {key for key, _ in watch.cache.items()} == {(None, "p0"), ("shop", "p1")}
+    assert watch.cache.namespaces() == {"shop": {"tier": "prod"}}
+
+
 def kubeconfig_document(user: dict[str, Any], cluster_extra: dict[str, Any]) -> dict[str, Any]:
     ca = base64.standard_b64encode(b"-----BEGIN CERTIFICATE-----\nca\n").decode()
     return {
