@@ -31,6 +31,7 @@ which wraps a few functions (no behaviour changes) to note when each phase is re
 
     .venv/bin/python bench/startup.py             # 5 starts
     .venv/bin/python bench/startup.py --runs 9
+    .venv/bin/python bench/startup.py --first-starts   # each start writes the policies' status
 """
 
 from __future__ import annotations
@@ -171,6 +172,30 @@ def child_env(bytecode: str, pycache: Path) -> dict[str, str]:
     return env
 
 
+def clear_status(kubeconfig: Path) -> None:
+    """Every policy without a status, so the next start writes them all (`--first-starts`)."""
+    from kubernetes import client
+
+    from imagegate.cluster import kube, resources
+    from imagegate.policy import model
+
+    api = kube.api_client(kubeconfig)
+    policies = resources.PolicyResources(api)
+    objects = client.CustomObjectsApi(api)
+
+    def listed() -> list[dict[str, Any]]:
+        found = objects.list_cluster_custom_object(
+            model.GROUP, model.VERSION, resources.CLUSTER_PLURAL
+        )
+        assert isinstance(found, dict)
+        return list(found["items"])
+
+    for item in listed():
+        policies.patch_status(None, item["metadata"]["name"], {"status": None})
+    if any(item.get("status") for item in listed()):
+        raise SystemExit("--first-starts: a policy's status was not cleared")
+
+
 def one_start(
     kubeconfig: Path, workdir: Path, source: Path | None, env: Mapping[str, str]
 ) -> dict[str, float]:
@@ -250,6 +275,12 @@ def main() -> None:
         help="image: modules compiled once and kept, as the container image ships them"
         " (default); as-is: the environment's own PYTHONDONTWRITEBYTECODE and caches",
     )
+    parser.add_argument(
+        "--first-starts",
+        action="store_true",
+        help="clear every policy's status before each start, so each writes them (as a first"
+        " start, or one after policy edits, does)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     import memory
@@ -274,10 +305,14 @@ def main() -> None:
                 one_start(plane.kubeconfig, workdir / "base-first", args.baseline, env)
             runs: dict[str, list[dict[str, float]]] = {"installed": [], "baseline": []}
             for n in range(args.runs):
+                if args.first_starts:
+                    clear_status(plane.kubeconfig)
                 installed = one_start(plane.kubeconfig, workdir / f"run-{n}", None, env)
                 runs["installed"].append(installed)
                 if args.baseline is not None:
                     base = workdir / f"base-{n}"
+                    if args.first_starts:
+                        clear_status(plane.kubeconfig)
                     runs["baseline"].append(one_start(plane.kubeconfig, base, args.baseline, env))
         finally:
             plane.stop()
@@ -287,7 +322,7 @@ def main() -> None:
             print_timeline(timeline)
     print(
         f"{args.runs} starts; 21 policies (one with a cosign key), --policy-reports;"
-        f" bytecode {args.bytecode}; {machine()}"
+        f" bytecode {args.bytecode}{'; first starts' if args.first_starts else ''}; {machine()}"
     )
 
 
