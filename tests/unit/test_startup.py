@@ -258,3 +258,18 @@ def test_any_other_kubeconfig_is_left_to_the_client_librarys_loader(tmp_path: Pa
     assert kube._simple_kubeconfig(path) is None
     path.write_text(yaml.safe_dump(kubeconfig_document({"token": "t"}, {"proxy-url": "http://p"})))
     assert kube._simple_kubeconfig(path) is None
+
+
+def test_the_image_ships_its_modules_compiled() -> None:
+    """A guard, not a fix: without bytecode in the image (its root filesystem is read-only, so
+    none is written at run time) each start compiles every module, 1.2 s of CPU on the bench's
+    machine (`bench/startup.py --bytecode as-is`; design.md §11)."""
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    build_stage = dockerfile.split("\nFROM ")[1]
+    settings = [
+        word
+        for line in build_stage.splitlines()
+        if line.startswith("ENV ")
+        for word in line.split()
+    ]
+    assert "UV_COMPILE_BYTECODE=1" in settings
