@@ -273,3 +273,24 @@ def test_the_image_ships_its_modules_compiled() -> None:
         for word in line.split()
     ]
     assert "UV_COMPILE_BYTECODE=1" in settings
+
+
+def test_a_status_write_left_running_that_fails_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No one awaits it, so its failure is a warning (as an API error's is), not lost."""
+
+    class Unreachable:
+        def patch_status(self, namespace: str | None, name: str, patch: dict[str, Any]) -> None:
+            raise OSError("connection refused")
+
+    watch = watch_listing(monkeypatch, Unreachable())
+
+    async def load_and_flush() -> None:
+        await watch.load()
+        await watch.flush_status()
+
+    asyncio.run(load_and_flush())
+
+    assert len(watch.cache.policies()) == POLICIES
+    assert "cannot update the status of p0: connection refused" in caplog.text

@@ -305,9 +305,9 @@ class PolicyWatch:
         if pending is not None and _same_status(pending[1], patch):
             return  # kopf's list can come before the write loading left running has landed
         if pending is not None:
-            await asyncio.shield(pending[0])  # an older status must not land after this one
+            await asyncio.wait({pending[0]})  # an older status must not land after this one
         if self._writing_later:
-            task = asyncio.create_task(self._patch_status(key, patch))
+            task = asyncio.create_task(self._patch_status_later(key, patch))
             self._status_writes[key] = (task, patch)
             task.add_done_callback(lambda _: self._forget_write(key, task))
             return
@@ -316,6 +316,13 @@ class PolicyWatch:
     def _forget_write(self, key: PolicyKey, task: asyncio.Task[None]) -> None:
         if self._status_writes.get(key, (None,))[0] is task:
             del self._status_writes[key]
+
+    async def _patch_status_later(self, key: PolicyKey, patch: dict[str, Any]) -> None:
+        try:
+            await self._patch_status(key, patch)
+        except Exception as error:  # nobody awaits this write: say why it failed, as an
+            # ApiException says (a start-up retry for a status write would be worse)
+            logger.warning("cannot update the status of %s: %s", key[1], error)
 
     async def _patch_status(self, key: PolicyKey, patch: dict[str, Any]) -> None:
         namespace, name = key
