@@ -144,7 +144,7 @@ class PolicyWatch:
             if metadata.get("name"):
                 self.cache.set_namespace(metadata["name"], metadata.get("labels") or {})
         # Side by side, and the status writes (a round trip each, on a first start or after
-        # edits) left running: they kept the webhook and /readyz down ~1.5 s for 21 policies.
+        # edits) left running: they held the webhook and /readyz back (design.md §11).
         self._writing_later = True
         try:
             await asyncio.gather(
