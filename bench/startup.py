@@ -7,6 +7,14 @@ seconds since exec (median over the runs), the total, and the process's CPU seco
 ready. The serving certificate is made before the clock starts. A first start, which writes
 the policies' status, is made before and not counted.
 
+Bytecode: the container image ships every module compiled (Dockerfile: UV_COMPILE_BYTECODE=1;
+its root filesystem is read-only, so nothing could be written at run time). `--bytecode image`
+(the default) does the same: each side's modules are compiled once, by an uncounted start, into
+a private PYTHONPYCACHEPREFIX. `--bytecode as-is` keeps the environment's own setting: with
+PYTHONDONTWRITEBYTECODE=1 and a venv that `uv sync` made without bytecode (as in this repo's dev
+set-up), every start compiles every module from source, about 1.2 s of CPU on this machine that
+no deployed replica pays (design.md §11).
+
 The process is `imagegate run` itself (`cli.main`), started through this file's `child` mode,
 which wraps a few functions (no behaviour changes) to note when each phase is reached:
 
@@ -23,6 +31,7 @@ which wraps a few functions (no behaviour changes) to note when each phase is re
 
     .venv/bin/python bench/startup.py             # 5 starts
     .venv/bin/python bench/startup.py --runs 9
+    .venv/bin/python bench/startup.py --first-starts   # each start writes the policies' status
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 #: Where the child writes its phases (one JSON line each: phase, wall-clock time, CPU seconds).
@@ -154,7 +163,42 @@ def rss_mib(pid: int) -> float:
     raise KeyError("VmRSS")
 
 
-def one_start(kubeconfig: Path, workdir: Path, source: Path | None) -> dict[str, float]:
+def child_env(bytecode: str, pycache: Path) -> dict[str, str]:
+    """The children's environment: bytecode compiled once and kept, as in the image, or as-is."""
+    env = dict(os.environ)
+    if bytecode == "image":
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    return env
+
+
+def clear_status(kubeconfig: Path) -> None:
+    """Every policy without a status, so the next start writes them all (`--first-starts`)."""
+    from kubernetes import client
+
+    from imagegate.cluster import kube, resources
+    from imagegate.policy import model
+
+    api = kube.api_client(kubeconfig)
+    policies = resources.PolicyResources(api)
+    objects = client.CustomObjectsApi(api)
+
+    def listed() -> list[dict[str, Any]]:
+        found = objects.list_cluster_custom_object(
+            model.GROUP, model.VERSION, resources.CLUSTER_PLURAL
+        )
+        assert isinstance(found, dict)
+        return list(found["items"])
+
+    for item in listed():
+        policies.patch_status(None, item["metadata"]["name"], {"status": None})
+    if any(item.get("status") for item in listed()):
+        raise SystemExit("--first-starts: a policy's status was not cleared")
+
+
+def one_start(
+    kubeconfig: Path, workdir: Path, source: Path | None, env: Mapping[str, str]
+) -> dict[str, float]:
     """One `imagegate run`: each phase's seconds since exec, plus cpu and rss at ready."""
     from imagegate.cluster import tls
     from imagegate.testbed import processes
@@ -173,7 +217,7 @@ def one_start(kubeconfig: Path, workdir: Path, source: Path | None) -> dict[str,
         *("--port", str(processes.free_port()), "--health-port", str(health_port)),
         "--policy-reports",
     ]
-    env = {**os.environ, PHASES_FILE: str(phases_file), "PYTHONUNBUFFERED": "1"}
+    env = {**env, PHASES_FILE: str(phases_file), "PYTHONUNBUFFERED": "1"}
     if source is not None:  # ahead of the installed (editable) package on sys.path
         env["PYTHONPATH"] = str(source)
     with open(workdir / "operator.log", "wb") as log:
@@ -224,6 +268,19 @@ def main() -> None:
         help="a directory holding another imagegate package (e.g. `git archive main operator`"
         " unpacked: its operator/): its starts alternate with the installed one's",
     )
+    parser.add_argument(
+        "--bytecode",
+        choices=["image", "as-is"],
+        default="image",
+        help="image: modules compiled once and kept, as the container image ships them"
+        " (default); as-is: the environment's own PYTHONDONTWRITEBYTECODE and caches",
+    )
+    parser.add_argument(
+        "--first-starts",
+        action="store_true",
+        help="clear every policy's status before each start, so each writes them (as a first"
+        " start, or one after policy edits, does)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
     import memory
@@ -240,21 +297,33 @@ def main() -> None:
             memory.apply_policies(plane)
             # The first start writes the policies' status (a second or more on a busy machine):
             # not counted, or whichever side starts first would pay it.
-            first = one_start(plane.kubeconfig, workdir / "first", None)
+            env = child_env(args.bytecode, workdir / "pycache")
+            first = one_start(plane.kubeconfig, workdir / "first", None, env)
             print(f"first start (writes the policies' status), not counted: {first['ready']:.2f} s")
+            if args.baseline is not None and args.bytecode == "image":
+                # The baseline's own first start: its modules compiled, not counted either.
+                one_start(plane.kubeconfig, workdir / "base-first", args.baseline, env)
             runs: dict[str, list[dict[str, float]]] = {"installed": [], "baseline": []}
             for n in range(args.runs):
-                runs["installed"].append(one_start(plane.kubeconfig, workdir / f"run-{n}", None))
+                if args.first_starts:
+                    clear_status(plane.kubeconfig)
+                installed = one_start(plane.kubeconfig, workdir / f"run-{n}", None, env)
+                runs["installed"].append(installed)
                 if args.baseline is not None:
-                    baseline = one_start(plane.kubeconfig, workdir / f"base-{n}", args.baseline)
-                    runs["baseline"].append(baseline)
+                    base = workdir / f"base-{n}"
+                    if args.first_starts:
+                        clear_status(plane.kubeconfig)
+                    runs["baseline"].append(one_start(plane.kubeconfig, base, args.baseline, env))
         finally:
             plane.stop()
     for name, timeline in runs.items():
         if timeline:
             print(f"-- {name}" + (f" ({args.baseline})" if name == "baseline" else ""))
             print_timeline(timeline)
-    print(f"{args.runs} starts; 21 policies (one with a cosign key), --policy-reports; {machine()}")
+    print(
+        f"{args.runs} starts; 21 policies (one with a cosign key), --policy-reports;"
+        f" bytecode {args.bytecode}{'; first starts' if args.first_starts else ''}; {machine()}"
+    )
 
 
 if __name__ == "__main__":

@@ -212,3 +212,22 @@ assert kube.api_client(path).configuration.host == "https://127.0.0.1:9"
 def test_a_simple_kubeconfig_is_read_without_the_client_librarys_loader() -> None:
     """kube.py: `run --kubeconfig` with a certificate or token skips requests and oauthlib."""
     assert loaded_after(RUN_IMPORTS + KUBECONFIG_CLIENT, KUBERNETES_EAGER) == []
+
+
+def test_the_run_paths_imports_read_no_source_file() -> None:
+    """pydantic's `use_attribute_docstrings` read model.py's source at every start (a fifth of its
+    import); the CRD's descriptions come from crd.py instead (test_crd.py checks the chart)."""
+    probe = (
+        "import inspect, json\n"
+        "read = []\n"
+        "real = inspect.findsource\n"
+        "def recording(thing):\n"
+        "    read.append(inspect.getsourcefile(thing) or '?')\n"
+        "    return real(thing)\n"
+        "inspect.findsource = recording\n" + RUN_IMPORTS + "print(json.dumps(read))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []

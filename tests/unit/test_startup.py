@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,132 @@ def test_loading_writes_the_policies_status_side_by_side(monkeypatch: pytest.Mon
     writes = MeetingStatusWrites()
     watch = policies.PolicyWatch(client.ApiClient(), writes)  # type: ignore[arg-type]
 
-    asyncio.run(watch.load())
+    async def load_and_flush() -> None:
+        await watch.load()
+        await watch.flush_status()
+
+    asyncio.run(load_and_flush())
 
     assert sorted(writes.written) == ["p0", "p1", "p2"]
     assert len(watch.cache.policies()) == POLICIES
+
+
+class HeldStatusWrites:
+    """Status writes that do not return until `release` is set (a slow API server)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.written: list[tuple[str, dict[str, Any]]] = []
+
+        #: (name, generation) of writes that take a while longer once released.
+        self.slow: set[tuple[str, int]] = set()
+
+    def patch_status(self, namespace: str | None, name: str, patch: dict[str, Any]) -> None:
+        if not self.release.wait(timeout=10):
+            raise AssertionError("never released")
+        if (name, patch["status"]["observedGeneration"]) in self.slow:
+            time.sleep(0.3)
+        self.written.append((name, patch))
+
+
+def watch_listing(monkeypatch: pytest.MonkeyPatch, writes: object) -> policies.PolicyWatch:
+    """A PolicyWatch whose API server lists POLICIES cluster policies with no status yet."""
+    cluster_plural = policies.PLURALS[model.CLUSTER_KIND]
+
+    def listed(self: Any, group: str, version: str, plural: str) -> dict[str, Any]:
+        names = [f"p{n}" for n in range(POLICIES)] if plural == cluster_plural else []
+        return {"items": [cluster_policy(name) for name in names]}
+
+    monkeypatch.setattr(apiserver.ApiServer, "get", lambda self, path: {"items": []})
+    monkeypatch.setattr(client.CustomObjectsApi, "list_cluster_custom_object", listed)
+    return policies.PolicyWatch(client.ApiClient(), writes)  # type: ignore[arg-type]
+
+
+def test_loading_does_not_wait_for_the_status_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The policies are enforced (and the webhook may start) while their status is written."""
+    writes = HeldStatusWrites()
+    watch = watch_listing(monkeypatch, writes)
+
+    async def load_then_release() -> list[str]:
+        await asyncio.wait_for(watch.load(), timeout=5)  # TimeoutError: it waited for them
+        enforced = sorted(policy.name for policy in watch.cache.policies())
+        assert writes.written == []
+        writes.release.set()
+        await watch.flush_status()
+        return enforced
+
+    assert asyncio.run(load_then_release()) == ["p0", "p1", "p2"]
+    assert sorted(name for name, _ in writes.written) == ["p0", "p1", "p2"]
+    (condition,) = writes.written[0][1]["status"]["conditions"]
+    assert (condition["status"], condition["reason"]) == ("True", "Compiled")
+
+
+def test_kopfs_list_during_a_pending_status_write_writes_nothing_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf lists the policies again right after loading, still without the status being
+    written: the same status is not written twice, and a policy's changed status waits for the
+    older write so it lands last."""
+    writes = HeldStatusWrites()
+    writes.slow.add(("p1", 1))
+    watch = watch_listing(monkeypatch, writes)
+    edited = {**cluster_policy("p1"), "metadata": {"name": "p1", "uid": "p1", "generation": 2}}
+    edited["spec"] = {"sources": [{"name": "cg", "images": ["cgr.dev/chainguard/**"]}]}
+
+    async def load_then_list_again() -> None:
+        await asyncio.wait_for(watch.load(), timeout=5)
+        listed_again = [
+            watch.apply({"type": "ADDED", "object": {"kind": model.CLUSTER_KIND, **body}})
+            for body in (cluster_policy("p0"), edited)
+        ]
+        gathered = asyncio.gather(*listed_again)
+        await asyncio.sleep(0.2)  # both events handled as far as they go before the release
+        writes.release.set()
+        await gathered
+        await watch.flush_status()
+
+    asyncio.run(load_then_list_again())
+
+    names = [name for name, _ in writes.written]
+    assert sorted(names) == ["p0", "p1", "p1", "p2"]
+    p1_generations = [
+        patch["status"]["observedGeneration"] for name, patch in writes.written if name == "p1"
+    ]
+    assert p1_generations == [1, 2]
+
+
+def test_loading_lists_namespaces_and_both_kinds_side_by_side(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three round trips on the start path, made at once (each waits for the other two)."""
+    together = threading.Barrier(3, timeout=10)
+    cluster_plural = policies.PLURALS[model.CLUSTER_KIND]
+
+    def namespaces(self: Any, path: str) -> dict[str, Any]:
+        together.wait()  # BrokenBarrierError if the lists come one at a time
+        return {"items": [{"metadata": {"name": "shop", "labels": {"tier": "prod"}}}]}
+
+    def listed(self: Any, group: str, version: str, plural: str) -> dict[str, Any]:
+        together.wait()
+        if plural == cluster_plural:
+            return {"items": [cluster_policy("p0")]}
+        policy = cluster_policy("p1")
+        return {"items": [{**policy, "metadata": {**policy["metadata"], "namespace": "shop"}}]}
+
+    monkeypatch.setattr(apiserver.ApiServer, "get", namespaces)
+    monkeypatch.setattr(client.CustomObjectsApi, "list_cluster_custom_object", listed)
+    writes = HeldStatusWrites()
+    writes.release.set()
+    watch = policies.PolicyWatch(client.ApiClient(), writes)  # type: ignore[arg-type]
+
+    async def load_and_flush() -> None:
+        await watch.load()
+        await watch.flush_status()
+
+    asyncio.run(load_and_flush())
+
+    assert {key for key, _ in watch.cache.items()} == {(None, "p0"), ("shop", "p1")}
+    assert watch.cache.namespaces() == {"shop": {"tier": "prod"}}
 
 
 def kubeconfig_document(user: dict[str, Any], cluster_extra: dict[str, Any]) -> dict[str, Any]:
@@ -135,3 +258,39 @@ def test_any_other_kubeconfig_is_left_to_the_client_librarys_loader(tmp_path: Pa
     assert kube._simple_kubeconfig(path) is None
     path.write_text(yaml.safe_dump(kubeconfig_document({"token": "t"}, {"proxy-url": "http://p"})))
     assert kube._simple_kubeconfig(path) is None
+
+
+def test_the_image_ships_its_modules_compiled() -> None:
+    """A guard, not a fix: without bytecode in the image (its root filesystem is read-only, so
+    none is written at run time) each start compiles every module, 1.2 s of CPU on the bench's
+    machine (`bench/startup.py --bytecode as-is`; design.md §11)."""
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    build_stage = dockerfile.split("\nFROM ")[1]
+    settings = [
+        word
+        for line in build_stage.splitlines()
+        if line.startswith("ENV ")
+        for word in line.split()
+    ]
+    assert "UV_COMPILE_BYTECODE=1" in settings
+
+
+def test_a_status_write_left_running_that_fails_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No one awaits it, so its failure is a warning (as an API error's is), not lost."""
+
+    class Unreachable:
+        def patch_status(self, namespace: str | None, name: str, patch: dict[str, Any]) -> None:
+            raise OSError("connection refused")
+
+    watch = watch_listing(monkeypatch, Unreachable())
+
+    async def load_and_flush() -> None:
+        await watch.load()
+        await watch.flush_status()
+
+    asyncio.run(load_and_flush())
+
+    assert len(watch.cache.policies()) == POLICIES
+    assert "cannot update the status of p0: connection refused" in caplog.text

@@ -126,46 +126,67 @@ class PolicyWatch:
         self.compiling: dict[PolicyKey, object] = {}
         #: How many policy compilations this replica ran (tests; the log says each one too).
         self.compilations = 0
+        #: While loading, status writes run in the background (`flush_status` awaits them).
+        self._writing_later = False
+        self._status_writes: dict[PolicyKey, tuple[asyncio.Task[None], dict[str, Any]]] = {}
 
     async def load(self) -> None:
         """List namespaces and policies once, before the webhooks may answer."""
         server = apiserver.ApiServer(self.api)
-        namespaces = await asyncio.to_thread(server.get, apiserver.core_path(None, "namespaces"))
+        objects = client.CustomObjectsApi(self.api)
+        # The three lists side by side: each is a round trip on the start path.
+        namespaces, *listed = await asyncio.gather(
+            asyncio.to_thread(server.get, apiserver.core_path(None, "namespaces")),
+            *(self._list(objects, kind, plural) for kind, plural in PLURALS.items()),
+        )
         for namespace in namespaces.get("items") or []:
             metadata = namespace.get("metadata") or {}
             if metadata.get("name"):
                 self.cache.set_namespace(metadata["name"], metadata.get("labels") or {})
-        objects = client.CustomObjectsApi(self.api)
-        for kind, plural in PLURALS.items():
-            try:
-                listed = await asyncio.to_thread(
-                    objects.list_cluster_custom_object, model.GROUP, model.VERSION, plural
-                )
-            except client.ApiException as error:
-                if error.status != 404:
-                    raise
-                # No CRD, so no policy of this kind can exist: admitting is the right answer, and
-                # refusing to start would deny every Pod in every namespace the webhook sees.
-                logger.error(
-                    "the %s CRD is not installed (%s.%s): no %s can be enforced until it is; "
-                    "install it from charts/imagegate/crds/",
-                    kind,
-                    plural,
-                    model.GROUP,
-                    kind,
-                )
-                continue
-            if not isinstance(listed, dict):
-                raise ImagegateError(f"listing {plural} returned {type(listed).__name__}")
-            # Side by side: each status write (a round trip, on a first start or after edits)
-            # waited for the one before, which kept the webhook and /readyz down ~1.5 s for 21.
+        # Side by side, and the status writes (a round trip each, on a first start or after
+        # edits) left running: they held the webhook and /readyz back (design.md §11).
+        self._writing_later = True
+        try:
             await asyncio.gather(
                 *(
                     self.apply({"type": "ADDED", "object": {"kind": kind, **body}})
-                    for body in listed.get("items", [])
+                    for (kind, _), items in zip(PLURALS.items(), listed, strict=True)
+                    for body in items
                 )
             )
+        finally:
+            self._writing_later = False
         logger.info("loaded %d policies", len(self.cache.policies()))
+
+    async def _list(
+        self, objects: client.CustomObjectsApi, kind: str, plural: str
+    ) -> list[dict[str, Any]]:
+        """Every policy of `kind`; none when its CRD is not installed."""
+        try:
+            listed = await asyncio.to_thread(
+                objects.list_cluster_custom_object, model.GROUP, model.VERSION, plural
+            )
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+            # No CRD, so no policy of this kind can exist: admitting is the right answer, and
+            # refusing to start would deny every Pod in every namespace the webhook sees.
+            logger.error(
+                "the %s CRD is not installed (%s.%s): no %s can be enforced until it is; "
+                "install it from charts/imagegate/crds/",
+                kind,
+                plural,
+                model.GROUP,
+                kind,
+            )
+            return []
+        if not isinstance(listed, dict):
+            raise ImagegateError(f"listing {plural} returned {type(listed).__name__}")
+        return list(listed.get("items", []))
+
+    async def flush_status(self) -> None:
+        """Wait for the status writes that loading left running (shutting down; tests)."""
+        await asyncio.gather(*(task for task, _ in list(self._status_writes.values())))
 
     async def apply(self, event: Mapping[str, Any]) -> None:
         body = event.get("object") or {}
@@ -279,16 +300,48 @@ class PolicyWatch:
             else current.get("lastTransitionTime", now),
         }
         patch = {"status": {"observedGeneration": generation, "conditions": [condition]}}
+        key: PolicyKey = (namespace, metadata["name"])
+        pending = self._status_writes.get(key)
+        if pending is not None and _same_status(pending[1], patch):
+            return  # kopf's list can come before the write loading left running has landed
+        if pending is not None:
+            await asyncio.wait({pending[0]})  # an older status must not land after this one
+        if self._writing_later:
+            task = asyncio.create_task(self._patch_status_later(key, patch))
+            self._status_writes[key] = (task, patch)
+            task.add_done_callback(lambda _: self._forget_write(key, task))
+            return
+        await self._patch_status(key, patch)
+
+    def _forget_write(self, key: PolicyKey, task: asyncio.Task[None]) -> None:
+        if self._status_writes.get(key, (None,))[0] is task:
+            del self._status_writes[key]
+
+    async def _patch_status_later(self, key: PolicyKey, patch: dict[str, Any]) -> None:
         try:
-            await asyncio.to_thread(
-                self.policy_api.patch_status,
-                namespace,
-                metadata["name"],
-                patch,
-            )
+            await self._patch_status(key, patch)
+        except Exception as error:  # nobody awaits this write: say why it failed, as an
+            # ApiException says (a start-up retry for a status write would be worse)
+            logger.warning("cannot update the status of %s: %s", key[1], error)
+
+    async def _patch_status(self, key: PolicyKey, patch: dict[str, Any]) -> None:
+        namespace, name = key
+        try:
+            await asyncio.to_thread(self.policy_api.patch_status, namespace, name, patch)
         except client.ApiException as error:
             # Status is for admins to read; admission does not depend on it.
-            logger.warning("cannot update the status of %s: %s", metadata["name"], error.reason)
+            logger.warning("cannot update the status of %s: %s", name, error.reason)
+
+
+def _same_status(written: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    """The same generation and Ready condition (its transition time aside)."""
+
+    def meaning(status: Mapping[str, Any]) -> tuple[Any, ...]:
+        (condition,) = status["status"]["conditions"]
+        kept = {k: v for k, v in condition.items() if k != "lastTransitionTime"}
+        return status["status"]["observedGeneration"], sorted(kept.items())
+
+    return meaning(written) == meaning(patch)
 
 
 def _fingerprint(document: Mapping[str, Any]) -> str:

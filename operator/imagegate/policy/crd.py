@@ -21,8 +21,11 @@ Anything else that cannot be expressed structurally is an error here, not a brok
 
 from __future__ import annotations
 
+import ast
+import inspect
 import sys
-from collections.abc import Mapping
+import textwrap
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import yaml
@@ -154,10 +157,57 @@ def _schema(kind: str) -> dict[str, Any]:
             "apiVersion": {"type": "string", "description": "imagegate.dev/v1alpha1"},
             "kind": {"type": "string", "description": kind},
             "metadata": {"type": "object"},
-            "spec": structural(model.PolicySpec.model_json_schema(by_alias=True)),
-            "status": structural(status.PolicyStatus.model_json_schema(by_alias=True)),
+            "spec": structural(_documented(model.PolicySpec.model_json_schema(by_alias=True))),
+            "status": structural(_documented(status.PolicyStatus.model_json_schema(by_alias=True))),
         },
     }
+
+
+def _documented(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """`schema` with each `model.Spec` field's attribute docstring as its description (unless
+    it has one), where pydantic's `use_attribute_docstrings` would put it."""
+    classes = {cls.__name__: cls for cls in _spec_models(model.Spec)}
+    documented = dict(schema)
+    definitions = {name: dict(node) for name, node in schema.get("$defs", {}).items()}
+    for node in [documented, *definitions.values()]:
+        cls = classes.get(str(node.get("title")))
+        if cls is None:
+            continue
+        docs = attribute_docstrings(cls)
+        properties = {key: dict(value) for key, value in node.get("properties", {}).items()}
+        for name, field in cls.model_fields.items():
+            key = field.alias or name
+            if name in docs and key in properties and "description" not in properties[key]:
+                properties[key]["description"] = docs[name]
+        node["properties"] = properties
+    if definitions:
+        documented["$defs"] = definitions
+    return documented
+
+
+def _spec_models(base: type[model.Spec]) -> Iterator[type[model.Spec]]:
+    for cls in base.__subclasses__():
+        yield cls
+        yield from _spec_models(cls)
+
+
+def attribute_docstrings(cls: type[Any]) -> dict[str, str]:
+    """Each `name: type` of the class body (and its bases) that a string literal follows."""
+    docs: dict[str, str] = {}
+    for klass in reversed([c for c in cls.__mro__ if issubclass(c, model.Spec)]):
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0]
+        if not isinstance(body, ast.ClassDef):
+            raise SchemaError(f"{klass.__name__}: its source is not a class")
+        for statement, following in zip(body.body, body.body[1:], strict=False):
+            if (
+                isinstance(statement, ast.AnnAssign)
+                and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[statement.target.id] = inspect.cleandoc(following.value.value)
+    return docs
 
 
 def _crd(kind: str, plural: str, short: str, scope: str) -> dict[str, Any]:

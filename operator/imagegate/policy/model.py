@@ -74,11 +74,10 @@ def _size(field: str) -> str:
 
 class Spec(pydantic.BaseModel):
     """The base of every model the CRD is made from: frozen, strict about unknown fields, and
-    documented by its attribute docstrings (they become the CRD's descriptions)."""
+    documented by its attribute docstrings (crd.py makes them the CRD's descriptions; pydantic's
+    `use_attribute_docstrings` would read this file's source at every start: design.md §11)."""
 
-    model_config = pydantic.ConfigDict(
-        frozen=True, extra="forbid", populate_by_name=True, use_attribute_docstrings=True
-    )
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 # --- namespaceSelector ------------------------------------------------------------------------
