@@ -90,7 +90,9 @@ def markdown(
         "or signature work. imagegate = `imagegate run` (default flags"
         + (f" + `{' '.join(options.imagegate_args)}`" if options.imagegate_args else "")
         + "); floor = bench/floor.py (aiohttp, parses the review, allows); policy-controller "
-        "v0.13.1 with a `static: pass` policy. vegeta runs on the same cores.",
+        "v0.13.1 with a `static: pass` policy. vegeta runs on the same cores. Python modules "
+        "are compiled before the first start, as the image ships them (bench/suite.py "
+        "`compile_as_the_image_does`).",
         "",
         "## Per webhook",
         "",
