@@ -198,11 +198,7 @@ def scan_main(settings: ScanSettings, pipe: Connection, snapshot: workers.Snapsh
 
 async def _scan(settings: ScanSettings, pipe: Connection, snapshot: workers.Snapshot) -> None:
     api = kube.api_client(settings.kubeconfig)
-    cache = policies.PolicyCache(api)
-    for key, compiled in snapshot.policies:
-        cache.set_policy(key, compiled)
-    for name, labels in snapshot.namespaces.items():
-        cache.set_namespace(name, labels)
+    cache = workers.restored_cache(snapshot, api)
     async with aiohttp.ClientSession() as session:
         scanner = _scanner(settings, api, cache, session)
         stopped = asyncio.Event()

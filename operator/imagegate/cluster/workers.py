@@ -125,6 +125,17 @@ class Snapshot:
     namespaces: dict[str, dict[str, str]]
 
 
+def restored_cache(snapshot: Snapshot, api: Any) -> policies.PolicyCache:
+    """A child's policy cache, holding `snapshot` (the parent's feed then keeps it current):
+    a worker's, or the scan process's."""
+    cache = policies.PolicyCache(api)
+    for key, compiled in snapshot.policies:
+        cache.set_policy(key, compiled)
+    for name, labels in snapshot.namespaces.items():
+        cache.set_namespace(name, labels)
+    return cache
+
+
 # --- the parent side -------------------------------------------------------------------------
 
 
@@ -409,11 +420,7 @@ async def _serve(
     settings: WorkerSettings, index: int, pipe: Connection, snapshot: Snapshot
 ) -> None:
     api = kube.api_client(settings.kubeconfig)
-    cache = policies.PolicyCache(api)
-    for key, compiled in snapshot.policies:
-        cache.set_policy(key, compiled)
-    for name, labels in snapshot.namespaces.items():
-        cache.set_namespace(name, labels)
+    cache = restored_cache(snapshot, api)
     counts = _Counts()
     background: list[asyncio.Task[None]] = []
     flushers: list[Callable[[], Awaitable[None]]] = []
