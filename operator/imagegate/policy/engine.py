@@ -28,6 +28,8 @@ from imagegate.policy import catalog as catalogue
 from imagegate.policy import glob, model, selectors
 from imagegate.policy.glob import CompiledGlob
 
+_T = TypeVar("_T")
+
 
 class Mode(enum.StrEnum):
     ENFORCE = "enforce"
@@ -48,7 +50,6 @@ KEEP_TAG = "keep"
 #: Images each compiled policy remembers its matching source and rewrite for (design.md §4:
 #: every admission asks both of every image under every applicable policy, several times).
 MEMO_SIZE = 4096
-_T = TypeVar("_T")
 #: The one kind that runs images itself; every other kind with a pod spec makes Pods from it.
 POD_KIND = ("", "Pod")
 
