@@ -235,12 +235,7 @@ def floor_process(
         process.stop()
 
 
-def prepare_cluster(api: client.ApiClient, *, policy_reports: bool) -> None:
-    """imagegate's CRDs (and PolicyReport's), one ClusterImagePolicy trusting every image,
-    namespace `shop`."""
-    local.install_crds(
-        api, extra=[yaml.safe_load(POLICY_REPORT_CRD.read_text())] if policy_reports else []
-    )
+def create_cluster_policy(api: client.ApiClient, name: str, spec: dict[str, Any]) -> None:
     client.CustomObjectsApi(api).create_cluster_custom_object(
         "imagegate.dev",
         "v1alpha1",
@@ -248,10 +243,19 @@ def prepare_cluster(api: client.ApiClient, *, policy_reports: bool) -> None:
         {
             "apiVersion": "imagegate.dev/v1alpha1",
             "kind": "ClusterImagePolicy",
-            "metadata": {"name": "everything"},
-            "spec": {"sources": [{"name": "all", "images": ["**"]}]},
+            "metadata": {"name": name},
+            "spec": spec,
         },
     )
+
+
+def prepare_cluster(api: client.ApiClient, *, policy_reports: bool) -> None:
+    """imagegate's CRDs (and PolicyReport's), one ClusterImagePolicy trusting every image,
+    namespace `shop`."""
+    local.install_crds(
+        api, extra=[yaml.safe_load(POLICY_REPORT_CRD.read_text())] if policy_reports else []
+    )
+    create_cluster_policy(api, "everything", {"sources": [{"name": "all", "images": ["**"]}]})
     client.CoreV1Api(api).create_namespace(
         client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE))
     )
@@ -425,27 +429,21 @@ def require_key_policy(api: client.ApiClient, bed: SignedBed) -> None:
     client.CoreV1Api(api).create_namespace(
         client.V1Namespace(metadata=client.V1ObjectMeta(name=SIGNED_NAMESPACE, labels=selector))
     )
-    client.CustomObjectsApi(api).create_cluster_custom_object(
-        "imagegate.dev",
-        "v1alpha1",
-        "clusterimagepolicies",
+    create_cluster_policy(
+        api,
+        "signed",
         {
-            "apiVersion": "imagegate.dev/v1alpha1",
-            "kind": "ClusterImagePolicy",
-            "metadata": {"name": "signed"},
-            "spec": {
-                "namespaceSelector": {"matchLabels": selector},
-                "sources": [
-                    {
-                        "name": "bench",
-                        "images": [bed.glob],
-                        "signatures": {
-                            "keys": [{"publicKey": bed.public_key}],
-                            "requireTransparencyLog": False,
-                        },
-                    }
-                ],
-            },
+            "namespaceSelector": {"matchLabels": selector},
+            "sources": [
+                {
+                    "name": "bench",
+                    "images": [bed.glob],
+                    "signatures": {
+                        "keys": [{"publicKey": bed.public_key}],
+                        "requireTransparencyLog": False,
+                    },
+                }
+            ],
         },
     )
 
