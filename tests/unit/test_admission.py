@@ -190,3 +190,44 @@ def test_a_patch_past_the_bound_is_a_denial_naming_it_not_a_partial_patch() -> N
         "code": 400,
         "message": f"imagegate: the patch would be larger than {admission.MAX_PATCH_BYTES} bytes",
     }
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        admission.AdmissionResponse(uid="u", allowed=True),
+        admission.AdmissionResponse(
+            uid='u"\n', allowed=True, warnings=("w",), audit_annotations={"a": "b"}
+        ),
+        admission.AdmissionResponse(
+            uid="u",
+            allowed=True,
+            warnings=("w",),
+            audit_annotations=admission.AuditAnnotations({"decision": "allowed", "d": '[{"x":1}]'}),
+        ),
+        admission.AdmissionResponse(
+            uid="u",
+            allowed=False,
+            message="no",
+            audit_annotations=admission.AuditAnnotations({"detail": "d" * 10**6}),
+        ),
+        admission.AdmissionResponse(
+            uid="u",
+            allowed=True,
+            patch=({"op": "replace", "path": "/spec/containers/0/image", "value": "x"},),
+            audit_annotations=admission.AuditAnnotations({"rewrites": "1"}),
+        ),
+        admission.AdmissionResponse(
+            uid="u",
+            allowed=True,
+            patch=tuple({"op": "add", "path": f"/x{i}", "value": "v" * 100} for i in range(20_000)),
+            audit_annotations=admission.AuditAnnotations({"rewrites": "20000"}),
+        ),
+    ],
+    ids=["bare", "plain-annotations", "shared", "clipped", "patch", "patch-past-the-bound"],
+)
+def test_the_encoded_body_is_the_review_to_send(response: admission.AdmissionResponse) -> None:
+    """`encode` (what the server sends) and `to_review` (what tests and bounds check) agree, also
+    where annotations are spliced in from their own encoding."""
+    for version in admission.SUPPORTED_VERSIONS:
+        assert json.loads(response.encode(version)) == response.to_review(version)

@@ -68,7 +68,7 @@ class ConnectionBounds:
 class ConnectionLimit:
     """Counts established connections and makes room by closing the oldest idle one.
 
-    Busy means "inside a webhook handler" (the `middleware` marks it): a connection still
+    Busy means "inside a webhook handler" (`serve` marks it): a connection still
     sending its headers, or idle between requests, is fair game.
     """
 
@@ -136,10 +136,11 @@ class ConnectionLimit:
             self._forget(handler)
             handler.force_close()
 
-    @web.middleware
-    async def middleware(
+    async def serve(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        """Answer `request` with `handler`, its connection marked busy meanwhile, and closed after
+        the response that crosses a bound."""
         protocol = request.protocol
         self._served.add(protocol)
         self._busy.add(protocol)
@@ -152,6 +153,28 @@ class ConnectionLimit:
         if self._past_bounds(protocol):
             response.force_close()  # HTTP/1.1: `Connection: close`, then aiohttp closes it
         return response
+
+
+#: Where the server serving an app puts its `ConnectionLimit` (tracked handlers look there).
+CONNECTION_LIMIT = web.AppKey("imagegate.connection_limit", ConnectionLimit)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def tracked(app: web.Application, handler: Handler) -> Handler:
+    """`handler`, counted by the `ConnectionLimit` of the server that serves `app` (none: as is).
+
+    Not an aiohttp middleware: with any middleware aiohttp runs a chain of wrappers per request,
+    which cost about a tenth of a warm admission (design.md §4.10).
+    """
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        limit = app.get(CONNECTION_LIMIT)
+        if limit is None:
+            return await handler(request)
+        return await limit.serve(request, handler)
+
+    return handle
 
 
 class CountedProtocol(asyncio.Protocol):

@@ -237,10 +237,15 @@ class Validator:
         )
         detail, detail_text = decision.derived("audit-detail", lambda: _audit_detail(decision))
         self._decisions.log("validate", request, described, decision.allowed, detail, warnings)
-        annotations = {
-            AUDIT_DECISION: "allowed" if decision.allowed else "denied",
-            AUDIT_DETAIL: detail_text,
-        }
+        annotations = decision.derived(
+            "audit-annotations",
+            lambda: admission.AuditAnnotations(
+                {
+                    AUDIT_DECISION: "allowed" if decision.allowed else "denied",
+                    AUDIT_DETAIL: detail_text,
+                }
+            ),
+        )
         if decision.allowed:
             return admission.AdmissionResponse(
                 uid=request.uid,

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from imagegate.admission import connections
 from imagegate.admission import review as admission
+from imagegate.admission.deadlines import Deadlines
 from imagegate.core import workloads
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ def outcome(response: admission.AdmissionResponse) -> str:
         return "patched" if response.patch else "allowed"
     return {400: "malformed", 500: "error", 504: "timeout"}.get(response.code, "denied")
 
+
+JSON = "application/json"
 
 #: The body bound: aiohttp's `client_max_size` on the app, and the declared length checked first.
 MAX_BODY = admission.MAX_REVIEW_BYTES
@@ -130,8 +133,10 @@ def _handler(
     deadline: float,
     observe: AnswerObserver | None = None,
     large: LargeReviews | None = None,
+    deadlines: Deadlines | None = None,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     large = large or LargeReviews()
+    deadlines = deadlines or Deadlines()
 
     async def handle(request: web.Request) -> web.Response:
         if not _is_large(request):
@@ -159,11 +164,10 @@ def _handler(
             unsupported = web.json_response({"error": refused}, status=415)
             unsupported.force_close()
             return unsupported
-        # One timeout for reading, parsing and deciding: they share the deadline, and each
-        # asyncio timeout costs a timer on the loop (design.md §4.10).
+        # One deadline for reading, parsing and deciding: they share it (design.md §4.10).
         phase = "reading"
         try:
-            async with asyncio.timeout(max(0.0, started + deadline - time.monotonic())):
+            with deadlines.within(started + deadline - time.monotonic(), request.task):
                 # Reading to the end waits for the end: a body that stops coming must not hold
                 # the handler for ever.
                 body = await _read_body(request)
@@ -211,7 +215,7 @@ def _handler(
                 observe(name, response)
             except Exception:
                 logger.exception("answer observer failed")
-        return web.json_response(response.to_review(review.api_version))
+        return web.Response(body=response.encode(review.api_version), content_type=JSON)
 
     return handle
 
@@ -242,15 +246,18 @@ def build_app(
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     large = LargeReviews(max_large_in_flight)
-    app.router.add_post("/validate", _handler("validate", validate, deadline, observe, large))
-    app.router.add_post("/mutate", _handler("mutate", mutate, deadline, observe, large))
+    deadlines = Deadlines()
+
+    def add_post(path: str, name: str, reviewer: Reviewer) -> None:
+        answer = _handler(name, reviewer, deadline, observe, large, deadlines)
+        app.router.add_post(path, connections.tracked(app, answer))
+
+    add_post("/validate", "validate", validate)
+    add_post("/mutate", "mutate", mutate)
     if validate_policy is not None:
-        app.router.add_post(
-            "/validate-policy",
-            _handler("validate-policy", validate_policy, deadline, observe, large),
-        )
-    app.router.add_get("/healthz", _healthy)
-    app.router.add_get("/readyz", _healthy)
+        add_post("/validate-policy", "validate-policy", validate_policy)
+    app.router.add_get("/healthz", connections.tracked(app, _healthy))
+    app.router.add_get("/readyz", connections.tracked(app, _healthy))
     return app
 
 
@@ -280,7 +287,7 @@ class WebhookServer:
         self.reload_interval = reload_interval
         self.bounds = bounds or connections.ConnectionBounds()
         self._limit = connections.ConnectionLimit(self.bounds)
-        app.middlewares.append(self._limit.middleware)
+        app[connections.CONNECTION_LIMIT] = self._limit  # what build_app's handlers count with
         # On stop, requests in flight get this long to finish (then they are cancelled).
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=shutdown_timeout, **self.bounds.handler_args()
