@@ -119,6 +119,8 @@ class ScanWindow:
     #: Share of the window inside a scan, taking each scan to start SCAN_INTERVAL after the
     #: last one ended (a lower bound if the next starts sooner).
     coverage: float
+    #: The same share for the floor's window during the same scans (None: not measured).
+    floor_coverage: float | None = None
 
     @property
     def durations(self) -> list[float]:
@@ -598,13 +600,22 @@ def scan_coverage(ends: Sequence[float], start: float, end: float) -> float:
     return covered / (end - start) if end > start else 0.0
 
 
-def measure_scan(bench: Bench, idle: loadgen.Side, number: int, record: Round) -> None:
-    """p99 at SCAN_RATE on the round's imagegate, then on an `imagegate run` scanning."""
+def measure_scan(
+    bench: Bench,
+    idle: loadgen.Side,
+    number: int,
+    record: Round,
+    floor: loadgen.Side | None = None,
+) -> None:
+    """p99 at SCAN_RATE on the round's imagegate, then on an `imagegate run` scanning; and the
+    floor's, idle and during the same scans, which tells this machine's contention (the scan
+    process, the API server serving its lists, etcd) from what imagegate adds to it."""
     vegeta, options, certs, workdir = bench.vegeta, bench.options, bench.certs, bench.workdir
-    record.attacks.append(
-        vegeta.attack(idle, "scan-idle", rate=SCAN_RATE, seconds=options.scan_seconds)
-    )
-    say(describe(record.attacks[-1]))
+    for side in (idle, floor) if floor is not None else (idle,):
+        record.attacks.append(
+            vegeta.attack(side, "scan-idle", rate=SCAN_RATE, seconds=options.scan_seconds)
+        )
+        say(describe(record.attacks[-1]))
     log_name = f"imagegate-scan-{number}.log"
     scanning_args = [
         *bench.imagegate_args,
@@ -626,21 +637,28 @@ def measure_scan(bench: Bench, idle: loadgen.Side, number: int, record: Round) -
         )
         after_ready(vegeta, side, fresh=True)  # warm-up, while the first scan runs
         log.wait_for(1, "first scan")
-        start = time.monotonic()
-        attack = vegeta.attack(
-            side, "scan", rate=SCAN_RATE, seconds=options.scan_seconds, settle=False
-        )
-        end = time.monotonic()
+        windows = []
+        for attacked in (side, floor) if floor is not None else (side,):
+            start = time.monotonic()
+            attack = vegeta.attack(
+                attacked, "scan", rate=SCAN_RATE, seconds=options.scan_seconds, settle=False
+            )
+            windows.append((start, time.monotonic()))
+            record.attacks.append(attack)
+            say(describe(attack))
+        end = windows[-1][1]
         log.wait_for(sum(1 for at, _ in log.scans if at < end) + 1, "scan after the window")
-        record.attacks.append(attack)
+        ends = [at for at, _ in log.scans]
         record.scan = ScanWindow(
-            list(log.scans), (start, end), scan_coverage([at for at, _ in log.scans], start, end)
+            list(log.scans),
+            windows[0],
+            scan_coverage(ends, *windows[0]),
+            scan_coverage(ends, *windows[1]) if floor is not None else None,
         )
     say(
-        describe(attack)
-        + f"; scans of {record.scan.scans[-1][1]} objects, "
+        f"scans of {record.scan.scans[-1][1]} objects, "
         + ", ".join(f"{d:.1f}" for d in record.scan.durations)
-        + f" s; {100 * record.scan.coverage:.0f} % of the window in a scan"
+        + f" s; {100 * record.scan.coverage:.0f} % of imagegate's window in a scan"
     )
 
 
@@ -701,7 +719,7 @@ def run_round(bench: Bench, number: int) -> Round:
                 measure_signed(bench, signed_sides, number, record)
         if options.scan:
             with phase("scan"):
-                measure_scan(bench, sides[0], number, record)
+                measure_scan(bench, sides[0], number, record, floor=sides[1])
     return record
 
 

@@ -101,8 +101,10 @@ def test_the_report_gives_signed_and_scan_ratios_within_a_round(bench: Any) -> N
         attack(loadgen, "policy-controller signed", "saturation", 250.0, cpu=0.8),
         attack(loadgen, "imagegate", "scan-idle", 4.0),
         attack(loadgen, "imagegate scanning", "scan", 10.0),
+        attack(loadgen, "floor", "scan-idle", 2.0),
+        attack(loadgen, "floor", "scan", 3.0),
     ]
-    record.scan = suite.ScanWindow([(0.0, 5000), (30.0, 5000)], (5.0, 25.0), 1.0)
+    record.scan = suite.ScanWindow([(0.0, 5000), (30.0, 5000)], (5.0, 25.0), 1.0, 0.5)
     text = report.markdown([record], suite.parse_options([]), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), 0.0)
     signed = text.split("## Signed images")[1].split("## ")[0]
     ratios = {
@@ -117,3 +119,6 @@ def test_the_report_gives_signed_and_scan_ratios_within_a_round(bench: Any) -> N
     row = next(line for line in scan.splitlines() if line.startswith("| 1 |"))
     assert row.split(" | ")[5] == "2.50"  # scanning p99 / idle p99
     assert "| 100 % |" in row
+    cells = row.split(" | ")
+    assert cells[10:13] == ["2.00", "3.00", "1.50"]  # the floor: idle, scanning, ratio
+    assert cells[13] == "50 % |"
