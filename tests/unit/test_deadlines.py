@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -91,3 +92,25 @@ async def test_a_deadline_in_the_past_fires_at_once() -> None:
     deadlines = Deadlines(RESOLUTION)
     with pytest.raises(TimeoutError), deadlines.within(-5.0):
         await asyncio.sleep(30)
+
+
+async def test_requests_one_after_another_in_a_slot_share_its_one_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The point of the module: a busy server sets a timer per slot, not per request, also when
+    each request has left before the next arrives."""
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    call_at = loop.call_at
+
+    def counting_call_at(when: float, *args: Any) -> asyncio.TimerHandle:
+        timers.append(when)
+        return call_at(when, *args)
+
+    monkeypatch.setattr(loop, "call_at", counting_call_at)
+    deadlines = Deadlines(resolution=60.0)
+    for _ in range(5):
+        with deadlines.within(1.0):
+            await asyncio.sleep(0)
+    assert len(timers) <= 2  # one slot, or two if the clock crossed a slot boundary
+    assert len(deadlines) == 0

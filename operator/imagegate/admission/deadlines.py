@@ -58,10 +58,12 @@ class Deadlines:
                 task.cancel()
 
     def _leave(self, bound: Bound) -> bool:
-        """Take `bound` off its slot; whether its deadline had cancelled its task."""
+        """Take `bound` off its slot; whether its deadline had cancelled its task.
+
+        An emptied slot stays until its timer fires: the next request in it then finds the
+        timer set, where dropping the slot would set another (one per request again).
+        """
         bound.tasks.discard(bound.task)
-        if not bound.tasks and self._slots.get(bound.slot) is bound.tasks:
-            del self._slots[bound.slot]  # its timer finds nothing and does nothing
         if bound.task in self._expired:
             self._expired.discard(bound.task)
             return True
