@@ -136,7 +136,8 @@ def _handler(
     deadlines: Deadlines | None = None,
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     large = large or LargeReviews()
-    deadlines = deadlines or Deadlines()
+    if deadlines is None:  # not `or`: Deadlines has a length, and an unused one is falsy
+        deadlines = Deadlines()
 
     async def handle(request: web.Request) -> web.Response:
         if not _is_large(request):
