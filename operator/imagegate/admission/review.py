@@ -196,8 +196,8 @@ class AdmissionResponse:
         if not isinstance(annotations, AuditAnnotations) or not annotations:
             return json.dumps(self.to_review(api_version)).encode()
         review = self._review(api_version, annotations=False)
-        if review["response"]["allowed"] is not self.allowed:  # a denial instead (the patch)
-            return json.dumps(self.to_review(api_version)).encode()
+        if review["response"]["allowed"] is not self.allowed:  # the patch's denial, as it is
+            return json.dumps(review).encode()
         # `response` is the review's last member, and `auditAnnotations` would be its last.
         head = json.dumps(review).encode()
         return head[:-2] + b', "auditAnnotations": ' + annotations.json + b"}}"
