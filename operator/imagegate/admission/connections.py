@@ -19,6 +19,8 @@ from aiohttp.web_protocol import RequestHandler
 
 logger = logging.getLogger(__name__)
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 
 @dataclass(frozen=True)
 class ConnectionBounds:
@@ -136,9 +138,7 @@ class ConnectionLimit:
             self._forget(handler)
             handler.force_close()
 
-    async def serve(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
+    async def serve(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Answer `request` with `handler`, its connection marked busy meanwhile, and closed after
         the response that crosses a bound."""
         protocol = request.protocol
@@ -157,8 +157,6 @@ class ConnectionLimit:
 
 #: Where the server serving an app puts its `ConnectionLimit` (tracked handlers look there).
 CONNECTION_LIMIT = web.AppKey("imagegate.connection_limit", ConnectionLimit)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def tracked(app: web.Application, handler: Handler) -> Handler:
