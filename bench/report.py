@@ -295,7 +295,7 @@ def _scan_table(rounds: Sequence[Round], options: Options) -> list[str]:
             record.find("floor", "scan-idle"),
             record.find("floor", "scan"),
         )
-        if floor_idle is None or floor_during is None or scan.floor_coverage is None:
+        if floor_idle is None or floor_during is None:
             floor_cells = f"{MISSING} | {MISSING} | {MISSING} | {MISSING}"
         else:
             floor_cells = (

@@ -119,8 +119,8 @@ class ScanWindow:
     #: Share of the window inside a scan, taking each scan to start SCAN_INTERVAL after the
     #: last one ended (a lower bound if the next starts sooner).
     coverage: float
-    #: The same share for the floor's window during the same scans (None: not measured).
-    floor_coverage: float | None = None
+    #: The same share for the floor's window, right after, during the same scans.
+    floor_coverage: float
 
     @property
     def durations(self) -> list[float]:
@@ -605,13 +605,13 @@ def measure_scan(
     idle: loadgen.Side,
     number: int,
     record: Round,
-    floor: loadgen.Side | None = None,
+    floor: loadgen.Side,
 ) -> None:
     """p99 at SCAN_RATE on the round's imagegate, then on an `imagegate run` scanning; and the
     floor's, idle and during the same scans, which tells this machine's contention (the scan
     process, the API server serving its lists, etcd) from what imagegate adds to it."""
     vegeta, options, certs, workdir = bench.vegeta, bench.options, bench.certs, bench.workdir
-    for side in (idle, floor) if floor is not None else (idle,):
+    for side in (idle, floor):
         record.attacks.append(
             vegeta.attack(side, "scan-idle", rate=SCAN_RATE, seconds=options.scan_seconds)
         )
@@ -638,7 +638,7 @@ def measure_scan(
         after_ready(vegeta, side, fresh=True)  # warm-up, while the first scan runs
         log.wait_for(1, "first scan")
         windows = []
-        for attacked in (side, floor) if floor is not None else (side,):
+        for attacked in (side, floor):
             start = time.monotonic()
             attack = vegeta.attack(
                 attacked, "scan", rate=SCAN_RATE, seconds=options.scan_seconds, settle=False
@@ -646,14 +646,14 @@ def measure_scan(
             windows.append((start, time.monotonic()))
             record.attacks.append(attack)
             say(describe(attack))
-        end = windows[-1][1]
+        end = windows[1][1]
         log.wait_for(sum(1 for at, _ in log.scans if at < end) + 1, "scan after the window")
         ends = [at for at, _ in log.scans]
         record.scan = ScanWindow(
             list(log.scans),
             windows[0],
             scan_coverage(ends, *windows[0]),
-            scan_coverage(ends, *windows[1]) if floor is not None else None,
+            scan_coverage(ends, *windows[1]),
         )
     say(
         f"scans of {record.scan.scans[-1][1]} objects, "
@@ -719,7 +719,7 @@ def run_round(bench: Bench, number: int) -> Round:
                 measure_signed(bench, signed_sides, number, record)
         if options.scan:
             with phase("scan"):
-                measure_scan(bench, sides[0], number, record, floor=sides[1])
+                measure_scan(bench, sides[0], number, record, sides[1])
     return record
 
 
