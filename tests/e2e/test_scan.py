@@ -255,6 +255,9 @@ async def test_one_object_that_cannot_be_judged_costs_no_other_report(
             core.delete_namespace(name)
 
 
+LIST_PLURALS = {plural for _, plural in reports.SCANNED.values()}
+
+
 def _namespace_with_pods(api: client.ApiClient, count: int, image: str) -> str:
     core = client.CoreV1Api(api)
     name = f"scan-{uuid.uuid4().hex[:8]}"
@@ -285,9 +288,16 @@ async def test_the_scan_lists_in_pages_and_follows_continue_tokens(
         return call_api(method, url, *args, **kwargs)
 
     monkeypatch.setattr(api, "call_api", recording)
+    rests: list[float] = []
+
+    async def resting(seconds: float) -> None:
+        rests.append(seconds)
+
     try:
         scanner = scan.PolicyReportScanner(
-            api, _Policies(_policy(namespace, {"sources": [CHAINGUARD]}))
+            api,
+            _Policies(_policy(namespace, {"sources": [CHAINGUARD]})),
+            pace=scan.Pace(0.5, sleep=resting),
         )
         summary = await scanner.scan_once()
         assert summary.complete
@@ -298,6 +308,59 @@ async def test_the_scan_lists_in_pages_and_follows_continue_tokens(
         assert all(query.get("limit") == "2" for query in pod_lists)
         assert "continue" not in pod_lists[0]
         assert all(query.get("continue") for query in pod_lists[1:])
+        # The scan rests after every page it reads (of every kind) and every report it writes.
+        lists = [path for path, _ in requests if path.rpartition("/")[2] in LIST_PLURALS]
+        assert len(rests) >= len(lists) + len(summary.written)
+        assert all(r > 0 for r in rests)
+    finally:
+        client.CoreV1Api(api).delete_namespace(namespace)
+
+
+async def test_a_report_that_would_say_the_same_is_not_written_again(
+    api: client.ApiClient, crds: None
+) -> None:
+    """design.md §14: a scan that finds what the stored report says leaves it alone (its
+    resourceVersion does not move); a new finding, or an edit by anyone else, is written."""
+    namespace = _namespace_with_pods(api, 3, "ghcr.io/acme/api:1")
+    objects = client.CustomObjectsApi(api)
+    try:
+        scanner = scan.PolicyReportScanner(
+            api, _Policies(_policy(namespace, {"sources": [CHAINGUARD]}))
+        )
+        first = await scanner.scan_once()
+        assert namespace in first.written
+        stored = report(api, namespace) or {}
+        version = stored["metadata"]["resourceVersion"]
+
+        again = await scanner.scan_once()
+        assert namespace in again.unchanged
+        assert namespace not in again.written
+        assert (report(api, namespace) or {})["metadata"]["resourceVersion"] == version
+
+        # Someone rewrites a row by hand (another field manager): the next scan puts it back.
+        stored["results"][0]["message"] = "all fine here"
+        objects.replace_namespaced_custom_object(
+            reports.GROUP,
+            reports.VERSION,
+            namespace,
+            reports.PLURAL,
+            reports.REPORT_NAME,
+            stored,
+            field_manager="kubectl-edit",
+        )
+        restored = await scanner.scan_once()
+        assert namespace in restored.written
+        messages = [r["message"] for r in (report(api, namespace) or {})["results"]]
+        assert "all fine here" not in messages
+        assert len(messages) == 3
+
+        # A new finding: a fourth Pod is a fourth row.
+        client.CoreV1Api(api).create_namespaced_pod(
+            namespace, pod_body("app-new", "ghcr.io/acme/api:2")
+        )
+        found = await scanner.scan_once()
+        assert namespace in found.written
+        assert len((report(api, namespace) or {})["results"]) == 4
     finally:
         client.CoreV1Api(api).delete_namespace(namespace)
 

@@ -405,7 +405,7 @@ def test_operator_flags_follow_the_values(helm: Helm) -> None:
     args = container(helm.template())["args"]
     assert args[0] == "run"
     assert {"--port=8443", "--health-port=8081", "--host=0.0.0.0", "--log-format=json"} <= set(args)
-    assert {"--policy-reports", "--scan-interval=300"} <= set(args)
+    assert {"--policy-reports", "--scan-interval=300", "--scan-duty=0.5"} <= set(args)
     assert "--no-events" not in args
     assert not any(arg.startswith("--insecure-registry") for arg in args)
     args = container(
@@ -425,7 +425,9 @@ def test_operator_flags_follow_the_values(helm: Helm) -> None:
     assert "--log-format=text" in args
     assert "--no-events" in args
     assert "--policy-reports" not in args
-    assert not any(arg.startswith("--scan-interval") for arg in args)
+    assert not any(arg.startswith(("--scan-interval", "--scan-duty")) for arg in args)
+    paced = container(helm.template("--set-json", "policyReports.duty=0.2"))["args"]
+    assert "--scan-duty=0.2" in paced
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from imagegate.admission import review as admission
 from imagegate.commands import cli
 from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
-from imagegate.trail import logs
+from imagegate.trail import logs, scan
 
 LOGGER = "imagegate.admission.decisions"
 
@@ -148,6 +148,11 @@ def test_run_takes_the_flags_with_their_defaults() -> None:
     assert defaults.log_admits == "sampled"
     assert defaults.stale_digest_ttl == 3600.0
     assert defaults.mutate_budget is None
+    assert defaults.scan_duty == scan.DUTY
+    assert parser.parse_args([*base, "--scan-duty", "0.2"]).scan_duty == 0.2
+    for refused in ("0", "1.5", "nan"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, "--scan-duty", refused])
     given = parser.parse_args(
         [*base, "--log-admits", "all", "--stale-digest-ttl", "60", "--mutate-budget", "2"]
     )

@@ -176,7 +176,9 @@ def test_the_report_is_ordered_counted_and_capped() -> None:
         "skip": 0,
     }
     assert len(body["results"]) == reports.MAX_RESULTS
-    assert body["metadata"]["annotations"] == {"imagegate.dev/truncated": "6 results not listed"}
+    annotations = body["metadata"]["annotations"]
+    assert annotations["imagegate.dev/truncated"] == "6 results not listed"
+    assert set(annotations) == {"imagegate.dev/truncated", reports.DIGEST_ANNOTATION}
     names = [r["resources"][0]["name"] for r in body["results"]]
     assert names == sorted(names)
     assert body["results"][0]["timestamp"] == {"seconds": int(NOW.timestamp()), "nanos": 0}
@@ -237,3 +239,74 @@ def test_a_namespace_keeps_the_rows_its_report_lists_and_counts_every_one() -> N
     assert reports.report("shop", held.listed(), NOW, counts=held.counts) == reports.report(
         "shop", every, NOW
     )
+
+
+def _stored(body: dict[str, Any], *managers: str) -> reports.StoredReport:
+    """`body` as the scan's metadata-only list would show it once stored."""
+    metadata = {
+        **body["metadata"],
+        "resourceVersion": "7",
+        "managedFields": [{"manager": manager, "operation": "Update"} for manager in managers],
+    }
+    return reports.StoredReport.from_metadata(metadata)
+
+
+def test_a_report_that_would_say_the_same_is_seen_as_such_and_any_change_is_not() -> None:
+    """The digest covers every row and the summary but not the time: the same findings an hour
+    later are not stored again; a changed message, result or count, or a hand edit, are."""
+    objs = [with_namespace(deployment(f"ghcr.io/acme/app{n}:1")) for n in range(3)]
+    for n, obj in enumerate(objs):
+        obj["metadata"]["name"] = f"web-{n}"
+    rows = [row for obj in objs for row in reports.results_for(obj, decide(obj, REWRITE, WARN))]
+    first = reports.report("shop", rows, NOW)
+    stored = _stored(first, reports.FIELD_MANAGER)
+    assert stored.resource_version == "7"
+    later = reports.report("shop", rows, NOW + datetime.timedelta(hours=1))
+    assert later["results"][0]["timestamp"] != first["results"][0]["timestamp"]
+    assert stored.says(later)
+
+    reworded = [rows[0]._replace(message=rows[0].message + "!"), *rows[1:]]
+    assert not stored.says(reports.report("shop", reworded, NOW))
+    passing = [rows[0]._replace(result="pass"), *rows[1:]]
+    assert not stored.says(reports.report("shop", passing, NOW))
+    fewer = reports.report("shop", rows[1:], NOW)
+    assert not stored.says(fewer)
+    more_counted = reports.report("shop", rows, NOW, counts={"fail": len(rows) + 1})
+    assert not stored.says(more_counted)
+
+    assert not _stored(first, reports.FIELD_MANAGER, "kubectl-edit").says(later)
+    assert not _stored(first, "kubectl-client-side-apply").says(later)
+    assert not _stored(first).says(later)
+    unsigned = {**first, "metadata": {**first["metadata"], "annotations": {}}}
+    assert not _stored(unsigned, reports.FIELD_MANAGER).says(later)
+
+
+async def test_the_pace_rests_in_proportion_to_the_work_and_not_between_scans() -> None:
+    """scan.Pace: at duty 0.25 each slice of work is followed by three times as long a rest;
+    the time before `restart()` (waiting for the next scan) is not counted as work."""
+    now = [100.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    pace = scan.Pace(0.25, clock=lambda: now[0], sleep=sleep)
+    now[0] += 50.0  # idle until the scan starts
+    pace.restart()
+    now[0] += 0.2  # a page read and judged
+    await pace.rest()
+    now[0] += 0.1  # a report written
+    await pace.rest()
+    assert slept == pytest.approx([0.6, 0.3])
+
+    flat_out = scan.Pace(1.0, clock=lambda: now[0], sleep=sleep)
+    now[0] += 5.0
+    await flat_out.rest()
+    assert len(slept) == 2  # duty 1: no rest at all
+
+
+@pytest.mark.parametrize("duty", [0.0, -0.5, 1.5, float("nan")])
+def test_a_duty_outside_zero_to_one_is_refused(duty: float) -> None:
+    with pytest.raises(ValueError, match="share of the time"):
+        scan.Pace(duty)

@@ -114,6 +114,8 @@ class OperatorConfig:
     events: bool = True
     policy_reports: bool = False
     scan_interval: float = 300.0
+    #: The share of the time a background scan works; it pauses for the rest (scan.Pace).
+    scan_duty: float = scan.DUTY
     #: Secrets, ConfigMaps and ServiceAccounts (keys, trust roots, pull secrets): how long a read
     #: is fresh, and how long past that it is still served while the API server is unreachable.
     material_ttl: float = field(
@@ -374,6 +376,7 @@ async def _start(state: _State) -> None:
             signatures,
             keychains=keychains,
             own_namespace=config.namespace,
+            pace=scan.Pace(config.scan_duty),
         )
         state.watch.policy_listeners.append(scanner.trigger)
         _background(state, "policy report scan", lambda: scanner.run(config.scan_interval))
@@ -436,6 +439,7 @@ def _scan_settings(config: OperatorConfig) -> scanning.ScanSettings:
         material_stale_for=config.material_stale_for,
         heap_trim_interval=config.heap_trim_interval,
         log_format=config.log_format,
+        duty=config.scan_duty,
     )
 
 

@@ -63,6 +63,8 @@ class ScanSettings:
     material_stale_for: float
     heap_trim_interval: float = heap.TRIM_INTERVAL
     log_format: str = "text"
+    #: The share of the time a scan works (scan.Pace).
+    duty: float = scan.DUTY
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,7 @@ def _scanner(
         signatures,
         keychains=credentials.ClusterKeychains(material, settings.namespace),
         own_namespace=settings.namespace,
+        pace=scan.Pace(settings.duty),
     )
 
 

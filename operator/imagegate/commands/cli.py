@@ -66,6 +66,13 @@ def _worker_count(value: str) -> int:
         raise argparse.ArgumentTypeError("a count of at least 1, or auto") from error
 
 
+def _duty(value: str) -> float:
+    duty = float(value)
+    if not 0 < duty <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"a share of the time, in (0, 1]: not {value}")
+    return duty
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     # The run path's imports make ~70,000 objects that live as long as the process: without
     # the collector's passes over them while they are made (5% of start-up), and out of its
@@ -112,6 +119,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             events=args.events,
             policy_reports=args.policy_reports,
             scan_interval=args.scan_interval,
+            scan_duty=args.scan_duty,
             workers=args.workers,
             log_format=args.log_format,
         )
@@ -367,6 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--scan-interval", type=float, default=300.0, help="seconds between background scans"
+    )
+    run.add_argument(
+        "--scan-duty",
+        type=_duty,
+        default=0.5,  # trail/scan.py DUTY
+        help="share of the time a background scan works, in (0, 1]: after each page it reads "
+        "and each report it writes it pauses for the rest, so that it and the API server leave "
+        "the cores to admission (0.25: a scan takes 4 times as long; 1: no pauses)",
     )
     run.add_argument(
         "--deadline",

@@ -11,7 +11,9 @@ kind (a Deployment's ReplicaSets and Pods, a CronJob's Jobs) are skipped. Namesp
 never sees (kube-system, imagegate's own, the opt-out label) are not scanned. Nothing here is on
 the admission path: a missing CRD or an RBAC refusal is logged, and scanning goes on. When the
 operator process serves the webhooks itself, the scan runs in a process of its own
-(cluster/scanning.py, design.md §14), so its CPU never delays an admission.
+(cluster/scanning.py, design.md §14), so its CPU never delays an admission. What it costs the
+API server is bounded too (§14): a report that would say what the stored one says is not
+written again, and the scan pauses between pages and writes (`Pace`, `--scan-duty`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import datetime
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +47,9 @@ OBJECT_DEADLINE = 10.0
 PAGE_SIZE = 100
 #: Objects read between two returns to the event loop, where admission requests wait.
 YIELD_EVERY = 1
+#: The share of the wall clock a scan works by default: it pauses after each page and each
+#: report write for the rest (design.md §14).
+DUTY = 0.5
 #: Asks a LIST for PartialObjectMetadataList: each item's metadata, not the object.
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
@@ -58,6 +63,37 @@ def scanned_namespace(name: str, labels: Mapping[str, str], own_namespace: str) 
     )
 
 
+class Pace:
+    """Keeps a scan to `duty` of the wall clock: after each slice of work (a page read and
+    judged, a report written) it pauses in proportion, so that the scan, and the API server it
+    keeps busy, leave the node's cores to admission most of the time. The work is timed on the
+    wall clock, not the scan's CPU: waiting for the API server is the API server working."""
+
+    def __init__(
+        self,
+        duty: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not 0 < duty <= 1:
+            raise ValueError(f"a scan's duty is a share of the time, in (0, 1]: not {duty}")
+        self._rest_per_work = 1 / duty - 1
+        self._clock = clock
+        self._sleep = sleep
+        self._since = clock()
+
+    def restart(self) -> None:
+        """A new slice of work starts now (time spent waiting between scans is not work)."""
+        self._since = self._clock()
+
+    async def rest(self) -> None:
+        """End a slice of work: pause for its share of rest, and start the next."""
+        if self._rest_per_work:
+            await self._sleep((self._clock() - self._since) * self._rest_per_work)
+        self._since = self._clock()
+
+
 # -- I/O ------------------------------------------------------------------------------------------
 
 
@@ -65,6 +101,8 @@ def scanned_namespace(name: str, labels: Mapping[str, str], own_namespace: str) 
 class ScanSummary:
     objects: int = 0
     written: list[str] = field(default_factory=list)
+    #: Namespaces whose stored report already says what this scan found: not written again.
+    unchanged: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     #: False when some kind could not be listed: reports are then written but none deleted.
@@ -88,6 +126,7 @@ class PolicyReportScanner:
         keychains: webhook.KeychainSource | None = None,
         own_namespace: str = "imagegate-system",
         clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+        pace: Pace | None = None,
     ) -> None:
         self._api = api
         self._policies = policies
@@ -95,6 +134,7 @@ class PolicyReportScanner:
         self._keychains = keychains
         self._own_namespace = own_namespace
         self._clock = clock
+        self._pace = pace or Pace(DUTY)
         self._wake = asyncio.Event()
         self._crd_missing = False
 
@@ -128,6 +168,7 @@ class PolicyReportScanner:
         #: Namespaces whose objects could not all be judged: their reports are kept, not deleted.
         keep: set[str] = set()
         read = 0
+        self._pace.restart()
         async for obj in self._objects(summary):
             if read % YIELD_EVERY == 0:
                 # judge() holds the loop while it runs: let admission in between objects.
@@ -139,9 +180,13 @@ class PolicyReportScanner:
             for outcome, count in results.counts.items():
                 summary.counts[outcome] = summary.counts.get(outcome, 0) + count
         logger.info(
-            "background scan: %d objects, %s in %.1fs",
+            "background scan: %d objects, %s; reports: %d written, %d unchanged, %d deleted; "
+            "in %.1fs",
             summary.objects,
             ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items())) or "no results",
+            len(summary.written),
+            len(summary.unchanged),
+            len(summary.deleted),
             time.monotonic() - started,
         )
         return summary
@@ -225,6 +270,7 @@ class PolicyReportScanner:
                     break
                 for item in page.get("items") or []:
                     yield {**item, "apiVersion": api_version, "kind": kind}
+                await self._pace.rest()  # the page is judged
                 continue_from = (page.get("metadata") or {}).get("continue") or ""
                 if not continue_from:
                     break
@@ -258,18 +304,18 @@ class PolicyReportScanner:
             logger.warning("cannot list PolicyReports: %s (%s)", error.reason, error.status)
             return
         self._crd_missing = False
-        versions = {
-            item["metadata"]["namespace"]: item["metadata"].get("resourceVersion")
+        stored = {
+            item["metadata"]["namespace"]: reports.StoredReport.from_metadata(item["metadata"])
             for item in existing.get("items") or []
             if item["metadata"].get("name") == reports.REPORT_NAME
         }
         now = self._clock()
         for namespace, results in sorted(by_namespace.items()):
             try:
-                await asyncio.to_thread(
-                    self._put, objects, namespace, results, now, versions.get(namespace)
+                written = await asyncio.to_thread(
+                    self._put, objects, namespace, results, now, stored.get(namespace)
                 )
-                summary.written.append(namespace)
+                (summary.written if written else summary.unchanged).append(namespace)
             except client.ApiException as error:
                 # A conflict (another replica wrote it) is fine: the next cycle writes again.
                 logger.warning(
@@ -279,12 +325,13 @@ class PolicyReportScanner:
                     error.reason,
                     error.status,
                 )
+            await self._pace.rest()  # a report is written: the API server's work, mostly
         if not summary.complete:
             # A kind that could not be listed (a 403, a 500) is not a kind with no violations:
             # deleting on a partial view would make reports flap with every transient error.
             logger.warning("background scan incomplete: no PolicyReport is deleted this cycle")
             return
-        for namespace in sorted(set(versions) - set(by_namespace) - keep):
+        for namespace in sorted(set(stored) - set(by_namespace) - keep):
             try:
                 await asyncio.to_thread(
                     objects.delete_namespaced_custom_object,
@@ -303,6 +350,7 @@ class PolicyReportScanner:
                         reports.REPORT_NAME,
                         error.reason,
                     )
+            await self._pace.rest()
 
     @staticmethod
     def _report_metadata(objects: client.CustomObjectsApi) -> dict[str, Any]:
@@ -328,14 +376,17 @@ class PolicyReportScanner:
         namespace: str,
         results: reports.NamespaceResults,
         now: datetime.datetime,
-        version: str | None,
-    ) -> None:
-        """Create or replace one report, built here (off the event loop: a thousand rows take
-        tens of milliseconds), and leave the stored copy the API server answers with unread."""
+        stored: reports.StoredReport | None,
+    ) -> bool:
+        """Create or replace one report unless the stored one says the same (whether it was
+        written). Built here, off the event loop (a thousand rows take tens of milliseconds);
+        the stored copy the API server answers with is left unread."""
         body = reports.report(namespace, results.listed(), now, counts=results.counts)
+        if stored is not None and stored.says(body):
+            return False
         response: Any
-        if version is not None:
-            body["metadata"]["resourceVersion"] = version
+        if stored is not None:
+            body["metadata"]["resourceVersion"] = stored.resource_version
             response = objects.replace_namespaced_custom_object(
                 reports.GROUP,
                 reports.VERSION,
@@ -343,6 +394,7 @@ class PolicyReportScanner:
                 reports.PLURAL,
                 reports.REPORT_NAME,
                 body,
+                field_manager=reports.FIELD_MANAGER,
                 _preload_content=False,
             )
         else:
@@ -352,6 +404,8 @@ class PolicyReportScanner:
                 namespace,
                 reports.PLURAL,
                 body,
+                field_manager=reports.FIELD_MANAGER,
                 _preload_content=False,
             )
         response.release_conn()
+        return True
