@@ -274,7 +274,9 @@ def _scan_table(rounds: Sequence[Round], options: Options) -> list[str]:
         "end line. Scan seconds: end to end of each scan after the first, less the interval. "
         f"The floor: {SCAN_RATE}/s for as long, idle (before the scanning process starts) and "
         "right after imagegate's window, during the same back-to-back scans: its ratio is what "
-        "this machine's contention alone costs a trivial webhook.",
+        "this machine's contention alone costs a trivial webhook. Scans after the first find "
+        "what its reports say and write none (a steady cluster's scan, at the default "
+        "`--scan-duty`); `bench/scan.py` also measures scans that rewrite every report.",
         "",
         "| round | idle p50 ms | idle p99 ms | scanning p50 ms | scanning p99 ms "
         "| p99 scanning/idle | admitted while scanning | objects a scan | scan s "

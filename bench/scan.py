@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,46 @@ def edit_trigger(api: client.ApiClient) -> None:
     )
 
 
+#: The cluster policy whose edits change every bench namespace's report: it applies to all of
+#: them (no namespace selector), and toggling it between warn and enforce turns its rows from
+#: warn to fail and back.
+CHANGING_POLICY = "policy-00"
+
+
+def edit_every_report(api: client.ApiClient) -> None:
+    """A policy change that every report shows: each scan after it rewrites all 50 reports."""
+    objects = client.CustomObjectsApi(api)
+    current = objects.get_cluster_custom_object(
+        "imagegate.dev", "v1alpha1", "clusterimagepolicies", CHANGING_POLICY
+    )
+    current["spec"]["mode"] = "enforce" if current["spec"]["mode"] == "warn" else "warn"
+    objects.replace_cluster_custom_object(
+        "imagegate.dev", "v1alpha1", "clusterimagepolicies", CHANGING_POLICY, current
+    )
+
+
+def reports_stored(api: client.ApiClient) -> int:
+    """PolicyReport creates and replaces the API server has served so far (its
+    apiserver_request_total): whether a scan wrote its reports, or found them unchanged."""
+    method, url, headers, body, post = api.param_serialize(
+        method="GET",
+        resource_path="/metrics",
+        header_params={"Accept": "text/plain"},
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(method, url, headers, body, post)
+    response.read()  # type: ignore[no-untyped-call]
+    total = 0
+    for line in (response.data or b"").decode().splitlines():
+        if (
+            line.startswith("apiserver_request_total{")
+            and 'resource="policyreports"' in line
+            and ('verb="PUT"' in line or 'verb="POST"' in line)
+        ):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
 class OperatorLog:
     """The finished scans in the operator's JSON log (scan.py: "background scan: ... in Ns")."""
 
@@ -237,6 +278,38 @@ def memory(pid: int) -> str:
     return f"{'; '.join(parts)}; PSS sum {total:.0f} MiB"
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (0 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuShares:
+    """CPU seconds each process spends over a window: the serving process, its scan process,
+    kube-apiserver and etcd (what a scan costs the machine, and who pays it)."""
+
+    def __init__(self, operator: int, plane: dict[str, int]) -> None:
+        self.operator = operator
+        self.plane = plane
+
+    def now(self) -> dict[str, float]:
+        found = {"serving": cpu_seconds(self.operator)}
+        found["scan process"] = sum(cpu_seconds(each) for each in children(self.operator))
+        for name, pid in self.plane.items():
+            found[name] = cpu_seconds(pid)
+        return found
+
+    @staticmethod
+    def spent(before: dict[str, float], after: dict[str, float]) -> str:
+        # The scan process may restart between samples: a negative delta is shown as 0.
+        return ", ".join(
+            f"{name} {max(0.0, after[name] - before.get(name, 0.0)):.1f}" for name in after
+        )
+
+
 async def sample_peaks(pid: int) -> None:
     """`PSS_PEAKS` kept up to date while the bench runs (once a second)."""
     while True:
@@ -252,12 +325,17 @@ async def wait_for_scans(log: OperatorLog, count: int, timeout: float) -> None:
         await asyncio.sleep(0.5)
 
 
-async def keep_scanning(api: client.ApiClient, log: OperatorLog, stop: asyncio.Event) -> bool:
+async def keep_scanning(
+    api: client.ApiClient,
+    log: OperatorLog,
+    stop: asyncio.Event,
+    edit: Callable[[client.ApiClient], None],
+) -> bool:
     """A policy edit now, and again after every scan that finishes, until `stop`; whether the
     last edit's scan is still to finish."""
     seen = len(log.scans())
     while not stop.is_set():
-        await asyncio.to_thread(edit_trigger, api)
+        await asyncio.to_thread(edit, api)
         while len(log.scans()) <= seen:
             if stop.is_set():
                 return True
@@ -293,36 +371,52 @@ async def measure(
     api: client.ApiClient,
     operator: local.LocalOperator,
     cafile: Path,
-    ratios: list[float],
+    ratios: dict[str, list[float]],
     rounds: int = ROUNDS,
+    plane: dict[str, int] | None = None,
 ) -> None:
     url = f"{operator.url}/validate"
     log = OperatorLog(operator.process.log_path)
     pid = operator.process.pid or 0
     sampling = asyncio.create_task(sample_peaks(pid))
+    shares = CpuShares(pid, plane or {})
     await wait_for_scans(log, 1, FIRST_SCAN_TIMEOUT)
     print(f"first scan: {log.scans()[0][0]} objects in {log.scans()[0][1]:.1f} s; {memory(pid)}")
     for round_ in range(1, rounds + 1):
         before = len(log.scans())
+        cpu_start = shares.now()
         idle = figures(await window(url, cafile))
         idle_scans = len(log.scans()) - before
-        stop = asyncio.Event()
-        scanning = asyncio.create_task(keep_scanning(api, log, stop))
-        started = len(log.scans())
-        try:
-            during = figures(await window(url, cafile))
-        finally:
-            stop.set()
-            pending = await scanning
-        scans = ", ".join(f"{s:.1f}" for _, s in log.scans()[started:]) or "none finished"
-        ratios.append(during[1] / idle[1])
         print(
-            f"round {round_}: idle p50 {idle[0]:.2f} ms, p99 {idle[1]:.2f} ms "
-            f"({idle_scans} scans); scanning p50 {during[0]:.2f} ms, p99 {during[1]:.2f} ms; "
-            f"p99 ratio {ratios[-1]:.2f}; scans took {scans} s; {memory(pid)}"
+            f"round {round_}: idle p50 {idle[0]:.2f} ms, p99 {idle[1]:.2f} ms ({idle_scans} "
+            f"scans); CPU s {shares.spent(cpu_start, shares.now())}"
         )
-        # The window's last scan ends before the next idle window starts.
-        await wait_for_scans(log, len(log.scans()) + pending, FIRST_SCAN_TIMEOUT)
+        for kind, edit in (
+            ("unchanged", edit_trigger),
+            ("every report changed", edit_every_report),
+        ):
+            stop = asyncio.Event()
+            cpu_before = shares.now()
+            stored_before = await asyncio.to_thread(reports_stored, api)
+            scanning = asyncio.create_task(keep_scanning(api, log, stop, edit))
+            started = len(log.scans())
+            try:
+                during = figures(await window(url, cafile))
+            finally:
+                stop.set()
+                pending = await scanning
+            cpu_after = shares.now()
+            stored = await asyncio.to_thread(reports_stored, api) - stored_before
+            scans = ", ".join(f"{s:.1f}" for _, s in log.scans()[started:]) or "none finished"
+            ratios.setdefault(kind, []).append(during[1] / idle[1])
+            print(
+                f"round {round_}, scanning, results {kind}: p50 {during[0]:.2f} ms, p99 "
+                f"{during[1]:.2f} ms; p99 ratio {ratios[kind][-1]:.2f}; scans took {scans} s; "
+                f"{stored} reports stored; CPU s {shares.spent(cpu_before, cpu_after)}; "
+                f"{memory(pid)}"
+            )
+            # The window's last scan ends before the next window starts.
+            await wait_for_scans(log, len(log.scans()) + pending, FIRST_SCAN_TIMEOUT)
     sampling.cancel()
 
 
@@ -340,6 +434,9 @@ def main() -> None:
         default=0,
         help="an experiment: the test bed's kube-apiserver and etcd at this nice value (in a "
         "cluster they do not share the webhook's cores)",
+    )
+    parser.add_argument(
+        "--scan-duty", default="", help="imagegate run --scan-duty (default: its own default)"
     )
     parser.add_argument(
         "--rounds",
@@ -361,11 +458,15 @@ def main() -> None:
             apply_policies(api)
             print(f"created {WORKLOADS} workloads in {time.perf_counter() - started:.0f} s")
             extra = ["--policy-reports", "--scan-interval=3600", "--log-format=json"]
-            ratios: list[float] = []
+            ratios: dict[str, list[float]] = {}
             with local.operator_process(
                 plane.kubeconfig,
                 Path(workdir) / "operator",
-                extra_args=[*extra, f"--workers={args.workers}"],
+                extra_args=[
+                    *extra,
+                    f"--workers={args.workers}",
+                    *([f"--scan-duty={args.scan_duty}"] if args.scan_duty else []),
+                ],
             ) as operator:
                 cafile = Path(workdir) / "ca.crt"
                 cafile.write_bytes(operator.ca_pem)
@@ -373,16 +474,20 @@ def main() -> None:
                 if args.sched_idle:
                     for child in children(operator.process.pid or 0):
                         os.sched_setscheduler(child, os.SCHED_IDLE, os.sched_param(0))
-                asyncio.run(measure(api, operator, cafile, ratios, args.rounds))
+                plane_pids = dict(zip(("kube-apiserver", "etcd"), plane.pids(), strict=True))
+                asyncio.run(measure(api, operator, cafile, ratios, args.rounds, plane_pids))
                 print(f"PSS peaks: {PSS_PEAKS}; sum {sum(PSS_PEAKS.values()):.0f} MiB")
         finally:
             plane.stop()
-    sched = " (scan SCHED_IDLE)" if args.sched_idle else ""
+    sched = f" --scan-duty={args.scan_duty}" if args.scan_duty else ""
+    sched += " (scan SCHED_IDLE)" if args.sched_idle else ""
     sched += f" (kube-apiserver and etcd at nice {args.plane_nice})" if args.plane_nice else ""
     print(
         f"`imagegate run --workers {args.workers}`{sched}: {WORKLOADS} workloads ({NAMESPACES} "
         f"namespaces, half Pods, half Deployments), 20 policies, {RATE} req/s for {WINDOW:.0f} s "
-        f"a window; p99 ratios {', '.join(f'{r:.2f}' for r in ratios)}; {machine()}"
+        f"a window; p99 ratios scanning/idle: "
+        + "; ".join(f"results {k} {', '.join(f'{r:.2f}' for r in v)}" for k, v in ratios.items())
+        + f"; {machine()}"
     )
 
 
