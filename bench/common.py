@@ -25,7 +25,7 @@ class StaticPolicies:
     """The twenty policies as a webhook PolicySource, for namespace shop's labels."""
 
     def __init__(self) -> None:
-        self._policies = twenty_policies()
+        self._policies = engine.PolicySet(twenty_policies())  # as PolicyCache holds them
 
     def policies(self) -> Sequence[engine.CompiledPolicy]:
         return self._policies

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from imagegate.cluster import policies as policies_module
 from imagegate.core import workloads
 from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
@@ -190,6 +191,36 @@ def test_applicable_orders_cluster_policies_first_then_by_name(mode: Mode) -> No
         policy("a", mode=mode.value, sources=[CHAINGUARD]),
     ]
     assert [p.display_name for p in engine.applicable(policies, "ns", {})] == ["a", "z", "ns/b"]
+
+
+def test_a_policy_set_answers_as_the_plain_list_and_follows_a_namespace_relabelled() -> None:
+    """PolicySet keeps what applies per namespace: the same answer as working it out afresh,
+    for each namespace on its own, worked out again when the labels differ; a copy each time."""
+    policies = [
+        policy("b", namespace="ns", sources=[CHAINGUARD]),
+        policy("z", sources=[CHAINGUARD]),
+        policy("gated", sources=[CHAINGUARD], namespaceSelector={"matchLabels": {"gate": "on"}}),
+    ]
+    kept = engine.PolicySet(policies)
+    cases = [("ns", {}), ("other", {}), ("ns", {"gate": "on"}), ("other", {"gate": "on"})]
+    for namespace, labels in [*cases, *cases]:  # the second pass is served from the memo
+        expected = engine.applicable(list(policies), namespace, labels)
+        assert engine.applicable(kept, namespace, labels) == expected, (namespace, labels)
+    given = engine.applicable(kept, "ns", {})
+    given.clear()
+    assert [p.display_name for p in engine.applicable(kept, "ns", {})] == ["z", "ns/b"]
+
+
+def test_the_cache_gives_one_policy_set_until_a_policy_changes() -> None:
+    cache = policies_module.PolicyCache(None)  # type: ignore[arg-type]  # no reads here
+    cache.set_policy((None, "z"), policy("z", sources=[CHAINGUARD]))
+    first = cache.policies()
+    assert cache.policies() is first
+    assert [p.name for p in engine.applicable(first, "ns", {})] == ["z"]
+    cache.set_policy((None, "a"), policy("a", sources=[CHAINGUARD]))
+    assert [p.name for p in engine.applicable(cache.policies(), "ns", {})] == ["a", "z"]
+    cache.set_policy((None, "z"), None)
+    assert [p.name for p in engine.applicable(cache.policies(), "ns", {})] == ["a"]
 
 
 # Memoised decisions (design.md §4.10)

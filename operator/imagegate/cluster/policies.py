@@ -55,6 +55,8 @@ class PolicyCache:
         self._policies: dict[PolicyKey, engine.CompiledPolicy] = {}
         self._labels: dict[str, dict[str, str]] = {}
         self.observers: list[CacheObserver] = []
+        #: `policies()` until a policy changes.
+        self._set: engine.PolicySet | None = None
 
     def items(self) -> list[tuple[PolicyKey, engine.CompiledPolicy]]:
         return list(self._policies.items())
@@ -67,7 +69,10 @@ class PolicyCache:
             observer(change)
 
     def policies(self) -> Sequence[engine.CompiledPolicy]:
-        return tuple(self._policies.values())
+        """One `PolicySet` until the next change, so that what applies where is kept."""
+        if self._set is None:
+            self._set = engine.PolicySet(self._policies.values())
+        return self._set
 
     async def namespace_labels(self, namespace: str) -> Mapping[str, str]:
         labels = self._labels.get(namespace)
@@ -93,6 +98,7 @@ class PolicyCache:
             self._policies.pop(key, None)
         else:
             self._policies[key] = compiled
+        self._set = None
         self._tell(("policy", key, compiled))
 
     def has_good_policy(self, key: PolicyKey) -> bool:
