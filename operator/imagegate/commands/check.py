@@ -13,7 +13,6 @@ checks rewrite targets as `/mutate` does (admission/targets.py; docs/design.md Â
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import sys
 import time
@@ -79,8 +78,7 @@ def _group_kind(obj: Mapping[str, Any]) -> tuple[str, str]:
 def _as_stored(planned: Sequence[engine.PlannedImage]) -> list[workloads.ContainerImage]:
     """The images after `/mutate`'s rewrites: what `/validate` is shown."""
     return [
-        dataclasses.replace(p.container, image=p.final_text) if p.rewritten_by else p.container
-        for p in planned
+        p.container._replace(image=p.final_text) if p.rewritten_by else p.container for p in planned
     ]
 
 

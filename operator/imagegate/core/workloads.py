@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from imagegate.errors import ImagegateError
 
@@ -49,12 +49,15 @@ class MalformedWorkloadError(ImagegateError):
     """The object's pod spec is not shaped like one; the message names the field."""
 
 
-@dataclass(frozen=True)
-class ContainerImage:
-    """One image of a pod spec: a container's, or an image volume's (`kind` "volumes")."""
+class ContainerImage(NamedTuple):
+    """One image of a pod spec: a container's, or an image volume's (`kind` "volumes").
+
+    A named tuple, not a frozen dataclass: every admission makes one per image, and the
+    decision memo hashes and compares them; a tuple does both in C."""
 
     kind: ContainerList
-    index: int
+    #: Its place in its list (it hides tuple.index, which nothing here calls).
+    index: int  # type: ignore[assignment]
     #: The container's name, or the image volume's.
     container_name: str
     image: str
