@@ -118,6 +118,13 @@ def pss_uss_mib(pid: int) -> tuple[float, float]:
     return fields["Pss"] / 1024, (fields["Private_Clean"] + fields["Private_Dirty"]) / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds `pid` has used (/proc/<pid>/stat, fields 14 and 15); OSError
+    when it is gone."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_name(pid: int) -> str:
     name = Path(f"/proc/{pid}/comm").read_text().strip()
     if b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes():

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import (
     NAMESPACE_LABELS,
     POD,
+    cpu_seconds,
     descendants,
     machine,
     process_name,
@@ -266,8 +267,7 @@ def memory(pid: int) -> str:
             name = "operator" if each == pid else process_name(each)
             pss, uss = pss_uss_mib(each)
             rss = rss_mib(each)
-            stat = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+            cpu = cpu_seconds(each)
         except (OSError, KeyError):  # exited meanwhile
             continue
         total += pss
@@ -278,13 +278,12 @@ def memory(pid: int) -> str:
     return f"{'; '.join(parts)}; PSS sum {total:.0f} MiB"
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (0 if it is gone)."""
+def _cpu_or_zero(pid: int) -> float:
+    """A process that exited meanwhile (a scan process restarting) counts 0."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return cpu_seconds(pid)
     except OSError:
         return 0.0
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuShares:
@@ -296,10 +295,10 @@ class CpuShares:
         self.plane = plane
 
     def now(self) -> dict[str, float]:
-        found = {"serving": cpu_seconds(self.operator)}
-        found["scan process"] = sum(cpu_seconds(each) for each in children(self.operator))
+        found = {"serving": _cpu_or_zero(self.operator)}
+        found["scan process"] = sum(_cpu_or_zero(each) for each in children(self.operator))
         for name, pid in self.plane.items():
-            found[name] = cpu_seconds(pid)
+            found[name] = _cpu_or_zero(pid)
         return found
 
     @staticmethod

@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import POD, machine, review_body, twenty_policies
+from common import POD, cpu_seconds, machine, review_body, twenty_policies
 
 from imagegate.admission.server import TLSFiles
 from imagegate.cluster import kube, policies, tls, workers
@@ -99,12 +99,6 @@ async def measure(count: int, settings: workers.WorkerSettings, folder: Path) ->
         return report
     finally:
         await pool.stop(timeout=10)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU the process has used (/proc/<pid>/stat, fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float:
