@@ -258,6 +258,21 @@ async def test_one_object_that_cannot_be_judged_costs_no_other_report(
 LIST_PLURALS = {plural for _, plural in reports.SCANNED.values()}
 
 
+def replace_report(
+    api: client.ApiClient, namespace: str, body: dict[str, Any], manager: str
+) -> None:
+    """Write a report as someone else would (`kubectl edit`, or a forger claiming `manager`)."""
+    client.CustomObjectsApi(api).replace_namespaced_custom_object(
+        reports.GROUP,
+        reports.VERSION,
+        namespace,
+        reports.PLURAL,
+        reports.REPORT_NAME,
+        body,
+        field_manager=manager,
+    )
+
+
 def _namespace_with_pods(api: client.ApiClient, count: int, image: str) -> str:
     core = client.CoreV1Api(api)
     name = f"scan-{uuid.uuid4().hex[:8]}"
@@ -322,7 +337,6 @@ async def test_a_report_that_would_say_the_same_is_not_written_again(
     """design.md §14: a scan that finds what the stored report says leaves it alone (its
     resourceVersion does not move); a new finding, or an edit by anyone else, is written."""
     namespace = _namespace_with_pods(api, 3, "ghcr.io/acme/api:1")
-    objects = client.CustomObjectsApi(api)
     try:
         scanner = scan.PolicyReportScanner(
             api, _Policies(_policy(namespace, {"sources": [CHAINGUARD]}))
@@ -339,15 +353,7 @@ async def test_a_report_that_would_say_the_same_is_not_written_again(
 
         # Someone rewrites a row by hand (another field manager): the next scan puts it back.
         stored["results"][0]["message"] = "all fine here"
-        objects.replace_namespaced_custom_object(
-            reports.GROUP,
-            reports.VERSION,
-            namespace,
-            reports.PLURAL,
-            reports.REPORT_NAME,
-            stored,
-            field_manager="kubectl-edit",
-        )
+        replace_report(api, namespace, stored, "kubectl-edit")
         restored = await scanner.scan_once()
         assert namespace in restored.written
         messages = [r["message"] for r in (report(api, namespace) or {})["results"]]
@@ -361,6 +367,52 @@ async def test_a_report_that_would_say_the_same_is_not_written_again(
         found = await scanner.scan_once()
         assert namespace in found.written
         assert len((report(api, namespace) or {})["results"]) == 4
+    finally:
+        client.CoreV1Api(api).delete_namespace(namespace)
+
+
+async def test_a_forged_report_lives_no_longer_than_rewrite_every(
+    api: client.ApiClient, crds: None
+) -> None:
+    """design.md §14: whoever may write PolicyReports can keep the digest and claim the scan's
+    field manager. Such a forgery is left alone only until REWRITE_EVERY has passed since this
+    scanner last wrote the report, and a scanner that never wrote it (a new scan process)
+    writes it at once."""
+    namespace = _namespace_with_pods(api, 2, "ghcr.io/acme/api:1")
+    now = [1000.0]
+    policies = _Policies(_policy(namespace, {"sources": [CHAINGUARD]}))
+    try:
+        scanner = scan.PolicyReportScanner(
+            api, policies, rewrite_every=600.0, monotonic=lambda: now[0]
+        )
+        assert namespace in (await scanner.scan_once()).written
+
+        def forge() -> None:
+            forged = report(api, namespace) or {}
+            for row in forged["results"]:
+                row["result"], row["message"] = "pass", "all fine here"
+            replace_report(api, namespace, forged, reports.FIELD_MANAGER)
+
+        def messages() -> set[str]:
+            return {r["message"] for r in (report(api, namespace) or {})["results"]}
+
+        forge()
+        now[0] += 599.0  # within the window the digest is believed: the known weakness
+        assert namespace in (await scanner.scan_once()).unchanged
+        assert messages() == {"all fine here"}
+
+        now[0] += 1.0
+        rewritten = await scanner.scan_once()
+        assert namespace in rewritten.written
+        assert "all fine here" not in messages()
+        now[0] += 1.0
+        assert namespace in (await scanner.scan_once()).unchanged  # and trusted again
+
+        forge()
+        assert messages() == {"all fine here"}
+        fresh = scan.PolicyReportScanner(api, policies, monotonic=lambda: now[0])
+        assert namespace in (await fresh.scan_once()).written
+        assert "all fine here" not in messages()
     finally:
         client.CoreV1Api(api).delete_namespace(namespace)
 

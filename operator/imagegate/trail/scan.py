@@ -13,7 +13,8 @@ the admission path: a missing CRD or an RBAC refusal is logged, and scanning goe
 operator process serves the webhooks itself, the scan runs in a process of its own
 (cluster/scanning.py, design.md §14), so its CPU never delays an admission. What it costs the
 API server is bounded too (§14): a report that would say what the stored one says is not
-written again, and the scan pauses between pages and writes (`Pace`, `--scan-duty`).
+written again (though each is written at least every `REWRITE_EVERY`), and the scan pauses
+between pages and writes (`Pace`, `--scan-duty`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ YIELD_EVERY = 1
 #: The share of the wall clock a scan works by default: it pauses after each page and each
 #: report write for the rest (design.md §14).
 DUTY = 0.5
+#: Seconds a stored report is taken at its word (its digest and field managers) after this
+#: scanner last wrote it; then it is written again whatever it says. Whoever may write
+#: PolicyReports can forge both, so this bounds a forgery's life (design.md §14) for about one
+#: write per report an hour. A scanner that has not written a report yet (a new scan process)
+#: writes it on its first scan.
+REWRITE_EVERY = 3600.0
 #: Asks a LIST for PartialObjectMetadataList: each item's metadata, not the object.
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
@@ -127,6 +134,8 @@ class PolicyReportScanner:
         own_namespace: str = "imagegate-system",
         clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
         pace: Pace | None = None,
+        rewrite_every: float = REWRITE_EVERY,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api = api
         self._policies = policies
@@ -135,6 +144,10 @@ class PolicyReportScanner:
         self._own_namespace = own_namespace
         self._clock = clock
         self._pace = pace or Pace(DUTY)
+        self._rewrite_every = rewrite_every
+        self._monotonic = monotonic
+        #: When this scanner last wrote each namespace's report (`monotonic`).
+        self._written_at: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._crd_missing = False
 
@@ -313,9 +326,19 @@ class PolicyReportScanner:
         for namespace, results in sorted(by_namespace.items()):
             try:
                 written = await asyncio.to_thread(
-                    self._put, objects, namespace, results, now, stored.get(namespace)
+                    self._put,
+                    objects,
+                    namespace,
+                    results,
+                    now,
+                    stored.get(namespace),
+                    trusted=self._trusts_stored(namespace),
                 )
-                (summary.written if written else summary.unchanged).append(namespace)
+                if written:
+                    summary.written.append(namespace)
+                    self._written_at[namespace] = self._monotonic()
+                else:
+                    summary.unchanged.append(namespace)
             except client.ApiException as error:
                 # A conflict (another replica wrote it) is fine: the next cycle writes again.
                 logger.warning(
@@ -342,6 +365,7 @@ class PolicyReportScanner:
                     reports.REPORT_NAME,
                 )
                 summary.deleted.append(namespace)
+                self._written_at.pop(namespace, None)
             except client.ApiException as error:
                 if error.status != 404:
                     logger.warning(
@@ -351,6 +375,11 @@ class PolicyReportScanner:
                         error.reason,
                     )
             await self._pace.rest()
+
+    def _trusts_stored(self, namespace: str) -> bool:
+        """Whether the stored report may be left alone when it says the same (REWRITE_EVERY)."""
+        written_at = self._written_at.get(namespace)
+        return written_at is not None and self._monotonic() - written_at < self._rewrite_every
 
     @staticmethod
     def _report_metadata(objects: client.CustomObjectsApi) -> dict[str, Any]:
@@ -377,12 +406,14 @@ class PolicyReportScanner:
         results: reports.NamespaceResults,
         now: datetime.datetime,
         stored: reports.StoredReport | None,
+        *,
+        trusted: bool,
     ) -> bool:
-        """Create or replace one report unless the stored one says the same (whether it was
-        written). Built here, off the event loop (a thousand rows take tens of milliseconds);
-        the stored copy the API server answers with is left unread."""
+        """Create or replace one report unless the stored one says the same and is `trusted`
+        (whether it was written). Built here, off the event loop (a thousand rows take tens of
+        milliseconds); the stored copy the API server answers with is left unread."""
         body = reports.report(namespace, results.listed(), now, counts=results.counts)
-        if stored is not None and stored.says(body):
+        if trusted and stored is not None and stored.says(body):
             return False
         response: Any
         if stored is not None:
