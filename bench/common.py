@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -103,9 +104,23 @@ def descendants(pid: int) -> list[int]:
     """The operator's process tree below it: zygote and scan process, or spawned ones."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:  # a thread that has exited since
+            continue
+        for child in children:
             found += [int(child), *descendants(int(child))]
     return found
+
+
+def pin_tree(pid: int, cpus: set[int]) -> None:
+    """A process, its descendants and all their threads on `cpus` (sched_setaffinity moves one
+    thread; threads and processes started later inherit from the thread that starts them)."""
+    for process in (pid, *descendants(pid)):
+        with contextlib.suppress(FileNotFoundError):  # exited since
+            for task in Path(f"/proc/{process}/task").iterdir():
+                with contextlib.suppress(ProcessLookupError):  # a thread that has exited since
+                    os.sched_setaffinity(int(task.name), cpus)
 
 
 def pss_uss_mib(pid: int) -> tuple[float, float]:

@@ -481,9 +481,11 @@ def test_the_scan_runs_in_a_process_of_its_own_started_again_when_it_dies(
     image_policy: PolicyFactory,
 ) -> None:
     """design.md §14: `imagegate run` (one serving process) scans in a child process, never on
-    the loop that serves admission; a child that dies is replaced, and the new one reports."""
+    the loop that serves admission, whose threads all run SCHED_IDLE (only on CPU serving leaves
+    idle); a child that dies is replaced, and the new one reports."""
     assert operator.process.pid is not None
     [first] = wait_for(lambda: _scan_processes(operator.process.pid or 0), "the scan process")
+    assert _policies_of_threads(first) == {os.SCHED_IDLE}
     os.kill(first, signal.SIGKILL)
     [second] = wait_for(
         lambda: [pid for pid in _scan_processes(operator.process.pid or 0) if pid != first],
@@ -494,6 +496,16 @@ def test_the_scan_runs_in_a_process_of_its_own_started_again_when_it_dies(
     found = wait_for(lambda: report(api, namespace), "PolicyReport from the new scan process")
     assert [r["result"] for r in found["results"]] == ["fail"]
     assert _scan_processes(operator.process.pid) == [second]
+    threads = _policies_of_threads(second)
+    assert threads == {os.SCHED_IDLE}  # its scan's threads too (to_thread's, the API client's)
+
+
+def _policies_of_threads(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that has exited since
+            found.add(os.sched_getscheduler(int(task.name)))
+    return found
 
 
 async def test_the_scan_process_scans_off_this_process_and_follows_the_cache(

@@ -6,9 +6,9 @@ so a request arriving meanwhile waits (bench/scan.py measured p99 7-13x idle). S
 operator serves the webhooks itself (`--workers 1`) it spawns one scan process, fed as workers.py
 feeds its workers: the compiled policies and namespace labels as the start argument (a
 `workers.Snapshot`), then every change down a pipe, and `("scan",)` when a policy changed. The
-scan process runs `PolicyReportScanner` with its own clients and caches, at a lower CPU priority
-(`NICE`), and reports each finished scan up the pipe. One that exits is started again; one whose
-parent is gone stops (its pipe closes).
+scan process runs `PolicyReportScanner` with its own clients and caches, at the lowest CPU
+priority (`_yield_to_serving`), and reports each finished scan up the pipe. One that exits is
+started again; one whose parent is gone stops (its pipe closes).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 RESTART_BACKOFF = 1.0
 #: Seconds the scan process gets to exit once its pipe is closed, before it is killed.
 STOP_TIMEOUT = 2.0
-#: Added to the scan process's nice value: where the pod's CPU is short, serving goes first.
+#: Added to the scan process's nice value where SCHED_IDLE is refused: where the pod's CPU is
+#: short, serving goes first.
 NICE = 10
 
 Message = tuple[Any, ...]
@@ -194,8 +195,22 @@ def scan_main(settings: ScanSettings, pipe: Connection, snapshot: workers.Snapsh
     # A process group's Ctrl-C or SIGTERM is the operator's to handle: it closes the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.nice(NICE)
+    _yield_to_serving()
     asyncio.run(_scan(settings, pipe, snapshot))
+
+
+def _yield_to_serving() -> None:
+    """Run the scan only on CPU that serving leaves idle: a SCHED_IDLE thread is preempted as
+    soon as a normal one wakes, where at nice 10 a request may wait out the scan's time slice.
+    In a pod it ranks the scan against the pod's own processes only (the pod is a cgroup), so
+    a busy node does not starve it; a pod whose serving process takes all its CPU does, by
+    design. Any process may move itself to SCHED_IDLE, and threads it starts later inherit it;
+    where that is refused (not Linux, a seccomp profile) the nice value stays (design.md §14)."""
+    os.nice(NICE)
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError) as error:
+        logger.warning("scan process stays at nice %d: SCHED_IDLE refused (%s)", NICE, error)
 
 
 async def _scan(settings: ScanSettings, pipe: Connection, snapshot: workers.Snapshot) -> None:
