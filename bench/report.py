@@ -17,7 +17,7 @@ import loadgen
 from common import machine
 
 if TYPE_CHECKING:
-    from suite import Options, Round
+    from suite import Options, Round, ScanWindow
 
 MISSING = "-"
 SIDES = ("imagegate", "floor", "policy-controller")
@@ -255,7 +255,7 @@ def _signed_tables(rounds: Sequence[Round], cores: int) -> list[str]:
 
 
 def _scan_table(rounds: Sequence[Round], options: Options) -> list[str]:
-    from suite import SCAN_INTERVAL, SCAN_RATE
+    from suite import CLUSTER_CPU, SCAN_INTERVAL, SCAN_RATE, WEBHOOK_CPU
 
     if not any(r.scan for r in rounds):
         return []
@@ -278,24 +278,54 @@ def _scan_table(rounds: Sequence[Round], options: Options) -> list[str]:
         "what its reports say and write none (a steady cluster's scan, at the default "
         "`--scan-duty`); `bench/scan.py` also measures scans that rewrite every report.",
         "",
-        "| round | idle p50 ms | idle p99 ms | scanning p50 ms | scanning p99 ms "
-        "| p99 scanning/idle | admitted while scanning | objects a scan | scan s "
-        "| window in a scan | floor idle p99 ms | floor scanning p99 ms "
-        "| floor p99 scanning/idle | floor's window in a scan |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *_SCAN_HEADER,
     ]
+    lines += _scan_rows(rounds, "scan-idle", "scan", lambda r: r.scan)
+    if any(r.split_scan for r in rounds):
+        lines += [
+            "",
+            "### The same, with the control plane on a core of its own",
+            "",
+            f"As above, but kube-apiserver and etcd on CPU {CLUSTER_CPU}, and the round's "
+            "imagegate, the scanning one (serving and scan process), the floor and vegeta on "
+            f"CPU {WEBHOOK_CPU} (`suite.split_cores`): as in a cluster, where the API server runs "
+            "on other nodes than the webhook's pod. What is left is what a scan process costs "
+            "whatever serves on the core it shares (the floor's ratio: a trivial neighbour's).",
+            "",
+            *_SCAN_HEADER,
+        ]
+        lines += _scan_rows(rounds, "split-idle", "split", lambda r: r.split_scan)
+    return lines
+
+
+_SCAN_HEADER = (
+    "| round | idle p50 ms | idle p99 ms | scanning p50 ms | scanning p99 ms "
+    "| p99 scanning/idle | admitted while scanning | objects a scan | scan s "
+    "| window in a scan | floor idle p99 ms | floor scanning p99 ms "
+    "| floor p99 scanning/idle | floor's window in a scan |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+)
+
+
+def _scan_rows(
+    rounds: Sequence[Round],
+    idle_mode: str,
+    scan_mode: str,
+    window_of: Callable[[Round], ScanWindow | None],
+) -> list[str]:
+    lines = []
     for number, record in enumerate(rounds, 1):
         idle, during, scan = (
-            record.find("imagegate", "scan-idle"),
-            record.find("imagegate scanning", "scan"),
-            record.scan,
+            record.find("imagegate", idle_mode),
+            record.find("imagegate scanning", scan_mode),
+            window_of(record),
         )
         if idle is None or during is None or scan is None:
             continue
         durations = ", ".join(f"{d:.1f}" for d in scan.durations) or MISSING
         floor_idle, floor_during = (
-            record.find("floor", "scan-idle"),
-            record.find("floor", "scan"),
+            record.find("floor", idle_mode),
+            record.find("floor", scan_mode),
         )
         if floor_idle is None or floor_during is None:
             floor_cells = f"{MISSING} | {MISSING} | {MISSING} | {MISSING}"

@@ -22,7 +22,8 @@ Then, unless turned off, two phases with images and workloads of the test bed:
 - scan (`--no-scan`): admission p99 at 100/s on the round's imagegate (idle), then on a second
   `imagegate run` with `--policy-reports` scanning SCAN_WORKLOADS stored Deployments and Pods back
   to back; the window opens after its first scan ends, and the share of the window covered by
-  scans is read from its "background scan: N objects" log lines.
+  scans is read from its "background scan: N objects" log lines. Then the same again with the
+  control plane on a core of its own and everything else on the other (`split_cores`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import loadgen
 import peer
 import yaml
-from common import review_body
+from common import pin_tree, review_body
 from kubernetes import client
 
 from imagegate.cluster import kube, tls
@@ -136,6 +137,8 @@ class Round:
     ready_rss: dict[str, float] = field(default_factory=dict)
     pod_create: dict[str, tuple[float, float]] = field(default_factory=dict)
     scan: ScanWindow | None = None
+    #: The same, with the control plane on a core of its own (`split_cores`).
+    split_scan: ScanWindow | None = None
 
     def find(self, side: str, mode: str, rate: int = 0) -> loadgen.Attack | None:
         for attack in self.attacks:
@@ -606,17 +609,22 @@ def measure_scan(
     number: int,
     record: Round,
     floor: loadgen.Side,
+    *,
+    split: bool = False,
 ) -> None:
     """p99 at SCAN_RATE on the round's imagegate, then on an `imagegate run` scanning; and the
     floor's, idle and during the same scans, which tells this machine's contention (the scan
-    process, the API server serving its lists, etcd) from what imagegate adds to it."""
+    process, the API server serving its lists, etcd) from what imagegate adds to it. `split`:
+    the attacks are modes "split-idle" and "split", the window `record.split_scan` (the caller
+    has the cores split, `split_cores`)."""
     vegeta, options, certs, workdir = bench.vegeta, bench.options, bench.certs, bench.workdir
+    idle_mode, scan_mode = ("split-idle", "split") if split else ("scan-idle", "scan")
     for side in (idle, floor):
         record.attacks.append(
-            vegeta.attack(side, "scan-idle", rate=SCAN_RATE, seconds=options.scan_seconds)
+            vegeta.attack(side, idle_mode, rate=SCAN_RATE, seconds=options.scan_seconds)
         )
         say(describe(record.attacks[-1]))
-    log_name = f"imagegate-scan-{number}.log"
+    log_name = f"imagegate-{scan_mode}-{number}.log"
     scanning_args = [
         *bench.imagegate_args,
         "--policy-reports",
@@ -641,7 +649,7 @@ def measure_scan(
         for attacked in (side, floor):
             start = time.monotonic()
             attack = vegeta.attack(
-                attacked, "scan", rate=SCAN_RATE, seconds=options.scan_seconds, settle=False
+                attacked, scan_mode, rate=SCAN_RATE, seconds=options.scan_seconds, settle=False
             )
             windows.append((start, time.monotonic()))
             record.attacks.append(attack)
@@ -649,17 +657,47 @@ def measure_scan(
         end = windows[1][1]
         log.wait_for(sum(1 for at, _ in log.scans if at < end) + 1, "scan after the window")
         ends = [at for at, _ in log.scans]
-        record.scan = ScanWindow(
+        window = ScanWindow(
             list(log.scans),
             windows[0],
             scan_coverage(ends, *windows[0]),
             scan_coverage(ends, *windows[1]),
         )
+    if split:
+        record.split_scan = window
+    else:
+        record.scan = window
     say(
-        f"scans of {record.scan.scans[-1][1]} objects, "
-        + ", ".join(f"{d:.1f}" for d in record.scan.durations)
-        + f" s; {100 * record.scan.coverage:.0f} % of imagegate's window in a scan"
+        f"scans of {window.scans[-1][1]} objects, "
+        + ", ".join(f"{d:.1f}" for d in window.durations)
+        + f" s; {100 * window.coverage:.0f} % of imagegate's window in a scan"
     )
+
+
+#: `split_cores`: the control plane's core, and the webhook's (imagegate, the floor, vegeta).
+CLUSTER_CPU, WEBHOOK_CPU = 1, 0
+
+
+@contextlib.contextmanager
+def split_cores(plane: ControlPlane, webhooks: Sequence[int]) -> Iterator[None]:
+    """kube-apiserver and etcd on CLUSTER_CPU; the `webhooks` processes, and whatever this
+    thread starts meanwhile (vegeta, a scanning imagegate), on WEBHOOK_CPU. As in a cluster,
+    where the API server runs on other nodes than the webhook's pod: what is left is what a
+    scan process costs the serving one on the core they share. Both cores again after."""
+    everything = os.sched_getaffinity(0)
+    if len(everything) < 2:
+        raise RuntimeError("splitting the cores takes two")
+    try:
+        for pid in plane.pids():
+            pin_tree(pid, {CLUSTER_CPU})
+        for pid in webhooks:
+            pin_tree(pid, {WEBHOOK_CPU})
+        os.sched_setaffinity(0, {WEBHOOK_CPU})
+        yield
+    finally:
+        os.sched_setaffinity(0, everything)
+        for pid in (*plane.pids(), *webhooks):
+            pin_tree(pid, everything)
 
 
 @dataclass(frozen=True)
@@ -720,6 +758,11 @@ def run_round(bench: Bench, number: int) -> Round:
         if options.scan:
             with phase("scan"):
                 measure_scan(bench, sides[0], number, record, sides[1])
+            with (
+                phase("scan, the control plane on a core of its own"),
+                split_cores(plane, [sides[0].pid, sides[1].pid]),
+            ):
+                measure_scan(bench, sides[0], number, record, sides[1], split=True)
     return record
 
 
