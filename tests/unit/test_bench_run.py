@@ -5,6 +5,8 @@ No timing is asserted: the figures here are made up, only how they are read and 
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -103,8 +105,13 @@ def test_the_report_gives_signed_and_scan_ratios_within_a_round(bench: Any) -> N
         attack(loadgen, "imagegate scanning", "scan", 10.0),
         attack(loadgen, "floor", "scan-idle", 2.0),
         attack(loadgen, "floor", "scan", 3.0),
+        attack(loadgen, "imagegate", "split-idle", 2.0),
+        attack(loadgen, "imagegate scanning", "split", 7.0),
+        attack(loadgen, "floor", "split-idle", 1.0),
+        attack(loadgen, "floor", "split", 4.0),
     ]
     record.scan = suite.ScanWindow([(0.0, 5000), (30.0, 5000)], (5.0, 25.0), 1.0, 0.5)
+    record.split_scan = suite.ScanWindow([(0.0, 5000), (30.0, 5000)], (5.0, 25.0), 0.75, 0.25)
     text = report.markdown([record], suite.parse_options([]), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), 0.0)
     signed = text.split("## Signed images")[1].split("## ")[0]
     ratios = {
@@ -115,10 +122,40 @@ def test_the_report_gives_signed_and_scan_ratios_within_a_round(bench: Any) -> N
     assert ratios["| paced 25/s p50"] == "0.12 |"
     assert ratios["| CPU per request, saturation"] == "0.25 |"
     assert ratios["| CPU-bound estimate"] == "4.00 |"
-    scan = text.split("## Admission during a background scan")[1]
+    scan, split = text.split("## Admission during a background scan")[1].split("### The same")
     row = next(line for line in scan.splitlines() if line.startswith("| 1 |"))
     assert row.split(" | ")[5] == "2.50"  # scanning p99 / idle p99
     assert "| 100 % |" in row
     cells = row.split(" | ")
     assert cells[10:13] == ["2.00", "3.00", "1.50"]  # the floor: idle, scanning, ratio
     assert cells[13] == "50 % |"
+    # The split-core table reads the split attacks and window, not the shared ones.
+    cells = next(line for line in split.splitlines() if line.startswith("| 1 |")).split(" | ")
+    assert cells[5] == "3.50"
+    assert cells[9:13] == ["75 %", "1.00", "4.00", "4.00"]
+    assert cells[13] == "25 % |"
+
+
+def test_split_cores_pins_the_control_plane_and_the_webhooks_apart_and_back(bench: Any) -> None:
+    suite, _, _ = bench
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("splitting the cores takes two")
+    everything = os.sched_getaffinity(0)
+    plane, webhook = (subprocess.Popen(["sleep", "30"]) for _ in range(2))
+    try:
+
+        class Plane:
+            def pids(self) -> list[int]:
+                return [plane.pid]
+
+        with suite.split_cores(Plane(), [webhook.pid]):
+            assert os.sched_getaffinity(plane.pid) == {suite.CLUSTER_CPU}
+            assert os.sched_getaffinity(webhook.pid) == {suite.WEBHOOK_CPU}
+            assert os.sched_getaffinity(0) == {suite.WEBHOOK_CPU}  # what it starts inherits
+        assert os.sched_getaffinity(plane.pid) == everything
+        assert os.sched_getaffinity(webhook.pid) == everything
+        assert os.sched_getaffinity(0) == everything
+    finally:
+        for process in (plane, webhook):
+            process.kill()
+            process.wait()
