@@ -113,14 +113,26 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+#: Splitting the cores as in a cluster (suite.split_cores, scan.py --split-cores): the control
+#: plane's core, and the webhook's.
+CLUSTER_CPU, WEBHOOK_CPU = 1, 0
+
+
+def threads(pid: int) -> list[int]:
+    """The thread ids of a process (none if it has exited): scheduling calls take one thread."""
+    try:
+        return [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+    except FileNotFoundError:
+        return []
+
+
 def pin_tree(pid: int, cpus: set[int]) -> None:
     """A process, its descendants and all their threads on `cpus` (sched_setaffinity moves one
     thread; threads and processes started later inherit from the thread that starts them)."""
     for process in (pid, *descendants(pid)):
-        with contextlib.suppress(FileNotFoundError):  # exited since
-            for task in Path(f"/proc/{process}/task").iterdir():
-                with contextlib.suppress(ProcessLookupError):  # a thread that has exited since
-                    os.sched_setaffinity(int(task.name), cpus)
+        for thread in threads(process):
+            with contextlib.suppress(ProcessLookupError):  # a thread that has exited since
+                os.sched_setaffinity(thread, cpus)
 
 
 def pss_uss_mib(pid: int) -> tuple[float, float]:

@@ -42,8 +42,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import machine
+from suite import certificates
 
-from imagegate.cluster import tls
 from imagegate.testbed import processes
 
 CPU = 0
@@ -134,12 +134,8 @@ def main() -> None:
     args = parser.parse_args()
     os.sched_setaffinity(0, {CPU})  # the floor and the client inherit it
     with tempfile.TemporaryDirectory() as workdir:
-        ca = tls.CertificateAuthority.create("bench-ca")
-        pair = ca.issue("bench", ip_addresses=["127.0.0.1"])
-        cafile, cert, key = (Path(workdir) / name for name in ("ca.crt", "tls.crt", "tls.key"))
-        cafile.write_bytes(ca.cert_pem)
-        cert.write_bytes(pair.cert_pem)
-        key.write_bytes(pair.key_pem)
+        certs = certificates(Path(workdir))
+        cafile, cert, key = certs.ca, certs.cert, certs.key
         port = processes.free_port()
         floor = subprocess.Popen(
             [sys.executable, str(BENCH / "floor.py"), str(cert), str(key), str(port)]

@@ -45,14 +45,17 @@ from kubernetes import client
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import (
+    CLUSTER_CPU,
     NAMESPACE_LABELS,
     POD,
+    WEBHOOK_CPU,
     cpu_seconds,
     descendants,
     machine,
     process_name,
     pss_uss_mib,
     review_body,
+    threads,
     twenty_policy_documents,
 )
 
@@ -247,10 +250,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-#: --split-cores: the control plane's core, and the webhook pod's (imagegate and the client).
-CLUSTER_CPU, WEBHOOK_CPU = 1, 0
 
 
 def children(pid: int) -> list[int]:
@@ -492,11 +491,9 @@ def main() -> None:
                 print(f"ready; {memory(operator.process.pid or 0)}")
                 if args.scan_nice:  # leaving SCHED_IDLE takes CAP_SYS_NICE: root here
                     for child in children(operator.process.pid or 0):
-                        for task in Path(f"/proc/{child}/task").iterdir():
+                        for thread in threads(child):
                             with contextlib.suppress(ProcessLookupError):
-                                os.sched_setscheduler(
-                                    int(task.name), os.SCHED_OTHER, os.sched_param(0)
-                                )
+                                os.sched_setscheduler(thread, os.SCHED_OTHER, os.sched_param(0))
                 plane_pids = dict(zip(("kube-apiserver", "etcd"), plane.pids(), strict=True))
                 asyncio.run(measure(api, operator, cafile, ratios, args.rounds, plane_pids))
                 print(f"PSS peaks: {PSS_PEAKS}; sum {sum(PSS_PEAKS.values()):.0f} MiB")

@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import loadgen
 import peer
 import yaml
-from common import pin_tree, review_body
+from common import CLUSTER_CPU, WEBHOOK_CPU, pin_tree, review_body
 from kubernetes import client
 
 from imagegate.cluster import kube, tls
@@ -609,16 +609,14 @@ def measure_scan(
     number: int,
     record: Round,
     floor: loadgen.Side,
-    *,
-    split: bool = False,
-) -> None:
+    modes: tuple[str, str] = ("scan-idle", "scan"),
+) -> ScanWindow:
     """p99 at SCAN_RATE on the round's imagegate, then on an `imagegate run` scanning; and the
     floor's, idle and during the same scans, which tells this machine's contention (the scan
-    process, the API server serving its lists, etcd) from what imagegate adds to it. `split`:
-    the attacks are modes "split-idle" and "split", the window `record.split_scan` (the caller
-    has the cores split, `split_cores`)."""
+    process, the API server serving its lists, etcd) from what imagegate adds to it. The
+    attacks are recorded under `modes` (idle, scanning); the scanning window is returned."""
     vegeta, options, certs, workdir = bench.vegeta, bench.options, bench.certs, bench.workdir
-    idle_mode, scan_mode = ("split-idle", "split") if split else ("scan-idle", "scan")
+    idle_mode, scan_mode = modes
     for side in (idle, floor):
         record.attacks.append(
             vegeta.attack(side, idle_mode, rate=SCAN_RATE, seconds=options.scan_seconds)
@@ -663,19 +661,12 @@ def measure_scan(
             scan_coverage(ends, *windows[0]),
             scan_coverage(ends, *windows[1]),
         )
-    if split:
-        record.split_scan = window
-    else:
-        record.scan = window
     say(
         f"scans of {window.scans[-1][1]} objects, "
         + ", ".join(f"{d:.1f}" for d in window.durations)
         + f" s; {100 * window.coverage:.0f} % of imagegate's window in a scan"
     )
-
-
-#: `split_cores`: the control plane's core, and the webhook's (imagegate, the floor, vegeta).
-CLUSTER_CPU, WEBHOOK_CPU = 1, 0
+    return window
 
 
 @contextlib.contextmanager
@@ -757,12 +748,14 @@ def run_round(bench: Bench, number: int) -> Round:
                 measure_signed(bench, signed_sides, number, record)
         if options.scan:
             with phase("scan"):
-                measure_scan(bench, sides[0], number, record, sides[1])
+                record.scan = measure_scan(bench, sides[0], number, record, sides[1])
             with (
                 phase("scan, the control plane on a core of its own"),
                 split_cores(plane, [sides[0].pid, sides[1].pid]),
             ):
-                measure_scan(bench, sides[0], number, record, sides[1], split=True)
+                record.split_scan = measure_scan(
+                    bench, sides[0], number, record, sides[1], ("split-idle", "split")
+                )
     return record
 
 
