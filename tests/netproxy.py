@@ -160,6 +160,12 @@ class TcpProxy:
             except OSError:
                 client_w.transport.abort()
                 return
+            if self._server is None:
+                # Accepted just before refuse() and not yet among the writers it aborted: an
+                # outage lets nothing through, however the accept and the refusal interleave.
+                _linger_zero(client_w)
+                upstream_w.transport.abort()
+                return
             self._writers.add(upstream_w)
             for writer in (client_w, upstream_w):
                 sock = writer.get_extra_info("socket")

@@ -15,7 +15,8 @@ import yaml
 from kubernetes import client
 
 from imagegate.cluster import kube, resources
-from imagegate.testbed import images, local, processes
+from imagegate.testbed import build, images, local, processes
+from imagegate.testbed.controlplane import ControlPlane, ControlPlaneBinaries
 from imagegate.testbed.registry import LocalRegistry
 from netproxy import Shaping, TcpProxy, ThreadedProxy
 from support import Cluster, push_random_image
@@ -37,6 +38,18 @@ POLICY_REPORT_CRD = (
     / "extra-crds"
     / "wgpolicyk8s.io_policyreports.yaml"
 )
+
+
+@pytest.fixture
+def own_control_plane(builder: build.Builder, tmp_path: Path) -> Iterator[ControlPlane]:
+    """A control plane of the test's own, without imagegate's CRDs: for tests that restart or
+    break it, or need it bare."""
+    plane = ControlPlane(ControlPlaneBinaries.resolve(builder), tmp_path / "plane")
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
 from imagegate.cluster import resources
-from imagegate.testbed import build, local, processes
-from imagegate.testbed.controlplane import ControlPlane, ControlPlaneBinaries
+from imagegate.testbed import local, processes
+from imagegate.testbed.controlplane import ControlPlane
 from support import Cluster, pod_review, post_review
 
 from .conftest import PolicyFactory
@@ -20,22 +19,11 @@ from .conftest import PolicyFactory
 pytestmark = pytest.mark.controlplane
 
 
-@pytest.fixture
-def bare_cluster(builder: build.Builder, tmp_path: Path) -> Iterator[ControlPlane]:
-    """A control plane of its own, without imagegate's CRDs."""
-    plane = ControlPlane(ControlPlaneBinaries.resolve(builder), tmp_path / "plane")
-    plane.start()
-    try:
-        yield plane
-    finally:
-        plane.stop()
-
-
 def test_without_the_crds_the_operator_starts_says_so_and_admits(
-    bare_cluster: ControlPlane, tmp_path: Path
+    own_control_plane: ControlPlane, tmp_path: Path
 ) -> None:
     with local.operator_process(
-        bare_cluster.kubeconfig, tmp_path / "operator", extra_args=["--policy-reports"]
+        own_control_plane.kubeconfig, tmp_path / "operator", extra_args=["--policy-reports"]
     ) as running:
         context = ssl.create_default_context(cadata=running.ca_pem.decode())
         answer = post_review(running.url + "/validate", pod_review("default", "redis:7"), context)

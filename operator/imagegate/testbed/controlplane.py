@@ -13,9 +13,11 @@ import functools
 import json
 import os
 import ssl
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -100,6 +102,33 @@ class ControlPlane:
         for process in (self.apiserver, self.etcd):
             if process is not None:
                 process.stop()
+
+    def restart_apiserver(self) -> None:
+        """Stop kube-apiserver and start it again on its port over the same etcd: its watch
+        cache starts afresh at etcd's current revision, as after a rollout of the control plane
+        (a watch from before then gets 410 Gone)."""
+        if self.apiserver is None:
+            raise TestbedError("the control plane is not started")
+        port = urllib.parse.urlsplit(self.url).port
+        self.apiserver.stop()
+        self._start_apiserver(port)
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to its current revision (what kube-apiserver does every
+        five minutes): no watch can start from before it. Returns that revision."""
+        key = base64.b64encode(b"\0").decode()  # the range from the first key: any answer will do
+        revision = int(self._etcd_call("/v3/kv/range", {"key": key})["header"]["revision"])
+        self._etcd_call("/v3/kv/compaction", {"revision": revision, "physical": True})
+        return revision
+
+    def _etcd_call(self, path: str, body: dict[str, object]) -> dict[str, Any]:
+        """etcd's JSON gateway (plain HTTP on loopback, as the test bed starts it)."""
+        request = urllib.request.Request(
+            self.etcd_url + path, data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            result: dict[str, Any] = json.load(answer)
+        return result
 
     def pids(self) -> list[int]:
         """In stopping order: kube-apiserver before the etcd it depends on, or it hangs."""
