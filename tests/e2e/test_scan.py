@@ -28,7 +28,7 @@ from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
 from imagegate.registry import mirrors
 from imagegate.testbed import local
-from imagegate.trail import reports, scan
+from imagegate.trail import inventory, reports, scan
 from support import Cluster
 
 from .conftest import PolicyFactory
@@ -292,7 +292,7 @@ async def test_the_scan_lists_in_pages_and_follows_continue_tokens(
 ) -> None:
     """A kind is read PAGE_SIZE objects at a time, never as one whole LIST, and every page
     counts: all the namespace's Pods are in its report."""
-    monkeypatch.setattr(scan, "PAGE_SIZE", 2)
+    monkeypatch.setattr(inventory, "PAGE_SIZE", 2)
     namespace = _namespace_with_pods(api, 5, "ghcr.io/acme/api:1")
     requests: list[tuple[str, dict[str, str]]] = []
     call_api = api.call_api

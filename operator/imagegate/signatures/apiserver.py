@@ -55,6 +55,31 @@ class ApiServer:
     def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("PATCH", path, body=body, content_type=MERGE_PATCH)
 
+    def open_watch(self, path: str, query: dict[str, str | int], read_timeout: float) -> Any:
+        """A WATCH as an open response (a urllib3 `HTTPResponse`): its body is one JSON event
+        per line, read with `stream()`; the caller closes it. `read_timeout` bounds the wait
+        for each read, not the watch."""
+        method, url, headers, _, post = self._api.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=[*query.items(), ("watch", "true")],
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        timeout = self._timeout[0] if isinstance(self._timeout, tuple) else self._timeout
+        response: Any = self._api.call_api(
+            method,
+            url,
+            headers,
+            None,
+            post,
+            _request_timeout=(timeout, read_timeout),
+        )
+        if not 200 <= response.status < 300:
+            response.read()
+            raise client.ApiException(http_resp=response)
+        return response.response  # the urllib3 response under the client's wrapper
+
     def _call(
         self,
         method: str,

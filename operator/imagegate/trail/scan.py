@@ -13,8 +13,9 @@ the admission path: a missing CRD or an RBAC refusal is logged, and scanning goe
 operator process serves the webhooks itself, the scan runs in a process of its own
 (cluster/scanning.py, design.md §14), so its CPU never delays an admission. What it costs the
 API server is bounded too (§14): a report that would say what the stored one says is not
-written again (though each is written at least every `REWRITE_EVERY`), and the scan pauses
-between pages and writes (`Pace`, `--scan-duty`).
+written again (though each is written at least every `REWRITE_EVERY`); a scan lists nothing,
+since the workloads are kept by one LIST and then a WATCH per kind (inventory.py); and the scan
+pauses every `inventory.PAGE_SIZE` objects and between writes (`Pace`, `--scan-duty`).
 """
 
 from __future__ import annotations
@@ -36,16 +37,14 @@ from imagegate.admission import records as audit
 from imagegate.admission import reviewers as webhook
 from imagegate.core import workloads
 from imagegate.policy import engine
-from imagegate.signatures import apiserver
-from imagegate.trail import reports
+from imagegate.trail import inventory, reports
 
 logger = logging.getLogger(__name__)
 
 DEBOUNCE = 2.0
 OBJECT_DEADLINE = 10.0
-#: Objects per LIST request: a page is parsed in well under a millisecond per object, and a
-#: continue token stays valid for minutes (etcd compaction), far longer than a scan takes.
-PAGE_SIZE = 100
+#: Seconds a scan waits for the inventory's first lists before it scans what there is.
+FIRST_LIST_TIMEOUT = 60.0
 #: Objects read between two returns to the event loop, where admission requests wait.
 YIELD_EVERY = 1
 #: The share of the wall clock a scan works by default: it pauses after each page and each
@@ -116,13 +115,6 @@ class ScanSummary:
     complete: bool = True
 
 
-#: Where each scanned kind is listed, across namespaces.
-_LIST_PATHS = {
-    plural: f"/api/{version}/{plural}" if version == "v1" else f"/apis/{version}/{plural}"
-    for version, plural in reports.SCANNED.values()
-}
-
-
 class PolicyReportScanner:
     def __init__(
         self,
@@ -136,8 +128,10 @@ class PolicyReportScanner:
         pace: Pace | None = None,
         rewrite_every: float = REWRITE_EVERY,
         monotonic: Callable[[], float] = time.monotonic,
+        store: inventory.WorkloadInventory | None = None,
     ) -> None:
         self._api = api
+        self._inventory = store or inventory.WorkloadInventory(api)
         self._policies = policies
         self._verifier = verifier
         self._keychains = keychains
@@ -159,7 +153,16 @@ class PolicyReportScanner:
         self, interval: float, on_scanned: Callable[[ScanSummary, float], None] | None = None
     ) -> None:
         """Scan every `interval` seconds and soon after `trigger()`; `on_scanned` is told of each
-        finished scan and the seconds it took (cluster/scanning.py reports them)."""
+        finished scan and the seconds it took (cluster/scanning.py reports them). The inventory
+        is watched meanwhile, so that a scan reads no LIST."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._inventory.run(self._pace.rest))
+            await self._inventory.wait_listed(FIRST_LIST_TIMEOUT)
+            group.create_task(self._scan_every(interval, on_scanned))
+
+    async def _scan_every(
+        self, interval: float, on_scanned: Callable[[ScanSummary, float], None] | None
+    ) -> None:
         while True:
             try:
                 started = time.monotonic()
@@ -264,37 +267,20 @@ class PolicyReportScanner:
         return reports.results_for(obj, decision, policies)
 
     async def _objects(self, summary: ScanSummary) -> AsyncIterator[dict[str, Any]]:
-        """Every scanned object as raw JSON, with apiVersion and kind set (lists omit them),
-        PAGE_SIZE at a time: never a whole kind as client models, which holds the GIL for
-        seconds. A kind that cannot be listed, whole or in part, makes the summary incomplete."""
-        for (_, kind), (api_version, plural) in reports.SCANNED.items():
-            continue_from = ""  # the list's `continue` token; "" asks for the first page
-            while True:
-                try:
-                    page = await asyncio.to_thread(self._fetch_page, plural, continue_from)
-                except client.ApiException as error:
-                    logger.warning(
-                        "background scan cannot list %s: %s (%s)",
-                        plural,
-                        error.reason,
-                        error.status,
-                    )
-                    summary.complete = False
-                    break
-                for item in page.get("items") or []:
-                    yield {**item, "apiVersion": api_version, "kind": kind}
-                await self._pace.rest()  # the page is judged
-                continue_from = (page.get("metadata") or {}).get("continue") or ""
-                if not continue_from:
-                    break
-
-    def _fetch_page(self, plural: str, token: str) -> dict[str, Any]:
-        # As JSON through the ApiClient: the typed Core/Apps/Batch APIs import ~300 pydantic
-        # models (over 80 MiB) to list what is read as JSON anyway (signatures/apiserver.py).
-        query: dict[str, str | int] = {"limit": PAGE_SIZE}
-        if token:
-            query["continue"] = token
-        return apiserver.ApiServer(self._api).get(_LIST_PATHS[plural], query)
+        """Every scanned object, from the inventory the scanner's `run()` keeps by watching
+        (inventory.py); a scan on its own (`scan_once()` with no `run()`) lists them first. A
+        kind not known to be current makes the summary incomplete. The scan rests after each
+        PAGE_SIZE objects it judges, as after each page it lists."""
+        if not self._inventory.running:
+            await self._inventory.refresh(self._pace.rest)
+        stale = self._inventory.not_current()
+        if stale:
+            logger.warning("background scan: %s not current", ", ".join(stale))
+            summary.complete = False
+        for count, obj in enumerate(self._inventory.objects(), 1):
+            yield obj
+            if count % inventory.PAGE_SIZE == 0:
+                await self._pace.rest()
 
     async def _write(
         self,
