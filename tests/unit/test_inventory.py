@@ -125,3 +125,22 @@ def test_error_and_hostile_events_end_the_watch(event: dict[str, Any], error: ty
     with pytest.raises(error):
         store._apply(pods, event)
     assert pods.resource_version == "3"  # nothing taken from an event refused
+
+
+def test_kept_objects_share_their_keys_and_short_strings() -> None:
+    """Each watch event is parsed on its own: without sharing, every Pod would keep its own
+    copy of every key and every "IfNotPresent" (design.md §14, memory)."""
+
+    def parsed(name: str) -> dict[str, Any]:
+        container = {"name": "app", "image": "redis:7", "imagePullPolicy": "IfNotPresent"}
+        body = {"metadata": {"name": name}, "spec": {"containers": [container]}}
+        return dict(json.loads(json.dumps(body)))
+
+    first, second = (inventory.trimmed(parsed(n), "v1", "Pod") for n in ("a", "b"))
+    one, other = first["spec"]["containers"][0], second["spec"]["containers"][0]
+    assert one == other
+    assert one["imagePullPolicy"] is other["imagePullPolicy"]
+    assert next(iter(one)) is next(iter(other))  # the key "name" too
+    long_value = "x" * (inventory.SHARED_STRING_CHARS + 1)
+    kept = inventory.trimmed({"spec": {"note": long_value}}, "v1", "Pod")
+    assert kept["spec"]["note"] == long_value

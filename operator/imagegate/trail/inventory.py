@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ RETRY_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 MAX_EVENT_BYTES = 8 * 1024 * 1024
 #: What of an object's metadata a scan reads (reports.object_reference, controlled_by...).
 KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "ownerReferences")
+#: Strings up to this long in a kept object are shared between objects (`_shared`).
+SHARED_STRING_CHARS = 64
 #: What of an object a scan never reads.
 DROPPED_FIELDS = frozenset({"metadata", "status", "apiVersion", "kind"})
 
@@ -67,8 +70,24 @@ def trimmed(item: Mapping[str, Any], api_version: str, kind: str) -> dict[str, A
         if isinstance(metadata, Mapping)
         else {}
     )
-    body = {key: value for key, value in item.items() if key not in DROPPED_FIELDS}
+    body = {
+        sys.intern(key): _shared(value) for key, value in item.items() if key not in DROPPED_FIELDS
+    }
     return {**body, "apiVersion": api_version, "kind": kind, "metadata": kept}
+
+
+def _shared(value: Any) -> Any:
+    """`value` with its keys, and its short strings, interned: each object is parsed on its
+    own, so every Pod would hold its own "terminationMessagePath", "IfNotPresent" and image
+    names. Shared, a kept Pod takes half the memory (1.4 KiB against 2.9, design.md §14)
+    for about 5 µs when it arrives. Interned strings go when nothing refers to them any more."""
+    if isinstance(value, dict):
+        return {sys.intern(key): _shared(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shared(item) for item in value]
+    if isinstance(value, str) and len(value) <= SHARED_STRING_CHARS:
+        return sys.intern(value)
+    return value
 
 
 def _key(obj: Mapping[str, Any]) -> str:
