@@ -417,47 +417,168 @@ async def test_a_forged_report_lives_no_longer_than_rewrite_every(
         client.CoreV1Api(api).delete_namespace(namespace)
 
 
-class _LoopWatchingPolicies(_Policies):
-    """Records, for each object the scan reads (it asks for its namespace's labels first), how
-    often a coroutine running beside the scan has had a turn of the event loop."""
+class _CountingVerifier:
+    """A verifier whose verdict the test sets: the signature passes until it is revoked."""
 
-    def __init__(self, *policies: engine.CompiledPolicy) -> None:
-        super().__init__(*policies)
+    def __init__(self) -> None:
+        self.calls = 0
+        self.verified = True
+
+    async def verify(
+        self, checks: Sequence[engine.SignatureCheck], deadline: float, keychain: Any = None
+    ) -> Mapping[engine.SignatureCheck, engine.SignatureVerdict]:
+        self.calls += 1
+        reason = "" if self.verified else "no signature found"
+        return {check: engine.SignatureVerdict(self.verified, reason) for check in checks}
+
+
+async def test_a_namespace_where_nothing_changed_is_not_judged_again(
+    api: client.ApiClient, crds: None
+) -> None:
+    """design.md §14: with the same object versions under the same compiled policies, none
+    asking for a signature, a namespace whose stored report still says what was found is not
+    judged again. Any change judges it again: an object, a policy, the report, a signature
+    policy's verdict (which expires, so such a namespace is always judged)."""
+    static = _namespace_with_pods(api, 3, "ghcr.io/acme/api:1")
+    signed = _namespace_with_pods(api, 1, "ghcr.io/acme/api:1")
+    core = client.CoreV1Api(api)
+    keyless = {"keyless": [{"issuer": "https://issuer.example", "subject": "someone"}]}
+    static_policy = _policy(static, {"sources": [CHAINGUARD]})
+    signed_policy = _policy(
+        signed, {"sources": [{"name": "team", "images": ["ghcr.io/**"], "signatures": keyless}]}
+    )
+    policies = _Policies(static_policy, signed_policy)
+    verifier = _CountingVerifier()
+    scanner = scan.PolicyReportScanner(api, policies, verifier)
+
+    def results(namespace: str) -> list[str]:
+        return sorted(r["result"] for r in (report(api, namespace) or {})["results"])
+
+    try:
+        first = await scanner.scan_once()
+        assert {static, signed} <= set(first.written)
+        assert first.reused == []
+        assert (results(static), results(signed)) == (["fail"] * 3, ["pass"])
+
+        again = await scanner.scan_once()
+        assert static in again.reused
+        assert signed not in again.reused  # judged again: its verdict may have changed
+        assert verifier.calls == 2
+        assert again.counts == first.counts  # what was not judged still counts
+
+        verifier.verified = False  # the signature is gone: only judging again can see it
+        assert signed in (await scanner.scan_once()).written
+        assert results(signed) == ["fail"]
+
+        # An object changes: its namespace is judged again, and the report says so.
+        core.patch_namespaced_pod(
+            "app-0000",
+            static,
+            {"spec": {"containers": [{"name": "app", "image": "cgr.dev/chainguard/nginx:1"}]}},
+        )
+        changed = await scanner.scan_once()
+        assert static in changed.written
+        assert results(static) == ["fail", "fail", "pass"]
+        assert static in (await scanner.scan_once()).reused
+
+        # A policy changes (a new compiled policy, the same name): judged against it.
+        everything = {"name": "all", "images": ["**"]}
+        policies._policies = (_policy(static, {"sources": [everything]}), signed_policy)
+        assert static in (await scanner.scan_once()).written
+        assert results(static) == ["pass"] * 3
+        assert static in (await scanner.scan_once()).reused
+
+        # Someone edits the report: judged again and put back, not taken from memory.
+        edited = report(api, static) or {}
+        edited["results"] = edited["results"][:1]
+        replace_report(api, static, edited, "kubectl-edit")
+        restored = await scanner.scan_once()
+        assert static in restored.written
+        assert static not in restored.reused
+        assert results(static) == ["pass"] * 3
+
+        # Someone deletes it: written again.
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(
+            reports.GROUP, reports.VERSION, static, reports.PLURAL, reports.REPORT_NAME
+        )
+        assert static in (await scanner.scan_once()).written
+        assert results(static) == ["pass"] * 3
+    finally:
+        for name in (static, signed):
+            core.delete_namespace(name)
+
+
+class _LoopWatchingInventory(inventory.WorkloadInventory):
+    """Records, for each object the scan reads and each it judges, how often a coroutine
+    running beside the scan has had a turn of the event loop."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        super().__init__(api)
         self.turns = 0
-        self.turns_seen: list[int] = []
+        self.turns_reading: list[int] = []
+        self.turns_judging: list[int] = []
 
-    async def namespace_labels(self, namespace: str) -> Mapping[str, str]:
-        self.turns_seen.append(self.turns)
-        return {}
+    def objects(self) -> list[dict[str, Any]]:
+        return [_Recorded(obj, self) for obj in super().objects()]
+
+
+class _Recorded(dict[str, Any]):
+    """An object that notes the loop's turns when the scan first looks at its metadata (to
+    group it by namespace) and first reads its kind (to judge it)."""
+
+    def __init__(self, obj: dict[str, Any], store: _LoopWatchingInventory) -> None:
+        super().__init__(obj)
+        self._store = store
+        self._noted: set[str] = set()
+
+    def _note(self, key: str, seen: list[int]) -> None:
+        if key not in self._noted:
+            self._noted.add(key)
+            seen.append(self._store.turns)
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "metadata":
+            self._note(key, self._store.turns_reading)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "kind":
+            self._note(key, self._store.turns_judging)
+        return super().get(key, default)
 
 
 async def test_the_scan_gives_the_event_loop_back_between_objects(
     api: client.ApiClient, crds: None
 ) -> None:
-    """Admission shares the operator's event loop with the scan: however many objects a page
-    holds, judged or skipped, another coroutine gets a turn every few objects."""
+    """Whatever shares the scan's event loop (with `--workers` 2 or more, the operator's
+    watches and the workers' feed) gets a turn every few objects, read or judged, however many
+    objects there are."""
     judged = _namespace_with_pods(api, 150, "ghcr.io/acme/api:1")
     unscanned = _namespace_with_pods(api, 150, "ghcr.io/acme/api:1")  # no policy applies
-    policies = _LoopWatchingPolicies(_policy(judged, {"sources": [CHAINGUARD]}))
+    store = _LoopWatchingInventory(api)
     scanning = True
 
     async def neighbour() -> None:
         while scanning:
-            policies.turns += 1
+            store.turns += 1
             await asyncio.sleep(0)
 
     turning = asyncio.create_task(neighbour())
     try:
-        summary = await scan.PolicyReportScanner(api, policies).scan_once()
+        scanner = scan.PolicyReportScanner(
+            api, _Policies(_policy(judged, {"sources": [CHAINGUARD]})), store=store
+        )
+        summary = await scanner.scan_once()
     finally:
         scanning = False
         await turning
         for name in (judged, unscanned):
             client.CoreV1Api(api).delete_namespace(name)
     assert summary.objects >= 150
-    assert len(policies.turns_seen) >= 300
-    longest = max(len(list(run)) for _, run in itertools.groupby(policies.turns_seen))
-    assert longest <= 10, f"{longest} objects read without another coroutine having a turn"
+    for seen, what in ((store.turns_reading, "read"), (store.turns_judging, "judged")):
+        assert len(seen) >= 150, what
+        longest = max(len(list(run)) for _, run in itertools.groupby(seen))
+        assert longest <= 10, f"{longest} objects {what} without another coroutine having a turn"
 
 
 def _scan_processes(operator_pid: int) -> list[int]:

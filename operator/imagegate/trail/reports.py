@@ -360,5 +360,8 @@ class StoredReport:
 
     def says(self, body: Mapping[str, Any]) -> bool:
         """Whether storing `body` would change nothing but timestamps."""
-        digest = body["metadata"]["annotations"][DIGEST_ANNOTATION]
+        return self.says_digest(str(body["metadata"]["annotations"][DIGEST_ANNOTATION]))
+
+    def says_digest(self, digest: str) -> bool:
+        """Whether storing a report with this digest would change nothing but timestamps."""
         return self.untouched and bool(self.digest) and self.digest == digest

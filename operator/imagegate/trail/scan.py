@@ -109,10 +109,57 @@ class ScanSummary:
     written: list[str] = field(default_factory=list)
     #: Namespaces whose stored report already says what this scan found: not written again.
     unchanged: list[str] = field(default_factory=list)
+    #: Of those, the namespaces not judged again: nothing their results depend on had changed.
+    reused: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     #: False when some kind could not be listed: reports are then written but none deleted.
     complete: bool = True
+
+
+@dataclass
+class _Scope:
+    """One namespace's share of a scan: the policies that apply there and the objects to judge."""
+
+    policies: tuple[engine.CompiledPolicy, ...]
+    objects: list[dict[str, Any]] = field(default_factory=list)
+
+    def key(self) -> tuple[tuple[str, str], ...]:
+        """What the objects were, as the API server versions them."""
+        return tuple(
+            (str(obj["metadata"].get("uid", "")), str(obj["metadata"].get("resourceVersion", "")))
+            for obj in self.objects
+        )
+
+
+@dataclass(frozen=True)
+class _Reported:
+    """A namespace's last report as this scanner rendered it, and what it was made of."""
+
+    objects: tuple[tuple[str, str], ...]
+    policies: tuple[engine.CompiledPolicy, ...]
+    counts: Mapping[str, int]
+    digest: str
+
+    def still(self, scope: _Scope) -> bool:
+        """Whether judging `scope` again must give the same report: the same object versions
+        under the very same compiled policies (a changed policy is a new object), none of which
+        asks for a signature. Without a verdict to gather, a decision is a pure function of the
+        images, the policies and the kind (design.md §4 item 10); a verdict expires."""
+        return (
+            len(self.policies) == len(scope.policies)
+            and all(a is b for a, b in zip(self.policies, scope.policies, strict=True))
+            and self.objects == scope.key()
+        )
+
+
+def _verdict_free(policies: Sequence[engine.CompiledPolicy]) -> bool:
+    """No source of these policies asks for a signature or an attestation."""
+    return not any(
+        source.signatures is not None or source.attestations
+        for policy in policies
+        for source in policy.sources
+    )
 
 
 class PolicyReportScanner:
@@ -144,6 +191,8 @@ class PolicyReportScanner:
         self._written_at: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._crd_missing = False
+        #: Per namespace, the last report written or found unchanged, where it can be reused.
+        self._reported: dict[str, _Reported] = {}
 
     def trigger(self) -> None:
         """A policy changed: scan again soon."""
@@ -180,57 +229,97 @@ class PolicyReportScanner:
     async def scan_once(self) -> ScanSummary:
         started = time.monotonic()
         summary = ScanSummary()
-        by_namespace: dict[str, reports.NamespaceResults] = {}
         #: Namespaces whose objects could not all be judged: their reports are kept, not deleted.
         keep: set[str] = set()
-        read = 0
         self._pace.restart()
-        async for obj in self._objects(summary):
-            if read % YIELD_EVERY == 0:
-                # judge() holds the loop while it runs: let admission in between objects.
+        scopes = await self._scopes(summary, keep)
+        stored = await self._stored_reports()
+        by_namespace: dict[str, reports.NamespaceResults] = {}
+        reused: dict[str, _Reported] = {}
+        judged = 0
+        for namespace, scope in scopes.items():
+            summary.objects += len(scope.objects)
+            last = self._reported.get(namespace)
+            kept = None if stored is None else stored.get(namespace)
+            if (
+                last is not None
+                and kept is not None
+                and self._trusts_stored(namespace)
+                and kept.says_digest(last.digest)
+                and last.still(scope)
+            ):
+                reused[namespace] = last
+                continue
+            results = by_namespace.setdefault(namespace, reports.NamespaceResults())
+            for obj in scope.objects:
+                # judge() holds the loop while it runs: let anything else in between objects.
                 await asyncio.sleep(0)
-            read += 1
-            await self._scan_object(obj, summary, by_namespace, keep)
-        await self._write(by_namespace, summary, keep)
+                results.add(await self._judged_rows(obj, namespace, scope.policies))
+                judged += 1
+                if judged % inventory.PAGE_SIZE == 0:
+                    await self._pace.rest()
+        reported = dict(reused)
+        try:
+            if stored is not None:
+                await self._write(by_namespace, scopes, summary, keep, stored, reported)
+        finally:
+            # Only what was written or found unchanged now: a namespace gone is forgotten.
+            self._reported = reported
+        for namespace, last in reused.items():
+            summary.unchanged.append(namespace)
+            summary.reused.append(namespace)
+            self._add_counts(summary, last.counts)
         for results in by_namespace.values():
-            for outcome, count in results.counts.items():
-                summary.counts[outcome] = summary.counts.get(outcome, 0) + count
+            self._add_counts(summary, results.counts)
         logger.info(
-            "background scan: %d objects, %s; reports: %d written, %d unchanged, %d deleted; "
-            "in %.1fs",
+            "background scan: %d objects, %s; reports: %d written, %d unchanged (%d not judged "
+            "again), %d deleted; in %.1fs",
             summary.objects,
             ", ".join(f"{n} {k}" for k, n in sorted(summary.counts.items())) or "no results",
             len(summary.written),
             len(summary.unchanged),
+            len(summary.reused),
             len(summary.deleted),
             time.monotonic() - started,
         )
         return summary
 
-    async def _scan_object(
-        self,
-        obj: dict[str, Any],
-        summary: ScanSummary,
-        by_namespace: dict[str, reports.NamespaceResults],
-        keep: set[str],
-    ) -> None:
-        namespace = obj["metadata"].get("namespace", "")
+    @staticmethod
+    def _add_counts(summary: ScanSummary, counts: Mapping[str, int]) -> None:
+        for outcome, count in counts.items():
+            summary.counts[outcome] = summary.counts.get(outcome, 0) + count
+
+    async def _scopes(self, summary: ScanSummary, keep: set[str]) -> dict[str, _Scope]:
+        """The objects to judge, by namespace, with the policies that apply there: only the
+        namespaces the webhooks see, and only objects no scanned kind controls."""
+        scopes: dict[str, _Scope] = {}
+        skipped: set[str] = set()  # not scanned, or no policy applies
+        async for obj in self._objects(summary):
+            namespace = obj["metadata"].get("namespace", "")
+            if namespace in skipped or namespace in keep:
+                continue
+            scope = scopes.get(namespace)
+            if scope is None:
+                try:
+                    labels = await self._policies.namespace_labels(namespace)
+                except Exception as error:  # e.g. deleted since it was listed: next cycle
+                    logger.warning("background scan skips namespace %s: %s", namespace, error)
+                    keep.add(namespace)
+                    continue
+                policies = engine.applicable(self._policies.policies(), namespace, labels)
+                if not scanned_namespace(namespace, labels, self._own_namespace) or not policies:
+                    skipped.add(namespace)
+                    continue
+                scope = scopes[namespace] = _Scope(tuple(policies))
+            if not reports.controlled_by_scanned_kind(obj):
+                scope.objects.append(obj)
+        return scopes
+
+    async def _judged_rows(
+        self, obj: dict[str, Any], namespace: str, policies: Sequence[engine.CompiledPolicy]
+    ) -> list[reports.Result]:
         try:
-            labels = await self._policies.namespace_labels(namespace)
-        except Exception as error:  # e.g. deleted since the list: judge it next cycle
-            logger.warning("background scan skips namespace %s: %s", namespace, error)
-            keep.add(namespace)
-            return
-        if not scanned_namespace(namespace, labels, self._own_namespace):
-            return
-        if reports.controlled_by_scanned_kind(obj):
-            return
-        policies = engine.applicable(self._policies.policies(), namespace, labels)
-        if not policies:
-            return
-        summary.objects += 1
-        try:
-            rows = await self._judge(obj, namespace, policies)
+            return await self._judge(obj, namespace, policies)
         except Exception as error:  # one object must not cost every namespace its reports.report
             logger.warning(
                 "background scan cannot judge %s/%s: %r",
@@ -238,8 +327,7 @@ class PolicyReportScanner:
                 obj["metadata"].get("name", ""),
                 error,
             )
-            rows = [reports.error_result(obj, f"could not be judged: {error!r}")]
-        by_namespace.setdefault(namespace, reports.NamespaceResults()).add(rows)
+            return [reports.error_result(obj, f"could not be judged: {error!r}")]
 
     async def _judge(
         self, obj: Mapping[str, Any], namespace: str, policies: Sequence[engine.CompiledPolicy]
@@ -278,16 +366,15 @@ class PolicyReportScanner:
             logger.warning("background scan: %s not current", ", ".join(stale))
             summary.complete = False
         for count, obj in enumerate(self._inventory.objects(), 1):
+            if count % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # where the loop serves anything else, it gets turns
             yield obj
             if count % inventory.PAGE_SIZE == 0:
                 await self._pace.rest()
 
-    async def _write(
-        self,
-        by_namespace: Mapping[str, reports.NamespaceResults],
-        summary: ScanSummary,
-        keep: set[str],
-    ) -> None:
+    async def _stored_reports(self) -> dict[str, reports.StoredReport] | None:
+        """imagegate's stored reports by namespace; None when they cannot be read (then none is
+        written: a missing CRD is said once)."""
         objects = client.CustomObjectsApi(self._api)
         try:
             existing = await asyncio.to_thread(self._report_metadata, objects)
@@ -299,19 +386,30 @@ class PolicyReportScanner:
                         "policyReports.installCRD=true; background scan results are not written"
                     )
                 self._crd_missing = True
-                return
+                return None
             logger.warning("cannot list PolicyReports: %s (%s)", error.reason, error.status)
-            return
+            return None
         self._crd_missing = False
-        stored = {
+        return {
             item["metadata"]["namespace"]: reports.StoredReport.from_metadata(item["metadata"])
             for item in existing.get("items") or []
             if item["metadata"].get("name") == reports.REPORT_NAME
         }
+
+    async def _write(
+        self,
+        by_namespace: Mapping[str, reports.NamespaceResults],
+        scopes: Mapping[str, _Scope],
+        summary: ScanSummary,
+        keep: set[str],
+        stored: Mapping[str, reports.StoredReport],
+        reported: dict[str, _Reported],
+    ) -> None:
+        objects = client.CustomObjectsApi(self._api)
         now = self._clock()
         for namespace, results in sorted(by_namespace.items()):
             try:
-                written = await asyncio.to_thread(
+                written, digest = await asyncio.to_thread(
                     self._put,
                     objects,
                     namespace,
@@ -325,6 +423,12 @@ class PolicyReportScanner:
                     self._written_at[namespace] = self._monotonic()
                 else:
                     summary.unchanged.append(namespace)
+                scope = scopes[namespace]
+                if _verdict_free(scope.policies) and not results.counts.get("error"):
+                    # An error may pass (a deadline, a registry call): judge it again next time.
+                    reported[namespace] = _Reported(
+                        scope.key(), scope.policies, dict(results.counts), digest
+                    )
             except client.ApiException as error:
                 # A conflict (another replica wrote it) is fine: the next cycle writes again.
                 logger.warning(
@@ -340,7 +444,7 @@ class PolicyReportScanner:
             # deleting on a partial view would make reports flap with every transient error.
             logger.warning("background scan incomplete: no PolicyReport is deleted this cycle")
             return
-        for namespace in sorted(set(stored) - set(by_namespace) - keep):
+        for namespace in sorted(set(stored) - set(by_namespace) - set(reported) - keep):
             try:
                 await asyncio.to_thread(
                     objects.delete_namespaced_custom_object,
@@ -394,13 +498,15 @@ class PolicyReportScanner:
         stored: reports.StoredReport | None,
         *,
         trusted: bool,
-    ) -> bool:
-        """Create or replace one report unless the stored one says the same and is `trusted`
-        (whether it was written). Built here, off the event loop (a thousand rows take tens of
-        milliseconds); the stored copy the API server answers with is left unread."""
+    ) -> tuple[bool, str]:
+        """Create or replace one report unless the stored one says the same and is `trusted`:
+        whether it was written, and the report's digest. Built here, off the event loop (a
+        thousand rows take tens of milliseconds); the stored copy the API server answers with
+        is left unread."""
         body = reports.report(namespace, results.listed(), now, counts=results.counts)
-        if trusted and stored is not None and stored.says(body):
-            return False
+        digest = str(body["metadata"]["annotations"][reports.DIGEST_ANNOTATION])
+        if trusted and stored is not None and stored.says_digest(digest):
+            return False, digest
         response: Any
         if stored is not None:
             body["metadata"]["resourceVersion"] = stored.resource_version
@@ -425,4 +531,4 @@ class PolicyReportScanner:
                 _preload_content=False,
             )
         response.release_conn()
-        return True
+        return True, digest
