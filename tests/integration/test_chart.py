@@ -370,7 +370,7 @@ def test_deployment_is_hardened(helm: Helm) -> None:
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert main["resources"]["requests"] == {"cpu": "100m", "memory": "240Mi"}
+    assert main["resources"]["requests"] == {"cpu": "100m", "memory": "272Mi"}
     assert "memory" in main["resources"]["limits"]
     assert {"name": "tmp", "mountPath": "/tmp"} in main["volumeMounts"]
     assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
