@@ -274,16 +274,25 @@ class WorkloadInventory:
 
 
 def event_lines(response: Any) -> Iterator[bytes]:
-    """The watch body's lines, as the API server flushes them (one event each)."""
-    pending = b""
+    """The watch body's lines, as the API server flushes them (one event each). An unfinished
+    line is kept as its pieces and joined once its end comes: a line sent in many small chunks
+    costs its length, not its length times the number of chunks."""
+    pieces: list[bytes] = []  # of the line not ended yet
+    pending = 0  # their length
     for chunk in response.stream(None, decode_content=False):
-        pending += chunk
-        if len(pending) > MAX_EVENT_BYTES:
+        if pending + len(chunk) > MAX_EVENT_BYTES:
             raise WatchFailed(f"a watch event over {MAX_EVENT_BYTES} bytes")
-        *complete, pending = pending.split(b"\n")
-        yield from (line for line in complete if line.strip())
-    if pending.strip():
-        yield pending
+        *complete, rest = chunk.split(b"\n")
+        if complete:
+            complete[0] = b"".join([*pieces, complete[0]])
+            pieces, pending = [], 0
+            yield from (line for line in complete if line.strip())
+        if rest:
+            pieces.append(rest)
+            pending += len(rest)
+    last = b"".join(pieces)
+    if last.strip():
+        yield last
 
 
 def _read_events(

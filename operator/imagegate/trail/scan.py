@@ -143,9 +143,10 @@ class _Reported:
 
     def still(self, scope: _Scope) -> bool:
         """Whether judging `scope` again must give the same report: the same object versions
-        under the very same compiled policies (a changed policy is a new object), none of which
-        asks for a signature. Without a verdict to gather, a decision is a pure function of the
-        images, the policies and the kind (design.md §4 item 10); a verdict expires."""
+        under the very same compiled policies (a changed policy is a new object). Only recorded
+        where none of them asks for a signature (`_verdict_free`): without a verdict to gather,
+        a decision is a pure function of the images, the policies and the kind (design.md §4
+        item 10); a verdict expires."""
         return (
             len(self.policies) == len(scope.policies)
             and all(a is b for a, b in zip(self.policies, scope.policies, strict=True))
