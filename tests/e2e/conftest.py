@@ -40,11 +40,11 @@ POLICY_REPORT_CRD = (
 )
 
 
-@pytest.fixture
-def own_control_plane(builder: build.Builder, tmp_path: Path) -> Iterator[ControlPlane]:
-    """A control plane of the test's own, without imagegate's CRDs: for tests that restart or
-    break it, or need it bare."""
-    plane = ControlPlane(ControlPlaneBinaries.resolve(builder), tmp_path / "plane")
+@contextlib.contextmanager
+def control_plane_of_own(builder: build.Builder, workdir: Path) -> Iterator[ControlPlane]:
+    """etcd and kube-apiserver started in `workdir` for the caller alone, without imagegate's
+    CRDs, stopped at the end."""
+    plane = ControlPlane(ControlPlaneBinaries.resolve(builder), workdir)
     plane.start()
     try:
         yield plane
@@ -52,9 +52,22 @@ def own_control_plane(builder: build.Builder, tmp_path: Path) -> Iterator[Contro
         plane.stop()
 
 
+@pytest.fixture
+def own_control_plane(builder: build.Builder, tmp_path: Path) -> Iterator[ControlPlane]:
+    """A control plane of the test's own, without imagegate's CRDs: for tests that restart or
+    break it, or need it bare."""
+    with control_plane_of_own(builder, tmp_path / "plane") as plane:
+        yield plane
+
+
+def install_crds(api: client.ApiClient) -> None:
+    """imagegate's CRDs and the PolicyReport CRD the scan writes."""
+    local.install_crds(api, extra=[yaml.safe_load(POLICY_REPORT_CRD.read_text())])
+
+
 @pytest.fixture(scope="session")
 def crds(api: client.ApiClient) -> None:
-    local.install_crds(api, extra=[yaml.safe_load(POLICY_REPORT_CRD.read_text())])
+    install_crds(api)
 
 
 @pytest.fixture(scope="session")

@@ -14,24 +14,24 @@ import signal
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from imagegate.cluster import policies, resources, scanning
+from imagegate.cluster import kube, policies, resources, scanning
 from imagegate.commands import audit as trail
 from imagegate.commands import migrate
 from imagegate.policy import engine, model
 from imagegate.policy.compile import compile_policy
 from imagegate.registry import mirrors
-from imagegate.testbed import local
+from imagegate.testbed import build, local
 from imagegate.trail import inventory, reports, scan
 from support import Cluster
 
-from .conftest import PolicyFactory
+from .conftest import PolicyFactory, control_plane_of_own, install_crds
 from .test_admission import CHAINGUARD, pod_body, workload
 
 pytestmark = pytest.mark.controlplane
@@ -217,12 +217,25 @@ def _policy(namespace: str, spec: dict[str, Any]) -> engine.CompiledPolicy:
     )
 
 
+@pytest.fixture(scope="module")
+def scanner_api(
+    builder: build.Builder, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[client.ApiClient]:
+    """An API server for the scanners these tests run in-process, of this module's own. The
+    session's operator scans too (`--policy-reports`), and a complete scan deletes the reports
+    of namespaces it has no policy for: each would delete the other's."""
+    with control_plane_of_own(builder, tmp_path_factory.mktemp("scan-plane")) as plane:
+        api = kube.api_client(plane.kubeconfig)
+        install_crds(api)
+        yield api
+
+
 async def test_one_object_that_cannot_be_judged_costs_no_other_report(
-    api: client.ApiClient, crds: None
+    scanner_api: client.ApiClient,
 ) -> None:
     """The scanner on its own, against the real API server: a verifier failure on one object
     is an `error` row in that namespace's report, and every other report is still written."""
-    core = client.CoreV1Api(api)
+    core = client.CoreV1Api(scanner_api)
     signed, plain = (f"scan-{uuid.uuid4().hex[:8]}" for _ in range(2))
     for name in (signed, plain):
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
@@ -230,7 +243,7 @@ async def test_one_object_that_cannot_be_judged_costs_no_other_report(
     try:
         keyless = {"keyless": [{"issuer": "https://issuer.example", "subject": "someone"}]}
         scanner = scan.PolicyReportScanner(
-            api,
+            scanner_api,
             _Policies(
                 _policy(
                     signed,
@@ -246,10 +259,10 @@ async def test_one_object_that_cannot_be_judged_costs_no_other_report(
         )
         summary = await scanner.scan_once()
         assert {signed, plain} <= set(summary.written)
-        [error_row] = (report(api, signed) or {})["results"]
+        [error_row] = (report(scanner_api, signed) or {})["results"]
         assert error_row["result"] == "error"
         assert "verifier broke" in error_row["message"]
-        assert [r["result"] for r in (report(api, plain) or {})["results"]] == ["fail"]
+        assert [r["result"] for r in (report(scanner_api, plain) or {})["results"]] == ["fail"]
     finally:
         for name in (signed, plain):
             core.delete_namespace(name)
@@ -288,21 +301,21 @@ def _namespace_with_pods(api: client.ApiClient, count: int, image: str) -> str:
 
 
 async def test_the_scan_lists_in_pages_and_follows_continue_tokens(
-    api: client.ApiClient, crds: None, monkeypatch: pytest.MonkeyPatch
+    scanner_api: client.ApiClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A kind is read PAGE_SIZE objects at a time, never as one whole LIST, and every page
     counts: all the namespace's Pods are in its report."""
     monkeypatch.setattr(inventory, "PAGE_SIZE", 2)
-    namespace = _namespace_with_pods(api, 5, "ghcr.io/acme/api:1")
+    namespace = _namespace_with_pods(scanner_api, 5, "ghcr.io/acme/api:1")
     requests: list[tuple[str, dict[str, str]]] = []
-    call_api = api.call_api
+    call_api = scanner_api.call_api
 
     def recording(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         parts = urllib.parse.urlsplit(url)
         requests.append((parts.path, dict(urllib.parse.parse_qsl(parts.query))))
         return call_api(method, url, *args, **kwargs)
 
-    monkeypatch.setattr(api, "call_api", recording)
+    monkeypatch.setattr(scanner_api, "call_api", recording)
     rests: list[float] = []
 
     async def resting(seconds: float) -> None:
@@ -310,13 +323,15 @@ async def test_the_scan_lists_in_pages_and_follows_continue_tokens(
 
     try:
         scanner = scan.PolicyReportScanner(
-            api,
+            scanner_api,
             _Policies(_policy(namespace, {"sources": [CHAINGUARD]})),
             pace=scan.Pace(0.5, sleep=resting),
         )
         summary = await scanner.scan_once()
         assert summary.complete
-        names = {r["resources"][0]["name"] for r in (report(api, namespace) or {})["results"]}
+        names = {
+            r["resources"][0]["name"] for r in (report(scanner_api, namespace) or {})["results"]
+        }
         assert names == {f"app-{n:04d}" for n in range(5)}
         pod_lists = [query for path, query in requests if path == "/api/v1/pods"]
         assert len(pod_lists) >= 3  # at least 5 Pods, 2 a page
@@ -328,73 +343,73 @@ async def test_the_scan_lists_in_pages_and_follows_continue_tokens(
         assert len(rests) >= len(lists) + len(summary.written)
         assert all(r > 0 for r in rests)
     finally:
-        client.CoreV1Api(api).delete_namespace(namespace)
+        client.CoreV1Api(scanner_api).delete_namespace(namespace)
 
 
 async def test_a_report_that_would_say_the_same_is_not_written_again(
-    api: client.ApiClient, crds: None
+    scanner_api: client.ApiClient,
 ) -> None:
     """design.md §14: a scan that finds what the stored report says leaves it alone (its
     resourceVersion does not move); a new finding, or an edit by anyone else, is written."""
-    namespace = _namespace_with_pods(api, 3, "ghcr.io/acme/api:1")
+    namespace = _namespace_with_pods(scanner_api, 3, "ghcr.io/acme/api:1")
     try:
         scanner = scan.PolicyReportScanner(
-            api, _Policies(_policy(namespace, {"sources": [CHAINGUARD]}))
+            scanner_api, _Policies(_policy(namespace, {"sources": [CHAINGUARD]}))
         )
         first = await scanner.scan_once()
         assert namespace in first.written
-        stored = report(api, namespace) or {}
+        stored = report(scanner_api, namespace) or {}
         version = stored["metadata"]["resourceVersion"]
 
         again = await scanner.scan_once()
         assert namespace in again.unchanged
         assert namespace not in again.written
-        assert (report(api, namespace) or {})["metadata"]["resourceVersion"] == version
+        assert (report(scanner_api, namespace) or {})["metadata"]["resourceVersion"] == version
 
         # Someone rewrites a row by hand (another field manager): the next scan puts it back.
         stored["results"][0]["message"] = "all fine here"
-        replace_report(api, namespace, stored, "kubectl-edit")
+        replace_report(scanner_api, namespace, stored, "kubectl-edit")
         restored = await scanner.scan_once()
         assert namespace in restored.written
-        messages = [r["message"] for r in (report(api, namespace) or {})["results"]]
+        messages = [r["message"] for r in (report(scanner_api, namespace) or {})["results"]]
         assert "all fine here" not in messages
         assert len(messages) == 3
 
         # A new finding: a fourth Pod is a fourth row.
-        client.CoreV1Api(api).create_namespaced_pod(
+        client.CoreV1Api(scanner_api).create_namespaced_pod(
             namespace, pod_body("app-new", "ghcr.io/acme/api:2")
         )
         found = await scanner.scan_once()
         assert namespace in found.written
-        assert len((report(api, namespace) or {})["results"]) == 4
+        assert len((report(scanner_api, namespace) or {})["results"]) == 4
     finally:
-        client.CoreV1Api(api).delete_namespace(namespace)
+        client.CoreV1Api(scanner_api).delete_namespace(namespace)
 
 
 async def test_a_forged_report_lives_no_longer_than_rewrite_every(
-    api: client.ApiClient, crds: None
+    scanner_api: client.ApiClient,
 ) -> None:
     """design.md §14: whoever may write PolicyReports can keep the digest and claim the scan's
     field manager. Such a forgery is left alone only until REWRITE_EVERY has passed since this
     scanner last wrote the report, and a scanner that never wrote it (a new scan process)
     writes it at once."""
-    namespace = _namespace_with_pods(api, 2, "ghcr.io/acme/api:1")
+    namespace = _namespace_with_pods(scanner_api, 2, "ghcr.io/acme/api:1")
     now = [1000.0]
     policies = _Policies(_policy(namespace, {"sources": [CHAINGUARD]}))
     try:
         scanner = scan.PolicyReportScanner(
-            api, policies, rewrite_every=600.0, monotonic=lambda: now[0]
+            scanner_api, policies, rewrite_every=600.0, monotonic=lambda: now[0]
         )
         assert namespace in (await scanner.scan_once()).written
 
         def forge() -> None:
-            forged = report(api, namespace) or {}
+            forged = report(scanner_api, namespace) or {}
             for row in forged["results"]:
                 row["result"], row["message"] = "pass", "all fine here"
-            replace_report(api, namespace, forged, reports.FIELD_MANAGER)
+            replace_report(scanner_api, namespace, forged, reports.FIELD_MANAGER)
 
         def messages() -> set[str]:
-            return {r["message"] for r in (report(api, namespace) or {})["results"]}
+            return {r["message"] for r in (report(scanner_api, namespace) or {})["results"]}
 
         forge()
         now[0] += 599.0  # within the window the digest is believed: the known weakness
@@ -410,11 +425,11 @@ async def test_a_forged_report_lives_no_longer_than_rewrite_every(
 
         forge()
         assert messages() == {"all fine here"}
-        fresh = scan.PolicyReportScanner(api, policies, monotonic=lambda: now[0])
+        fresh = scan.PolicyReportScanner(scanner_api, policies, monotonic=lambda: now[0])
         assert namespace in (await fresh.scan_once()).written
         assert "all fine here" not in messages()
     finally:
-        client.CoreV1Api(api).delete_namespace(namespace)
+        client.CoreV1Api(scanner_api).delete_namespace(namespace)
 
 
 class _CountingVerifier:
@@ -433,15 +448,15 @@ class _CountingVerifier:
 
 
 async def test_a_namespace_where_nothing_changed_is_not_judged_again(
-    api: client.ApiClient, crds: None
+    scanner_api: client.ApiClient,
 ) -> None:
     """design.md §14: with the same object versions under the same compiled policies, none
     asking for a signature, a namespace whose stored report still says what was found is not
     judged again. Any change judges it again: an object, a policy, the report, a signature
     policy's verdict (which expires, so such a namespace is always judged)."""
-    static = _namespace_with_pods(api, 3, "ghcr.io/acme/api:1")
-    signed = _namespace_with_pods(api, 1, "ghcr.io/acme/api:1")
-    core = client.CoreV1Api(api)
+    static = _namespace_with_pods(scanner_api, 3, "ghcr.io/acme/api:1")
+    signed = _namespace_with_pods(scanner_api, 1, "ghcr.io/acme/api:1")
+    core = client.CoreV1Api(scanner_api)
     keyless = {"keyless": [{"issuer": "https://issuer.example", "subject": "someone"}]}
     static_policy = _policy(static, {"sources": [CHAINGUARD]})
     signed_policy = _policy(
@@ -449,10 +464,10 @@ async def test_a_namespace_where_nothing_changed_is_not_judged_again(
     )
     policies = _Policies(static_policy, signed_policy)
     verifier = _CountingVerifier()
-    scanner = scan.PolicyReportScanner(api, policies, verifier)
+    scanner = scan.PolicyReportScanner(scanner_api, policies, verifier)
 
     def results(namespace: str) -> list[str]:
-        return sorted(r["result"] for r in (report(api, namespace) or {})["results"])
+        return sorted(r["result"] for r in (report(scanner_api, namespace) or {})["results"])
 
     try:
         first = await scanner.scan_once()
@@ -489,16 +504,16 @@ async def test_a_namespace_where_nothing_changed_is_not_judged_again(
         assert static in (await scanner.scan_once()).reused
 
         # Someone edits the report: judged again and put back, not taken from memory.
-        edited = report(api, static) or {}
+        edited = report(scanner_api, static) or {}
         edited["results"] = edited["results"][:1]
-        replace_report(api, static, edited, "kubectl-edit")
+        replace_report(scanner_api, static, edited, "kubectl-edit")
         restored = await scanner.scan_once()
         assert static in restored.written
         assert static not in restored.reused
         assert results(static) == ["pass"] * 3
 
         # Someone deletes it: written again.
-        client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        client.CustomObjectsApi(scanner_api).delete_namespaced_custom_object(
             reports.GROUP, reports.VERSION, static, reports.PLURAL, reports.REPORT_NAME
         )
         assert static in (await scanner.scan_once()).written
@@ -548,14 +563,14 @@ class _Recorded(dict[str, Any]):
 
 
 async def test_the_scan_gives_the_event_loop_back_between_objects(
-    api: client.ApiClient, crds: None
+    scanner_api: client.ApiClient,
 ) -> None:
     """Whatever shares the scan's event loop (with `--workers` 2 or more, the operator's
     watches and the workers' feed) gets a turn every few objects, read or judged, however many
     objects there are."""
-    judged = _namespace_with_pods(api, 150, "ghcr.io/acme/api:1")
-    unscanned = _namespace_with_pods(api, 150, "ghcr.io/acme/api:1")  # no policy applies
-    store = _LoopWatchingInventory(api)
+    judged = _namespace_with_pods(scanner_api, 150, "ghcr.io/acme/api:1")
+    unscanned = _namespace_with_pods(scanner_api, 150, "ghcr.io/acme/api:1")  # no policy applies
+    store = _LoopWatchingInventory(scanner_api)
     scanning = True
 
     async def neighbour() -> None:
@@ -566,14 +581,14 @@ async def test_the_scan_gives_the_event_loop_back_between_objects(
     turning = asyncio.create_task(neighbour())
     try:
         scanner = scan.PolicyReportScanner(
-            api, _Policies(_policy(judged, {"sources": [CHAINGUARD]})), store=store
+            scanner_api, _Policies(_policy(judged, {"sources": [CHAINGUARD]})), store=store
         )
         summary = await scanner.scan_once()
     finally:
         scanning = False
         await turning
         for name in (judged, unscanned):
-            client.CoreV1Api(api).delete_namespace(name)
+            client.CoreV1Api(scanner_api).delete_namespace(name)
     assert summary.objects >= 150
     for seen, what in ((store.turns_reading, "read"), (store.turns_judging, "judged")):
         assert len(seen) >= 150, what
